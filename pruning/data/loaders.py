@@ -76,7 +76,7 @@ def subsample(examples: list[Example], n: int, seed: int) -> list[Example]:
     return [examples[i] for i in keep]
 
 
-# --- GLUE -------------------------------------------------------------------------------------------------------
+# --- GLUE ---------------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -122,7 +122,7 @@ def read_glue_file(glue: str, path: str | Path) -> list[Example]:
     records = _table(path, _tsv_lines(_read_text(path)), columns, layout.implied_header)
     raws = _raw_examples(path, records, layout.text, layout.text_pair, layout.label, regression=not layout.labels)
     if not layout.labels:
-        return [Example(r.text, r.text_pair, r.label) for r in raws]
+        return _regression_examples(raws)
     return _index_labels(path, raws, list(layout.labels), f"the {layout.folder} labels")
 
 
@@ -134,7 +134,7 @@ def _tsv_lines(text: str) -> Iterator[tuple[int, list[str]]]:
             yield number, line.split("\t")
 
 
-# --- Local CSV / TSV / JSONL ------------------------------------------------------------------------------------
+# --- Local CSV / TSV / JSONL --------------------------------------------------------------------------------
 
 _FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl"}
 
@@ -145,17 +145,17 @@ def _load_local(task: TaskSpec) -> TaskData:
     dev = _read_local_file(task, task.dev)
     name = Path(task.train).name
     if task.problem == "regression":
-        def examples(raws: list[_Raw]) -> list[Example]:
-            return [Example(r.text, r.text_pair, r.label) for r in raws]
-
-        return TaskData(name, "regression", None, ("pearson", "spearman"), examples(train), examples(dev))
+        return TaskData(name, "regression", None, ("pearson", "spearman"), _regression_examples(train),
+                        _regression_examples(dev))
 
     labels = _label_order({str(r.label) for r in train})
     if len(labels) < 2:
-        raise DataError(task.train, 0, f"classification needs at least 2 classes in train, found only {_show(labels[0])}")
+        raise DataError(task.train, 0,
+                        f"classification needs at least 2 classes in train, found only {_show(labels[0])}")
     metrics = ("accuracy", "f1") if len(labels) == 2 else ("accuracy",)
-    return TaskData(name, "classification", labels, metrics, _index_labels(task.train, train, labels, "the train labels"),
-                    _index_labels(task.dev, dev, labels, "the train labels"))
+    train_examples = _index_labels(task.train, train, labels, "the train labels")
+    dev_examples = _index_labels(task.dev, dev, labels, "the train labels")
+    return TaskData(name, "classification", labels, metrics, train_examples, dev_examples)
 
 
 def _read_local_file(task: TaskSpec, path: str) -> list[_Raw]:
@@ -173,7 +173,8 @@ def _read_local_file(task: TaskSpec, path: str) -> list[_Raw]:
 def _format_of(path: str) -> str:
     suffix = Path(path).suffix.lower()
     if suffix == ".json":
-        raise DataError(path, 0, "JSON files are not supported: write one JSON object per line and name the file .jsonl")
+        raise DataError(path, 0, "JSON files are not supported: "
+                                 "write one JSON object per line and name the file .jsonl")
     if suffix not in _FORMATS:
         raise DataError(path, 0, f'cannot tell the format from the extension "{suffix}": '
                                  "use .csv, .tsv or .jsonl, or set the task's format")
@@ -218,7 +219,7 @@ def _label_order(labels: set[str]) -> list[str]:
         return sorted(labels)
 
 
-# --- Shared: files, tables, fields ------------------------------------------------------------------------------
+# --- Shared: files, tables, fields --------------------------------------------------------------------------
 
 
 class _Raw(NamedTuple):
@@ -242,7 +243,8 @@ def _read_text(path: str | Path) -> str:
         text = data.decode("utf-8")
     except UnicodeDecodeError as err:
         line = data.count(b"\n", 0, err.start) + 1
-        raise DataError(path, line, f"not UTF-8 text (byte 0x{data[err.start]:02x}); save the file as UTF-8") from None
+        reason = f"not UTF-8 text (byte 0x{data[err.start]:02x}); save the file as UTF-8"
+        raise DataError(path, line, reason) from None
     text = text.removeprefix("\ufeff")
     if not text.strip():
         raise DataError(path, 0, "empty file")
@@ -254,14 +256,19 @@ def _table(path: str | Path, rows: Iterator[tuple[int, list[str]]], columns: lis
     """Rows as {column: value}. The first row is the header unless one is given; every row must match its width."""
     header_line = 0
     if header is None:
-        header_line, fields = next(rows)  # _read_text saw a non-blank line, so there is one
-        header = tuple(name.strip() for name in fields)
+        first = next(rows, None)
+        if first is None:  # e.g. a CSV holding only separators
+            raise DataError(path, 0, "no header row")
+        header_line, header = first[0], tuple(name.strip() for name in first[1])
     for column in columns:
         if column not in header:
             raise DataError(path, header_line, f'missing column "{column}" (columns found: {_quoted(header)})')
     for line, fields in rows:
         if len(fields) != len(header):
-            raise DataError(path, line, f"expected {len(header)} fields as in the header, found {len(fields)}")
+            # A field running over lines here is usually a stray quote that csv read up to the next one.
+            hint = " (is a quote opened on this line never closed?)" if any("\n" in f for f in fields) else ""
+            reason = f"expected {len(header)} fields as in the header, found {len(fields)}{hint}"
+            raise DataError(path, line, reason)
         yield line, dict(zip(header, fields, strict=True))
 
 
@@ -278,6 +285,10 @@ def _raw_examples(path: str | Path, records: Iterable[tuple[int, dict[str, Any]]
     if not raws:
         raise DataError(path, 0, "no examples (only a header row)")
     return raws
+
+
+def _regression_examples(raws: list[_Raw]) -> list[Example]:
+    return [Example(raw.text, raw.text_pair, raw.label) for raw in raws]
 
 
 def _index_labels(path: str | Path, raws: list[_Raw], labels: list[str], known_as: str) -> list[Example]:
@@ -314,7 +325,8 @@ def _class_label(path: str | Path, line: int, value: Any, column: str) -> str:
     elif isinstance(value, float):
         value = str(int(value)) if value.is_integer() else str(value)
     if not isinstance(value, str):
-        raise DataError(path, line, f'label in column "{column}" must be a string or number, got {_json_kind(value)}')
+        reason = f'label in column "{column}" must be a string or number, got {_json_kind(value)}'
+        raise DataError(path, line, reason)
     if not value.strip():
         raise DataError(path, line, f'empty label in column "{column}"')
     return value.strip()
