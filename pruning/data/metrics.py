@@ -13,7 +13,7 @@ import numpy as np
 
 
 def compute_metrics(metric_names: Sequence[str], predictions: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    """Score predictions (class indices, or floats for regression) against labels, e.g. {"f1": .., "accuracy": ..}."""
+    """Score predictions (class indices, or floats for regression) against labels: {"f1": .., "accuracy": ..}."""
     predictions = np.asarray(predictions).reshape(-1)
     labels = np.asarray(labels).reshape(-1)
     if len(predictions) != len(labels):
