@@ -26,18 +26,20 @@ from .spec import (
 __all__ = [
     "AdapterSpec", "BackboneSpec", "Cancelled", "LoraSpec", "PolicySpec", "PrefixSpec", "ProgressEvent",
     "RemovedUnit", "RoundRecord", "ScheduleSpec", "SearchResult", "SearchSpec", "SpaceSpec", "SpecError",
-    "TaskSpec", "TrainSpec", "search", "load", "evaluate",
+    "TaskSpec", "TrainSpec", "search", "fit", "load", "evaluate",
 ]
 
 
+_LAZY = {"search": "search", "fit": "search", "load": "export", "evaluate": "export"}
+
+
 def __getattr__(name: str):
-    # Lazy: these pull in torch and transformers.
-    if name == "search":
-        from .search import search
+    # Lazy: these pull in torch and transformers. Importing the submodule `pruning.search` binds the module to
+    # the package attribute `search`; the function is bound over it here.
+    if name not in _LAZY:
+        raise AttributeError(f"module 'pruning' has no attribute {name!r}")
+    import importlib
 
-        return search
-    if name in ("load", "evaluate"):
-        from . import export
-
-        return getattr(export, name)
-    raise AttributeError(f"module 'pruning' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    globals()[name] = value
+    return value

@@ -1,0 +1,133 @@
+"""Architecture maps: where a model family keeps its layers, projections and FFN.
+
+Everything else in the engine addresses a backbone through roles ("q", "o", "ffn_out", ...) of a layer, never
+through a family's attribute names, so supporting a new family is one more map here. Paths are dotted and
+relative to a layer, except `layers` (relative to the model root).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+
+@dataclass(frozen=True)
+class ArchitectureMap:
+    name: str
+    layers: str  # the ModuleList of transformer layers
+    attention: str  # the self-attention module, whose forward calls transformers' attention interface
+    q: str
+    k: str
+    v: str
+    o: str  # attention output projection (input = concatenated heads)
+    ffn_in: tuple[str, ...]  # FFN input projections (output = intermediate neurons); two for gated MLPs
+    ffn_out: str  # FFN output projection (input = intermediate neurons)
+    head: tuple[str, ...]  # the task head, trained by every method (relative to the model root)
+    embeddings: str  # relative to the model root; counted apart from the prunable layers
+    num_heads_attr: str = "num_attention_heads"
+    num_kv_heads_attr: str | None = None  # grouped-query attention: config attribute of the K/V head count
+
+    def role_paths(self, role: str) -> tuple[str, ...]:
+        if role not in ROLES:
+            raise ValueError(f"unknown projection role {role!r}; roles: {', '.join(ROLES)}")
+        return self.ffn_in if role == "ffn_in" else (getattr(self, role),)
+
+    def num_heads(self, config) -> int:
+        return getattr(config, self.num_heads_attr)
+
+    def num_kv_heads(self, config) -> int:
+        return getattr(config, self.num_kv_heads_attr) if self.num_kv_heads_attr else self.num_heads(config)
+
+    def head_dim(self, config) -> int:
+        return getattr(config, "head_dim", None) or config.hidden_size // self.num_heads(config)
+
+
+def _bert_like(name: str, root: str) -> ArchitectureMap:
+    return ArchitectureMap(
+        name=name,
+        layers=f"{root}.encoder.layer",
+        attention="attention.self",
+        q="attention.self.query",
+        k="attention.self.key",
+        v="attention.self.value",
+        o="attention.output.dense",
+        ffn_in=("intermediate.dense",),
+        ffn_out="output.dense",
+        head=("classifier",),
+        embeddings=f"{root}.embeddings",
+    )
+
+
+LLAMA = ArchitectureMap(
+    name="llama",
+    layers="model.layers",
+    attention="self_attn",
+    q="self_attn.q_proj",
+    k="self_attn.k_proj",
+    v="self_attn.v_proj",
+    o="self_attn.o_proj",
+    ffn_in=("mlp.gate_proj", "mlp.up_proj"),
+    ffn_out="mlp.down_proj",
+    head=("score",),
+    embeddings="model.embed_tokens",
+    num_kv_heads_attr="num_key_value_heads",
+)
+
+# model_type (transformers config) -> map
+ARCHITECTURES: dict[str, ArchitectureMap] = {
+    "bert": _bert_like("bert", "bert"),
+    "roberta": _bert_like("roberta", "roberta"),
+    "xlm-roberta": _bert_like("xlm-roberta", "roberta"),
+    "llama": LLAMA,
+    "mistral": LLAMA,
+    "qwen2": LLAMA,
+}
+
+ROLES = ("q", "k", "v", "o", "ffn_in", "ffn_out")
+
+
+def architecture_of(model: nn.Module) -> ArchitectureMap:
+    model_type = getattr(model.config, "model_type", None)
+    if model_type not in ARCHITECTURES:
+        raise ValueError(
+            f"model type {model_type!r} has no architecture map; supported: {', '.join(sorted(ARCHITECTURES))}"
+        )
+    return ARCHITECTURES[model_type]
+
+
+def get_module(root: nn.Module, path: str) -> nn.Module:
+    return root.get_submodule(path)
+
+
+def set_module(root: nn.Module, path: str, module: nn.Module) -> None:
+    parent, _, name = path.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, name, module)
+
+
+def layers_of(model: nn.Module, arch: ArchitectureMap) -> nn.ModuleList:
+    return model.get_submodule(arch.layers)
+
+
+def layer_path(arch: ArchitectureMap, layer: int, relative: str) -> str:
+    return f"{arch.layers}.{layer}.{relative}"
+
+
+def head_parameters(model: nn.Module, arch: ArchitectureMap) -> list[nn.Parameter]:
+    return [p for path in arch.head for p in model.get_submodule(path).parameters()]
+
+
+def backbone_parameter_count(model: nn.Module, arch: ArchitectureMap) -> int:
+    """Every pretrained parameter except the task head (embeddings included), LoRA weights excluded."""
+    head = {id(p) for p in head_parameters(model, arch)}
+    return sum(p.numel() for n, p in model.named_parameters() if id(p) not in head and not is_lora_name(n))
+
+
+def layer_parameter_count(model: nn.Module, arch: ArchitectureMap) -> int:
+    """Pretrained parameters of the transformer layers only: the part head and neuron pruning can shrink."""
+    return sum(p.numel() for n, p in layers_of(model, arch).named_parameters() if not is_lora_name(n))
+
+
+def is_lora_name(name: str) -> bool:
+    # peft names every LoRA tensor "...lora_A.<adapter>.weight" / "lora_B" / "lora_embedding_*"
+    return ".lora_" in f".{name}"

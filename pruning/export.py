@@ -1,0 +1,200 @@
+"""The result directory, and loading it back.
+
+    adapter_config.json, adapter_model.safetensors  the LoRA part (+ task head), as stock peft writes it:
+                                                    PeftModel.from_pretrained(base, dir) loads it
+    peftsearch_config.json                          the whole configuration: units per layer with their sizes,
+                                                    LoRA ranks, backbone pruning record, task, labels, metrics
+    peftsearch_weights.safetensors                  every trained tensor (LoRA, adapters, prefixes, head, ...)
+    trace.json                                      the search's rounds: what was removed, scores, metrics
+    result.json                                     the SearchResult
+    README.md                                       a short model card
+
+`load(dir, base_model)` rebuilds the exact model from the base and these files; `evaluate(dir, base_model)`
+re-scores it on the dev set recorded in the configuration.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .arch import architecture_of
+from .spec import SearchSpec, SpaceSpec, TaskSpec, _from_dict
+
+FORMAT_VERSION = 1
+CONFIG = "peftsearch_config.json"
+WEIGHTS = "peftsearch_weights.safetensors"
+
+
+def configuration_of(model, spec: SearchSpec, task, metrics: dict[str, float]) -> dict[str, Any]:
+    units = model.unit_keys()
+    layers = []
+    for layer in range(model.num_layers):
+        here = {u.kind: u.describe() for u in model.units.values() if u.layer == layer}
+        layers.append({"layer": layer, "modules": here})
+    lora_ranks = {path: unit.targets[role].r["default"]
+                  for unit in model.units.values() if unit.kind == "lora" for role, path in unit.paths.items()}
+    return {
+        "format_version": FORMAT_VERSION,
+        "base_model": spec.model,
+        "architecture": model.arch.name,
+        "task": dataclasses.asdict(spec.task),
+        "problem": task.problem,
+        "labels": task.labels,
+        "metric_names": list(task.metric_names),
+        "max_length": spec.train.max_length,
+        "space": dataclasses.asdict(spec.space),
+        "units": units,
+        "lora_ranks": lora_ranks,
+        "layers": layers,
+        "pruned_layers": [entry["layer"] for entry in layers if not entry["modules"]],
+        "backbone": getattr(model, "backbone_record", None),
+        "trainable_params": model.peft_params(),
+        "metrics": metrics,
+    }
+
+
+def save(out_dir: str | Path, model, *, spec: SearchSpec, task, metrics: dict[str, float], records,
+         trace_extra: dict) -> dict[str, Any]:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    config = configuration_of(model, spec, task, metrics)
+    (out / CONFIG).write_text(json.dumps(config, indent=2))
+    save_file({k: v.contiguous().cpu() for k, v in model.trained_state().items()}, out / WEIGHTS,
+              metadata={"format": "peftsearch", "format_version": str(FORMAT_VERSION)})
+    _save_peft_lora(out, model, spec, config)
+    trace = {"rounds": [dataclasses.asdict(r) for r in records], **trace_extra}
+    (out / "trace.json").write_text(json.dumps(trace, indent=2))
+    (out / "README.md").write_text(_model_card(config, records))
+    return config
+
+
+def write_result(out_dir: str | Path, result) -> None:
+    (Path(out_dir) / "result.json").write_text(json.dumps(result.to_dict(), indent=2))
+
+
+def _save_peft_lora(out: Path, model, spec: SearchSpec, config: dict) -> None:
+    """Write the LoRA part with peft itself onto a clean copy of the base, so stock peft reads it back."""
+    from peft import LoraConfig, get_peft_model
+
+    from .models import load_model
+
+    ranks = config["lora_ranks"]
+    if not ranks:
+        return  # no LoRA unit survived: nothing for peft to load
+    base = load_model(spec.model, model.model.config.num_labels, config["problem"],
+                      model.model.config.pad_token_id)
+    if config["backbone"]:
+        from .backbone import apply_backbone_record
+
+        apply_backbone_record(base, config["backbone"])
+    lora = spec.space.lora
+    peft_config = LoraConfig(
+        r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=sorted(ranks),
+        rank_pattern={p: r for p, r in ranks.items() if r != lora.rank},
+        alpha_pattern={p: lora.alpha * r / lora.rank for p, r in ranks.items() if r != lora.rank},
+        modules_to_save=list(model.arch.head), base_model_name_or_path=spec.model)
+    with warnings.catch_warnings():  # peft notes the resolved base path differs from the name we give it
+        warnings.simplefilter("ignore")
+        peft_model = get_peft_model(base, peft_config)
+    ours = dict(model.model.named_parameters())
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            source = name.removeprefix("base_model.model.").replace(".modules_to_save.default.", ".")
+            if ".lora_" in name or ".modules_to_save." in name:
+                param.copy_(ours[source])
+    peft_model.save_pretrained(out)
+
+
+def load(out_dir: str | Path, base_model: str | None = None, device: str = "cpu"):
+    """Rebuild the searched model: the base (pruned as recorded), its units, and their trained weights.
+    Returns the Supernet in eval mode; call it with tokenizer outputs to get logits."""
+    from .models import load_model, load_tokenizer
+    from .supernet import Supernet
+
+    out = Path(out_dir)
+    config = read_config(out)
+    base_model = base_model or config["base_model"]
+    tokenizer = load_tokenizer(base_model)
+    num_labels = len(config["labels"]) if config["labels"] else 1
+    model = load_model(base_model, num_labels, config["problem"], tokenizer.pad_token_id)
+    if architecture_of(model).name != config["architecture"]:
+        raise ValueError(f"{base_model} is a {architecture_of(model).name} model; the result was searched on "
+                         f"a {config['architecture']} model")
+    if config["backbone"]:
+        from .backbone import apply_backbone_record
+
+        apply_backbone_record(model, config["backbone"])
+    space = _from_dict(SpaceSpec, config["space"], "space")
+    supernet = Supernet(model, space, config["units"], config["lora_ranks"])
+    supernet.load_trained_state(load_file(out / WEIGHTS))
+    supernet.tokenizer = tokenizer
+    return supernet.to(device).eval()
+
+
+def evaluate(out_dir: str | Path, base_model: str | None = None, task: TaskSpec | None = None,
+             device: str = "cpu") -> dict[str, float]:
+    """Reload the result and score it on the dev set of `task` (default: the task it was searched on)."""
+    from .data import load_task
+    from .models import resolve_device
+    from .train import encode
+    from .train import evaluate as evaluate_model
+
+    config = read_config(Path(out_dir))
+    task = task or _from_dict(TaskSpec, config["task"], "task")
+    model = load(out_dir, base_model, device)
+    data = load_task(task)
+    dev = encode(model.tokenizer, data.dev, config["max_length"], data.problem)
+    return evaluate_model(model, dev, data.metric_names, 128, model.tokenizer.pad_token_id, resolve_device(device))
+
+
+def read_config(out: Path) -> dict[str, Any]:
+    path = out / CONFIG
+    if not path.exists():
+        raise FileNotFoundError(f"{out} is not a peftsearch result directory (no {CONFIG})")
+    config = json.loads(path.read_text())
+    if config.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{path}: format version {config.get('format_version')} is not {FORMAT_VERSION}")
+    return config
+
+
+def _model_card(config: dict, records) -> str:
+    metrics = ", ".join(f"{k} {v:.4f}" for k, v in config["metrics"].items())
+    rows = "\n".join(
+        f"| {e['layer']} | " + " | ".join(_cell(e["modules"].get(kind)) for kind in ("lora", "adapter", "prefix"))
+        + " |" for e in config["layers"])
+    rounds = "\n".join(f"- round {r.round}: removed {', '.join(u.unit for u in r.removed) or 'nothing'}; "
+                       f"{r.trainable_params:,} parameters left" for r in records)
+    return f"""# peftsearch result
+
+- base model: `{config['base_model']}` ({config['architecture']})
+- task: {config['task'].get('glue') or config['task'].get('train')} ({config['problem']})
+- dev metrics: {metrics}
+- trainable PEFT parameters: {config['trainable_params']:,}
+- layers without any PEFT module: {config['pruned_layers'] or 'none'}
+
+| layer | LoRA | adapter | prefix |
+|---|---|---|---|
+{rows}
+
+{rounds}
+
+Load it with `pruning.load(dir, base_model)`; the LoRA part alone with
+`peft.PeftModel.from_pretrained(base_model, dir)`.
+"""
+
+
+def _cell(description: dict | None) -> str:
+    if description is None:
+        return "-"
+    if "ranks" in description:
+        return "r=" + "/".join(str(r) for r in description["ranks"].values())
+    if "size" in description:
+        return f"d={description['size']}"
+    return f"p={description['length']}"

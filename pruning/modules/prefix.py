@@ -1,0 +1,91 @@
+"""Per-layer prefix tuning (Li & Liang 2021): `length` learned key/value vectors per attention head, prepended to
+that layer's keys and values. peft's prefix tuning is all-layers-or-none, so this is our own: a pre-hook hands the
+layer's prefix to the attention call, and the "peftsearch" attention function (registered with transformers'
+AttentionInterface) concatenates it and extends the mask. Prefixes are sized by the layer's current head count,
+so they follow head pruning."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+from transformers.modeling_utils import AttentionInterface
+
+from .base import Unit
+
+ATTENTION = "peftsearch"
+KWARG = "peftsearch_prefix"
+
+
+class PrefixUnit(Unit):
+    kind = "prefix"
+
+    def __init__(self, layer: int, kv_heads: int, head_dim: int, length: int):
+        super().__init__(layer)
+        self.keys = nn.Parameter(torch.empty(kv_heads, length, head_dim))
+        self.values = nn.Parameter(torch.empty(kv_heads, length, head_dim))
+        self.reset_parameters()
+
+    @classmethod
+    def build(cls, model, arch, layer: int, spec) -> PrefixUnit:
+        config = model.config
+        return cls(layer, arch.num_kv_heads(config), arch.head_dim(config), spec.prefix.length)
+
+    def reset_parameters(self) -> None:
+        nn.init.normal_(self.keys, std=0.02)
+        nn.init.normal_(self.values, std=0.02)
+
+    def keep_heads(self, heads: list[int]) -> None:
+        """Follow head pruning: keep the prefix vectors of the surviving heads only."""
+        index = torch.tensor(heads, dtype=torch.long, device=self.keys.device)
+        self.keys = nn.Parameter(self.keys.data.index_select(0, index).clone())
+        self.values = nn.Parameter(self.values.data.index_select(0, index).clone())
+
+    def install(self, model, arch):
+        attention = model.get_submodule(f"{arch.layers}.{self.layer}.{arch.attention}")
+
+        def pass_prefix(module, args, kwargs):
+            return (args, {**kwargs, KWARG: self}) if self.enabled else None
+
+        return [attention.register_forward_pre_hook(pass_prefix, with_kwargs=True)]
+
+    def describe(self) -> dict:
+        return {"length": self.keys.shape[1], "heads": self.keys.shape[0]}
+
+
+def attention_with_prefix(module, query, key, value, attention_mask, **kwargs):
+    prefix: PrefixUnit | None = kwargs.pop(KWARG, None)
+    if prefix is None or prefix.keys.shape[0] == 0:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    batch, length = key.shape[0], prefix.keys.shape[1]
+    prefix_keys = prefix.keys.to(key.dtype).unsqueeze(0).expand(batch, -1, -1, -1)
+    prefix_values = prefix.values.to(value.dtype).unsqueeze(0).expand(batch, -1, -1, -1)
+    full_mask = _extend_mask(attention_mask, module, query, key, length)
+    output, weights = sdpa_attention_forward(
+        module, query, torch.cat([prefix_keys, key], dim=2), torch.cat([prefix_values, value], dim=2),
+        full_mask, **kwargs)
+    if prefix.recorder is not None:
+        with torch.no_grad():  # what the layer's attention gives without the prefix
+            base, _ = sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+        prefix.record((output - base).flatten(2), base.flatten(2))
+    return output, weights
+
+
+def _extend_mask(mask, module, query, key, length):
+    """Every query may attend to every prefix position; token positions keep their mask."""
+    if mask is None:
+        if not getattr(module, "is_causal", False) or query.shape[2] == 1:
+            return None
+        # sdpa's is_causal aligns top-left, which is wrong once keys outnumber queries: make it explicit.
+        q, k = query.shape[2], key.shape[2]
+        mask = torch.ones(q, k, dtype=torch.bool, device=query.device).tril(k - q)[None, None]
+    if mask.dtype == torch.bool:
+        pad = torch.ones(*mask.shape[:-1], length, dtype=torch.bool, device=mask.device)
+    else:
+        pad = torch.zeros(*mask.shape[:-1], length, dtype=mask.dtype, device=mask.device)
+    return torch.cat([pad, mask], dim=-1)
+
+
+AttentionInterface.register(ATTENTION, attention_with_prefix)
+ALL_MASK_ATTENTION_FUNCTIONS.register(ATTENTION, sdpa_mask)

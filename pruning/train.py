@@ -1,0 +1,163 @@
+"""Tokenised batches, the training loop and evaluation: the same code for search rounds, warm-up and retraining.
+
+CUDA when present (bf16 autocast), CPU otherwise. Batches are padded to their longest sequence, and evaluation
+sorts examples by length first, which on CPU saves most of the padding work.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable, Iterator
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .data import Example, compute_metrics
+
+
+@dataclass
+class Encoded:
+    input_ids: list[list[int]]
+    token_type_ids: list[list[int]] | None
+    labels: list[float]
+    problem: str
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    def subset(self, indices: list[int]) -> Encoded:
+        return Encoded([self.input_ids[i] for i in indices],
+                       None if self.token_type_ids is None else [self.token_type_ids[i] for i in indices],
+                       [self.labels[i] for i in indices], self.problem)
+
+
+def encode(tokenizer, examples: list[Example], max_length: int, problem: str) -> Encoded:
+    texts = [e.text for e in examples]
+    pairs = [e.text_pair for e in examples] if examples and examples[0].text_pair is not None else None
+    enc = tokenizer(texts, pairs, truncation=True, max_length=max_length)
+    return Encoded(enc["input_ids"], enc.get("token_type_ids"), [e.label for e in examples], problem)
+
+
+def collate(data: Encoded, indices: list[int], pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
+    width = max(len(data.input_ids[i]) for i in indices)
+    ids = torch.full((len(indices), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(indices), width), dtype=torch.long)
+    types = torch.zeros((len(indices), width), dtype=torch.long) if data.token_type_ids is not None else None
+    for row, i in enumerate(indices):
+        n = len(data.input_ids[i])
+        ids[row, :n] = torch.tensor(data.input_ids[i])
+        mask[row, :n] = 1
+        if types is not None:
+            types[row, :n] = torch.tensor(data.token_type_ids[i])
+    dtype = torch.float if data.problem == "regression" else torch.long
+    batch = {"input_ids": ids, "attention_mask": mask, "labels": torch.tensor([data.labels[i] for i in indices],
+                                                                              dtype=dtype)}
+    if types is not None:
+        batch["token_type_ids"] = types
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def shuffled_batches(data: Encoded, batch_size: int, seed: int, pad_id: int,
+                     device: torch.device) -> Iterator[dict[str, torch.Tensor]]:
+    """Endless batches, reshuffled every epoch with a seeded generator."""
+    rng = random.Random(seed)
+    order: list[int] = []
+    while True:
+        if len(order) < batch_size:
+            fresh = list(range(len(data)))
+            rng.shuffle(fresh)
+            order += fresh
+        indices, order = order[:batch_size], order[batch_size:]
+        yield collate(data, indices, pad_id, device)
+
+
+def loss_of(logits: torch.Tensor, labels: torch.Tensor, problem: str) -> torch.Tensor:
+    if problem == "regression":
+        return F.mse_loss(logits.squeeze(-1).float(), labels.float())
+    return F.cross_entropy(logits.float(), labels)
+
+
+def autocast(device: torch.device):
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+
+
+def lr_factor(step: int, steps: int, warmup: int, decay: bool) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    if not decay:
+        return 1.0
+    return max(0.0, (steps - step) / max(1, steps - warmup))
+
+
+StepCallback = Callable[[int, int, float], None]  # (step, steps, loss)
+
+
+def train(model: torch.nn.Module, params: list[torch.nn.Parameter], batches: Iterator[dict], *, steps: int,
+          lr: float, problem: str, device: torch.device, warmup_ratio: float = 0.06, weight_decay: float = 0.0,
+          decay: bool = True, tracker=None, extra_loss: Callable[[], torch.Tensor] | None = None,
+          on_step: StepCallback | None = None, should_stop: Callable[[], bool] | None = None) -> float:
+    """AdamW with linear warm-up (and linear decay unless `decay` is False); returns the mean training loss.
+
+    `tracker` (an ImportanceTracker) sees each batch's mask before the forward and the gradients after the
+    backward; `extra_loss` adds a regulariser (the backbone masks' L1 penalty)."""
+    from .result import Cancelled
+
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    warmup = math.ceil(steps * warmup_ratio)
+    model.train()
+    total = 0.0
+    for step in range(steps):
+        if should_stop is not None and should_stop():
+            raise Cancelled()
+        for group in optimizer.param_groups:
+            group["lr"] = lr * lr_factor(step, steps, warmup, decay)
+        batch = next(batches)
+        labels = batch.pop("labels")
+        if tracker is not None:
+            tracker.before_forward(batch["attention_mask"])
+        with autocast(device):
+            loss = loss_of(model(**batch), labels, problem)
+            if extra_loss is not None:
+                loss = loss + extra_loss()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if tracker is not None:
+            tracker.after_backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise FloatingPointError(f"training loss became {value} at step {step + 1}; try a lower learning rate")
+        total += value
+        if on_step is not None:
+            on_step(step + 1, steps, value)
+    model.eval()
+    return total / max(steps, 1)
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, data: Encoded, batch_size: int, pad_id: int,
+            device: torch.device) -> np.ndarray:
+    """Class indices (classification) or values (regression), in the data's order."""
+    model.eval()
+    order = sorted(range(len(data)), key=lambda i: len(data.input_ids[i]))
+    out = np.zeros(len(data), dtype=float if data.problem == "regression" else int)
+    for start in range(0, len(order), batch_size):
+        indices = order[start:start + batch_size]
+        batch = collate(data, indices, pad_id, device)
+        batch.pop("labels")
+        with autocast(device):
+            logits = model(**batch).float()
+        values = logits.squeeze(-1) if data.problem == "regression" else logits.argmax(-1)
+        out[indices] = values.cpu().numpy()
+    return out
+
+
+def evaluate(model: torch.nn.Module, data: Encoded, metric_names, batch_size: int, pad_id: int,
+             device: torch.device) -> dict[str, float]:
+    predictions = predict(model, data, batch_size, pad_id, device)
+    return compute_metrics(metric_names, predictions, np.asarray(data.labels))
