@@ -1,0 +1,55 @@
+"""/v1/datasets: upload a train+dev pair (CSV, TSV or JSONL), checked before it is kept; list yours."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile
+
+from store.datasets import create_dataset, list_datasets
+
+from .deps import Config, Db, Owner
+from .errors import ApiError
+from .schemas import DatasetOut, Page
+
+router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
+MULTIPART_OVERHEAD = 64 * 1024  # form fields and part headers around the two files
+
+
+def check_length(request: Request, settings: Config) -> None:
+    """Refuse an oversized body from its Content-Length, before it is read."""
+    length = request.headers.get("content-length")
+    if length and length.isdigit() and int(length) > 2 * settings.max_upload_bytes + MULTIPART_OVERHEAD:
+        raise ApiError(413, f"upload larger than {settings.max_upload_bytes} bytes per file")
+
+
+@router.post("", status_code=201, response_model=DatasetOut, dependencies=[Depends(check_length)],
+             summary="Upload a dataset (train + dev files)")
+def upload_dataset(
+    owner: Owner,
+    session: Db,
+    settings: Config,
+    train: Annotated[UploadFile, File(description="Training examples: .csv, .tsv or .jsonl.")],
+    dev: Annotated[UploadFile, File(description="Dev examples (the search is scored on them), same format.")],
+    name: Annotated[str | None, Form(max_length=200)] = None,
+    format: Annotated[Literal["csv", "tsv", "jsonl"] | None, Form(description="Default: from the file name.")] = None,
+    text_column: Annotated[str, Form()] = "text",
+    text_pair_column: Annotated[str | None, Form(description="Second text of sentence-pair tasks.")] = None,
+    label_column: Annotated[str, Form()] = "label",
+    problem: Annotated[Literal["classification", "regression"], Form()] = "classification",
+) -> DatasetOut:
+    columns = {"text_column": text_column, "text_pair_column": text_pair_column or None,
+               "label_column": label_column, "problem": problem}
+    dataset = create_dataset(session, settings.datasets, owner=owner, name=name, fmt=format, columns=columns,
+                             files={"train": (train.filename or "train", train.file),
+                                    "dev": (dev.filename or "dev", dev.file)},
+                             max_bytes=settings.max_upload_bytes)
+    session.commit()
+    return DatasetOut.of(dataset)
+
+
+@router.get("", response_model=Page[DatasetOut], summary="List your datasets, newest first")
+def get_datasets(owner: Owner, session: Db, after: str | None = None,
+                 limit: Annotated[int, Query(ge=1, le=100)] = 20) -> Page[DatasetOut]:
+    rows = list_datasets(session, owner, after=after, limit=limit + 1)
+    return Page[DatasetOut].of(rows, limit, DatasetOut.of)

@@ -1,0 +1,69 @@
+"""Every error leaves the API as {"error": {"code", "message", "param"}}, whatever raised it."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from pruning.spec import SpecError
+from store.datasets import DatasetError
+from store.jobs import IdempotencyConflict, NotCancellable
+
+log = logging.getLogger("peftsearch.api")
+
+CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
+         409: "conflict", 413: "payload_too_large", 422: "invalid_request", 503: "not_ready"}
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, *, code: str | None = None, param: str | None = None,
+                 headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status, self.message, self.code, self.param = status, message, code or CODES[status], param
+        self.headers = headers
+
+
+def error_response(status: int, code: str, message: str, param: str | None = None,
+                   headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message, "param": param}}, status, headers=headers)
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def api_error(_: Request, e: ApiError):
+        return error_response(e.status, e.code, e.message, e.param, e.headers)
+
+    @app.exception_handler(SpecError)
+    async def spec_error(_: Request, e: SpecError):
+        return error_response(422, "invalid_request", e.message, e.field)
+
+    @app.exception_handler(DatasetError)
+    async def dataset_error(_: Request, e: DatasetError):
+        return error_response(e.status, CODES[e.status], e.message, e.param)
+
+    @app.exception_handler(IdempotencyConflict)
+    async def idempotency_conflict(_: Request, e: IdempotencyConflict):
+        return error_response(409, "idempotency_conflict", str(e), "Idempotency-Key")
+
+    @app.exception_handler(NotCancellable)
+    async def not_cancellable(_: Request, e: NotCancellable):
+        return error_response(409, "not_cancellable", str(e))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_: Request, e: RequestValidationError):
+        first = e.errors()[0]
+        where = [str(part) for part in first["loc"] if part not in ("body", "query", "path", "header")]
+        return error_response(422, "invalid_request", first["msg"], ".".join(where) or None)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_: Request, e: HTTPException):
+        return error_response(e.status_code, CODES.get(e.status_code, "error"), str(e.detail))
+
+    @app.exception_handler(Exception)
+    async def internal_error(_: Request, e: Exception):
+        log.exception("unhandled error")
+        return error_response(500, "internal_error", "internal error; the server log has the details")

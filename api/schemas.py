@@ -1,0 +1,199 @@
+"""Request and response bodies. Separate from the tables: a column can change without changing the API."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any, Generic, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from store.models import STATUSES, Dataset, Job
+
+Status = Literal[STATUSES]  # type: ignore[valid-type]
+T = TypeVar("T")
+
+
+class ErrorBody(BaseModel):
+    code: str = Field(examples=["invalid_request"])
+    message: str
+    param: str | None = Field(None, description="The request field at fault, when there is one.")
+
+
+class ErrorOut(BaseModel):
+    error: ErrorBody
+
+
+class Page(BaseModel, Generic[T]):
+    data: list[T]
+    next: str | None = Field(None, description="Pass as `after` to get the next page; null on the last page.")
+
+    @classmethod
+    def of(cls, rows: list[Any], limit: int, convert: Callable[[Any], T]) -> Page[T]:
+        """`rows` holds up to limit + 1 rows: one more than the page tells whether another page follows."""
+        more = len(rows) > limit
+        return cls(data=[convert(r) for r in rows[:limit]], next=str(rows[limit - 1].id) if more else None)
+
+
+class JobCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), json_schema_extra={"examples": [
+        {"model": "all-MiniLM-L6-v2", "dataset_id": "ds_0193f2a4c1d2a1b2c3d4e5f6", "budget": "0.5%",
+         "search": {"schedule": {"rounds": 4, "steps_per_round": 30}, "train": {"steps": 300}}}]})
+
+    model: str = Field(description="A base model name from GET /v1/models.")
+    dataset_id: str = Field(description="An uploaded dataset (POST /v1/datasets).")
+    budget: str | int = Field("0.5%", description="Trainable PEFT parameters: a count (70000, '70k') or a share "
+                                                  "of the backbone ('0.5%').")
+    search: dict[str, Any] = Field(default_factory=dict, description=(
+        "Overrides of the engine's SearchSpec: space, policy, schedule, train, backbone, retrain, seed "
+        "(see pruning/spec.py). Unknown fields are refused."))
+
+
+class Progress(BaseModel):
+    phase: str = Field(description="load, warmup, search, retrain, evaluate, export or done.")
+    round: int | None = None
+    rounds: int = 0
+    step: int = 0
+    steps: int = 0
+    loss: float | None = None
+    metric: float | None = None
+    trainable_params: int | None = None
+    elapsed_s: float = 0.0
+    eta_s: float | None = Field(None, description="Estimated seconds left, from the steps done so far.")
+    message: str = ""
+
+
+class JobResult(BaseModel):
+    """The search's outcome (pruning.SearchResult without its rounds: GET /v1/jobs/{id}/rounds has those)."""
+
+    task: str
+    metric_name: str
+    metric: float
+    metrics: dict[str, float]
+    trainable_params: int
+    head_params: int
+    budget_params: int
+    backbone_params: int
+    backbone_params_before: int
+    configuration: dict[str, Any] = Field(description="Module type per layer, ranks, sizes, backbone record.")
+    pruned_layers: list[int]
+    search_wall_s: float
+    retrain_wall_s: float
+    peak_memory_mb: float
+    device: str
+
+
+class JobErrorOut(BaseModel):
+    code: str
+    message: str
+
+
+class ArtifactOut(BaseModel):
+    url: str
+    sha256: str
+    size_bytes: int
+
+
+class JobOut(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+
+    id: str
+    status: Status
+    model: str
+    dataset_id: str
+    budget: str | int
+    search: dict[str, Any]
+    attempt: int
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    updated_at: datetime
+    progress: Progress | None
+    result: JobResult | None
+    error: JobErrorOut | None
+    artifact: ArtifactOut | None
+
+    @classmethod
+    def of(cls, job: Job) -> JobOut:
+        artifact = job.artifact and ArtifactOut(url=f"/v1/jobs/{job.id}/artifact", sha256=job.artifact.sha256,
+                                                size_bytes=job.artifact.size_bytes)
+        return cls(id=job.id, status=job.status, model=job.request["model"], dataset_id=job.dataset_id,
+                   budget=job.request["budget"], search=job.request["search"], attempt=job.attempt,
+                   created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at,
+                   updated_at=job.updated_at, progress=job.progress, result=job.result, error=job.error,
+                   artifact=artifact)
+
+
+class EventOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    kind: str = Field(description="status, phase, round or error.")
+    message: str
+    data: dict[str, Any] | None
+    created_at: datetime
+
+
+class RemovedUnitOut(BaseModel):
+    unit: str
+    params: int
+    score: float
+    scores: dict[str, float]
+
+
+class RoundOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    round: int
+    trainable_params: int
+    target_params: int
+    metric_name: str
+    metric: float | None
+    train_loss: float | None
+    units_left: list[str]
+    removed: list[RemovedUnitOut]
+    backbone_params: int | None
+    wall_s: float
+
+
+class Columns(BaseModel):
+    text_column: str = "text"
+    text_pair_column: str | None = None
+    label_column: str = "label"
+    problem: Literal["classification", "regression"] = "classification"
+
+
+class DatasetOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    name: str
+    format: Literal["csv", "tsv", "jsonl"]
+    columns: Columns
+    labels: list[str] | None
+    metric_name: str
+    train_rows: int
+    dev_rows: int
+    size_bytes: int
+    created_at: datetime
+
+    @classmethod
+    def of(cls, dataset: Dataset) -> DatasetOut:
+        return cls.model_validate(dataset)
+
+
+class ModelOut(BaseModel):
+    name: str
+    model_type: str | None = Field(None, description="From the model's config.json, e.g. bert.")
+    layers: int | None = None
+    hidden_size: int | None = None
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class Readiness(BaseModel):
+    status: Literal["ready"] = "ready"
+    database: str
+    broker: str = Field(description="'embedded' when jobs run in the API process.")

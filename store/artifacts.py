@@ -1,0 +1,28 @@
+"""The pruned-adapter archive: a .tar.gz of the engine's output directory, with its sha256 and size."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tarfile
+from pathlib import Path
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_archive(out_dir: Path, artifact_root: Path, job_id: str) -> dict:
+    """Pack `out_dir` as `<job_id>/...` into `<artifact_root>/<job_id>.tar.gz` (written aside, then renamed, so a
+    half-written archive is never served). Returns the artifacts row's fields."""
+    artifact_root.mkdir(parents=True, exist_ok=True)
+    name = f"{job_id}.tar.gz"
+    partial = artifact_root / (name + ".partial")
+    with tarfile.open(partial, "w:gz") as tar:
+        tar.add(out_dir, arcname=job_id)
+    os.replace(partial, artifact_root / name)
+    return {"path": name, "sha256": sha256_file(artifact_root / name), "size_bytes": (artifact_root / name).stat().st_size}

@@ -1,0 +1,90 @@
+"""Uploaded datasets: a train and a dev file plus the column mapping, checked by the engine's own loader before
+anything is kept. A rejected upload leaves no file and no row behind."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import BinaryIO
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from pruning.data import DataError, load_task
+from pruning.spec import SpecError, TaskSpec
+
+from .models import Dataset, new_id
+
+FORMATS = ("csv", "tsv", "jsonl")
+
+
+class DatasetError(ValueError):
+    def __init__(self, param: str, message: str, status: int = 422):
+        super().__init__(message)
+        self.param, self.message, self.status = param, message, status
+
+
+def task_spec(dataset: Dataset, root: Path) -> TaskSpec:
+    """The engine's view of a stored dataset (absolute file paths under the dataset directory)."""
+    return TaskSpec(train=str(root / dataset.train_path), dev=str(root / dataset.dev_path), format=dataset.format,
+                    **dataset.columns)
+
+
+def create_dataset(session: Session, root: Path, *, owner: str, name: str | None, fmt: str | None,
+                   files: dict[str, tuple[str, BinaryIO]], columns: dict, max_bytes: int) -> Dataset:
+    """`files` maps "train" and "dev" to (uploaded file name, readable file). Raises DatasetError."""
+    fmt = fmt or _format_of(files["train"][0])
+    if fmt not in FORMATS:
+        raise DatasetError("format", f"unknown format {fmt!r}: name the files *.csv, *.tsv or *.jsonl, or set format")
+    dataset_id = new_id("ds")
+    folder = root / dataset_id
+    folder.mkdir(parents=True)
+    try:
+        size = sum(_save(source, folder / f"{split}.{fmt}", split, max_bytes) for split, (_, source) in files.items())
+        dataset = Dataset(id=dataset_id, owner=owner, name=name or files["train"][0], format=fmt, columns=columns,
+                          train_path=f"{dataset_id}/train.{fmt}", dev_path=f"{dataset_id}/dev.{fmt}",
+                          size_bytes=size, labels=None, metric_name="", train_rows=0, dev_rows=0)
+        try:
+            data = load_task(task_spec(dataset, root))
+        except SpecError as e:
+            raise DatasetError(e.field.removeprefix("task."), e.message) from e
+        except DataError as e:
+            split = "train" if Path(e.path).name.startswith("train.") else "dev"
+            raise DatasetError(split, f"{files[split][0]}:{e.line}: {e.reason}") from e
+        if not data.train or not data.dev:
+            raise DatasetError("train" if not data.train else "dev", "the file holds no examples")
+        dataset.labels, dataset.metric_name = data.labels, data.primary_metric
+        dataset.train_rows, dataset.dev_rows = len(data.train), len(data.dev)
+        session.add(dataset)
+        session.flush()
+        return dataset
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+
+
+def get_dataset(session: Session, owner: str, dataset_id: str) -> Dataset | None:
+    return session.scalar(select(Dataset).where(Dataset.id == dataset_id, Dataset.owner == owner))
+
+
+def list_datasets(session: Session, owner: str, *, after: str | None, limit: int) -> list[Dataset]:
+    query = select(Dataset).where(Dataset.owner == owner)
+    if after:
+        query = query.where(Dataset.id < after)
+    return list(session.scalars(query.order_by(Dataset.id.desc()).limit(limit)))
+
+
+def _format_of(filename: str) -> str | None:
+    suffix = Path(filename).suffix.lower().lstrip(".")
+    return suffix if suffix in FORMATS else None
+
+
+def _save(source: BinaryIO, dest: Path, split: str, max_bytes: int) -> int:
+    size = 0
+    with open(dest, "wb") as out:
+        for block in iter(lambda: source.read(1 << 20), b""):
+            size += len(block)
+            if size > max_bytes:
+                raise DatasetError(split, f"the {split} file is larger than {max_bytes} bytes", status=413)
+            out.write(block)
+    return size

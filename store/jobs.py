@@ -1,0 +1,229 @@
+"""A job's life in the database. The API creates, lists and cancels; the worker claims, reports and finishes.
+
+Every status change is a conditional UPDATE, so two parties racing (a cancel against a finish, two workers given
+the same message) never both win. A worker's writes carry the attempt it claimed: once the reaper hands the
+job to another attempt, the old worker's writes match no row and it stops.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from pruning.spec import SpecError
+
+from .datasets import get_dataset
+from .models import (
+    ACTIVE,
+    CANCELLED,
+    CANCELLING,
+    FAILED,
+    FINAL,
+    QUEUED,
+    RUNNING,
+    Artifact,
+    Job,
+    JobEvent,
+    Round,
+    new_id,
+    utcnow,
+)
+from .specs import build_spec
+
+
+class NotCancellable(Exception):
+    pass
+
+
+class IdempotencyConflict(Exception):
+    pass
+
+
+def add_event(session: Session, job_id: str, kind: str, message: str, data: dict[str, Any] | None = None) -> None:
+    session.add(JobEvent(job_id=job_id, kind=kind, message=message, data=data))
+
+
+# --- API side ---------------------------------------------------------------------------------------------------
+
+
+def submit(session: Session, *, owner: str, request: dict[str, Any], idempotency_key: str | None,
+           models: dict[str, str], dataset_root: Path) -> tuple[Job, bool]:
+    """Create a queued job from a request body, or return the job an earlier request with the same idempotency
+    key created (True: a replay). Raises SpecError for a bad body, IdempotencyConflict for a reused key."""
+    request_hash = hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()
+    if idempotency_key and (earlier := job_by_idempotency_key(session, owner, idempotency_key)):
+        return _replay(earlier, request_hash), True
+    dataset = get_dataset(session, owner, request["dataset_id"])
+    if dataset is None:
+        raise SpecError("dataset_id", f"no dataset {request['dataset_id']!r}; upload one with POST /v1/datasets")
+    spec = build_spec(models=models, model=request["model"], dataset=dataset, dataset_root=dataset_root,
+                      budget=request["budget"], search=request["search"])
+    try:
+        return create_job(session, owner=owner, request=request, request_hash=request_hash,
+                          idempotency_key=idempotency_key, spec=spec, dataset_id=dataset.id), False
+    except IntegrityError:  # a concurrent request with the same key got there first
+        session.rollback()
+        return _replay(job_by_idempotency_key(session, owner, idempotency_key), request_hash), True
+
+
+def _replay(job: Job, request_hash: str) -> Job:
+    if job.request_hash != request_hash:
+        raise IdempotencyConflict(f"this Idempotency-Key was used for job {job.id} with a different body")
+    return job
+
+
+def create_job(session: Session, *, owner: str, request: dict[str, Any], request_hash: str,
+               idempotency_key: str | None, spec: dict[str, Any], dataset_id: str) -> Job:
+    job = Job(id=new_id("job"), owner=owner, status=QUEUED, request=request, request_hash=request_hash,
+              idempotency_key=idempotency_key, spec=spec, dataset_id=dataset_id)
+    session.add(job)
+    session.flush()
+    add_event(session, job.id, "status", QUEUED)
+    return job
+
+
+def get_job(session: Session, owner: str, job_id: str) -> Job | None:
+    return session.scalar(select(Job).where(Job.id == job_id, Job.owner == owner))
+
+
+def job_by_idempotency_key(session: Session, owner: str, key: str) -> Job | None:
+    return session.scalar(select(Job).where(Job.owner == owner, Job.idempotency_key == key))
+
+
+def list_jobs(session: Session, owner: str, *, status: str | None, after: str | None, limit: int) -> list[Job]:
+    """Newest first; `after` is the last id of the previous page."""
+    query = select(Job).where(Job.owner == owner)
+    if status:
+        query = query.where(Job.status == status)
+    if after:
+        query = query.where(Job.id < after)
+    return list(session.scalars(query.order_by(Job.id.desc()).limit(limit)))
+
+
+def cancel(session: Session, job: Job) -> None:
+    """queued -> cancelled at once; running -> cancelling (the worker stops at its next step); else refuse."""
+    now = utcnow()
+    if _move(session, job.id, (QUEUED,), status=CANCELLED, finished_at=now):
+        add_event(session, job.id, "status", CANCELLED)
+    elif _move(session, job.id, (RUNNING,), status=CANCELLING):
+        add_event(session, job.id, "status", CANCELLING)
+    session.refresh(job)
+    if job.status not in (CANCELLING, CANCELLED):
+        raise NotCancellable(f"job {job.id} is {job.status}")
+
+
+def mark_enqueued(session: Session, job_id: str) -> None:
+    session.execute(update(Job).where(Job.id == job_id, Job.status == QUEUED).values(enqueued_at=utcnow()))
+
+
+def list_events(session: Session, job_id: str, *, after: int | None, limit: int) -> list[JobEvent]:
+    query = select(JobEvent).where(JobEvent.job_id == job_id)
+    if after is not None:
+        query = query.where(JobEvent.id > after)
+    return list(session.scalars(query.order_by(JobEvent.id).limit(limit)))
+
+
+def list_rounds(session: Session, job_id: str) -> list[Round]:
+    return list(session.scalars(select(Round).where(Round.job_id == job_id).order_by(Round.round)))
+
+
+def get_artifact(session: Session, job_id: str) -> Artifact | None:
+    return session.scalar(select(Artifact).where(Artifact.job_id == job_id))
+
+
+# --- Worker side ------------------------------------------------------------------------------------------------
+
+
+def claim(session: Session, job_id: str, worker: str, stale_before: datetime) -> int | None:
+    """Take a queued job, or a running one whose worker stopped beating (a redelivered message). Returns the
+    attempt number that fences this worker's writes, or None when someone else has the job or it is over."""
+    now = utcnow()
+    claimable = (Job.status == QUEUED) | ((Job.status == RUNNING) & (Job.heartbeat_at < stale_before))
+    moved = session.execute(
+        update(Job).where(Job.id == job_id, claimable)
+        .values(status=RUNNING, attempt=Job.attempt + 1, worker=worker, heartbeat_at=now, updated_at=now)
+    ).rowcount
+    if not moved:
+        return None
+    job = session.get(Job, job_id, populate_existing=True)
+    if job.started_at is None:
+        job.started_at = now
+    add_event(session, job_id, "status", RUNNING, {"attempt": job.attempt, "worker": worker})
+    return job.attempt
+
+
+def heartbeat(session: Session, job_id: str, attempt: int) -> str | None:
+    """Touch the job; returns its status (cancelling tells the worker to stop), or None once it is not ours."""
+    owned = (Job.id == job_id) & (Job.attempt == attempt) & Job.status.in_(ACTIVE)
+    if not session.execute(update(Job).where(owned).values(heartbeat_at=utcnow())).rowcount:
+        return None
+    return session.scalar(select(Job.status).where(Job.id == job_id))
+
+
+def set_progress(session: Session, job_id: str, attempt: int, progress: dict[str, Any]) -> bool:
+    owned = (Job.id == job_id) & (Job.attempt == attempt) & Job.status.in_(ACTIVE)
+    return bool(session.execute(update(Job).where(owned).values(progress=progress, updated_at=utcnow())).rowcount)
+
+
+def add_round(session: Session, job_id: str, record: dict[str, Any]) -> None:
+    """Insert a round unless a previous attempt already did (a resumed search may report it again)."""
+    if session.get(Round, (job_id, record["round"])) is not None:
+        return
+    columns = set(Round.__table__.columns.keys())
+    session.add(Round(job_id=job_id, **{k: v for k, v in record.items() if k in columns}))
+
+
+def finish(session: Session, job_id: str, attempt: int, status: str, *, result: dict[str, Any] | None = None,
+           error: dict[str, str] | None = None, artifact: dict[str, Any] | None = None) -> bool:
+    """Final status for this attempt. False (and nothing written) when the job is no longer ours."""
+    assert status in FINAL
+    now = utcnow()
+    owned = (Job.id == job_id) & (Job.attempt == attempt) & Job.status.in_(ACTIVE)
+    moved = session.execute(update(Job).where(owned).values(
+        status=status, result=result, error=error, finished_at=now, updated_at=now)).rowcount
+    if not moved:
+        return False
+    if artifact is not None:
+        session.add(Artifact(id=new_id("art"), job_id=job_id, **artifact))
+    add_event(session, job_id, "status", status, error)
+    return True
+
+
+def next_queued(session: Session) -> str | None:
+    return session.scalar(select(Job.id).where(Job.status == QUEUED).order_by(Job.id).limit(1))
+
+
+def reap(session: Session, *, stale_before: datetime, max_attempts: int, unsent_before: datetime) -> list[str]:
+    """Deal with jobs whose worker died (no heartbeat since `stale_before`): re-queue them, or fail them after
+    `max_attempts`; a dead worker's cancelling job is cancelled. Returns the queued jobs the broker never
+    accepted (re-queued ones included): the caller sends them after committing."""
+    requeued = []
+    stale = select(Job.id, Job.status, Job.attempt).where(Job.status.in_(ACTIVE), Job.heartbeat_at < stale_before)
+    for job_id, status, attempt in session.execute(stale).all():
+        still_stale = (Job.id == job_id) & (Job.attempt == attempt) & Job.status.in_(ACTIVE)
+        now = utcnow()
+        if status == CANCELLING:
+            values, message = dict(status=CANCELLED, finished_at=now), CANCELLED
+        elif attempt >= max_attempts:
+            error = {"code": "worker_lost", "message": f"the worker died {attempt} times; giving up"}
+            values, message = dict(status=FAILED, finished_at=now, error=error), FAILED
+        else:
+            values, message = dict(status=QUEUED, enqueued_at=None), QUEUED
+        if session.execute(update(Job).where(still_stale).values(updated_at=now, **values)).rowcount:
+            add_event(session, job_id, "status", message, {"reason": "no heartbeat from the worker"})
+            requeued += [job_id] if message == QUEUED else []
+    unsent = select(Job.id).where(Job.status == QUEUED, Job.enqueued_at.is_(None), Job.updated_at < unsent_before)
+    return sorted(set(requeued) | set(session.scalars(unsent)))
+
+
+def _move(session: Session, job_id: str, from_statuses: tuple[str, ...], **values: Any) -> bool:
+    values.setdefault("updated_at", utcnow())
+    return bool(session.execute(
+        update(Job).where(Job.id == job_id, Job.status.in_(from_statuses)).values(**values)).rowcount)

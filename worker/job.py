@@ -1,0 +1,160 @@
+"""Run one job: claim it, call `pruning.search` with callbacks that write progress, events and rounds, pack the
+output, record the outcome. The Celery task and the in-process runner both come here; torch loads inside."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import shutil
+import socket
+import threading
+import time
+from datetime import timedelta
+from typing import Any
+
+from store import jobs
+from store.artifacts import write_archive
+from store.db import session_factory
+from store.models import CANCELLED, CANCELLING, FAILED, SUCCEEDED, Job, utcnow
+from store.settings import Settings
+
+log = logging.getLogger("peftsearch.worker")
+
+
+def run_job(job_id: str, settings: Settings) -> str:
+    """Returns what became of the job: succeeded, failed, cancelled, or skipped (not ours to run)."""
+    sessions = session_factory(settings.db_url)
+    with sessions.begin() as session:
+        stale_before = utcnow() - timedelta(seconds=settings.reap_after_s)
+        attempt = jobs.claim(session, job_id, f"{socket.gethostname()}:{os.getpid()}", stale_before)
+        spec = session.get(Job, job_id).spec if attempt else None
+    if attempt is None:
+        log.info("job %s is not claimable (taken, finished or cancelled); skipping", job_id)
+        return "skipped"
+    return JobRun(job_id, attempt, spec, settings).execute()
+
+
+class JobRun:
+    def __init__(self, job_id: str, attempt: int, spec: dict[str, Any], settings: Settings):
+        self.job_id, self.attempt, self.spec, self.settings = job_id, attempt, spec, settings
+        self.sessions = session_factory(settings.db_url)
+        self.stop = threading.Event()  # the engine polls it between steps: cancelled, or the job was taken away
+        self.lost = False  # the job now belongs to another attempt: write nothing more
+        self.done = threading.Event()
+        self.last_step_write = 0.0
+        self.work = settings.work / job_id
+
+    def execute(self) -> str:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never download at run time: models are local paths
+        from celery.exceptions import SoftTimeLimitExceeded
+
+        import pruning
+
+        out_dir, checkpoint_dir = self.work / "out", self.work / "checkpoint"
+        shutil.rmtree(out_dir, ignore_errors=True)  # a previous attempt's partial export; its checkpoint stays
+        heart = threading.Thread(target=self.beat, name=f"heartbeat-{self.job_id}", daemon=True)
+        heart.start()
+        try:
+            result = pruning.search(pruning.SearchSpec.from_dict(self.spec), out_dir, on_progress=self.on_progress,
+                                    should_stop=self.stop.is_set, checkpoint_dir=checkpoint_dir)
+            summary = {k: v for k, v in result.to_dict().items() if k not in ("rounds", "out_dir")}
+            artifact = write_archive(out_dir, self.settings.artifacts, f"{self.job_id}-{self.attempt}")
+            outcome = self.finish(SUCCEEDED, result=summary, artifact=artifact)
+            if outcome != SUCCEEDED:
+                (self.settings.artifacts / artifact["path"]).unlink(missing_ok=True)
+        except pruning.Cancelled:
+            outcome = self.finish(CANCELLED)
+        except SoftTimeLimitExceeded:
+            outcome = self.fail("time_limit", f"the job ran past its {self.settings.job_time_limit_s} s limit")
+        except Exception as e:
+            log.exception("job %s failed", self.job_id)
+            outcome = self.fail(error_code(e), f"{type(e).__name__}: {e}")
+        finally:
+            self.done.set()
+            heart.join()
+        if outcome != "lost":
+            shutil.rmtree(self.work, ignore_errors=True)
+        return outcome
+
+    def fail(self, code: str, message: str) -> str:
+        return self.finish(FAILED, error={"code": code, "message": message})
+
+    def finish(self, status: str, **fields: Any) -> str:
+        with self.sessions.begin() as session:
+            if jobs.finish(session, self.job_id, self.attempt, status, **fields):
+                return status
+        self.lost = True
+        return "lost"
+
+    def beat(self) -> None:
+        """Prove this worker is alive, and pick up a cancellation, every heartbeat_s."""
+        while not self.done.wait(self.settings.heartbeat_s):
+            try:
+                with self.sessions.begin() as session:
+                    status = jobs.heartbeat(session, self.job_id, self.attempt)
+            except Exception:
+                log.warning("heartbeat of job %s failed", self.job_id, exc_info=True)
+                continue
+            if status is None:
+                self.lost = True
+            if status is None or status == CANCELLING:
+                self.stop.set()
+
+    def on_progress(self, event) -> None:
+        """The engine's callback (its own thread): every phase and round is written, steps at most once per
+        progress_every_s."""
+        if event.kind == "step":
+            if time.monotonic() - self.last_step_write < self.settings.progress_every_s:
+                return
+            self.last_step_write = time.monotonic()
+        progress = {k: v for k, v in event.to_dict().items() if k not in ("kind", "record")}
+        progress["eta_s"] = eta_s(self.spec, event)
+        with self.sessions.begin() as session:
+            if not jobs.set_progress(session, self.job_id, self.attempt, progress):
+                self.lost = True
+                self.stop.set()
+                return
+            if event.kind == "phase":
+                jobs.add_event(session, self.job_id, "phase", event.phase, {"elapsed_s": event.elapsed_s})
+            elif event.kind == "round":
+                record = dataclasses.asdict(event.record)
+                jobs.add_round(session, self.job_id, record)
+                jobs.add_event(session, self.job_id, "round", round_message(event.record),
+                               {k: record[k] for k in ("round", "trainable_params", "metric", "metric_name")})
+
+
+def round_message(record) -> str:
+    metric = "n/a" if record.metric is None else f"{record.metric:.4f}"
+    removed = ", ".join(unit.unit for unit in record.removed) or "nothing"
+    return (f"round {record.round}: {record.metric_name} {metric}; removed {removed}; "
+            f"{record.trainable_params} trainable params left (target {record.target_params})")
+
+
+def eta_s(spec: dict[str, Any], event) -> float | None:
+    """Seconds left, assuming the steps still to come cost what the ones done so far did on average."""
+    schedule, train, policy = spec["schedule"], spec["train"], spec["policy"]
+    warmup = policy["warmup_steps"] if policy["assignment"] == "warmup" else 0
+    search = schedule["rounds"] * schedule["steps_per_round"]
+    total = warmup + search + train["steps"]
+    done = {
+        "load": 0,
+        "warmup": event.step,
+        "search": warmup + max((event.round or 1) - 1, 0) * schedule["steps_per_round"] + event.step,
+        "retrain": warmup + search + event.step,
+    }.get(event.phase, total)
+    if done <= 0 or event.elapsed_s <= 0:
+        return None
+    return round(event.elapsed_s / done * max(total - done, 0), 1)
+
+
+def error_code(error: Exception) -> str:
+    from pruning.data import DataError
+    from pruning.spec import SpecError
+
+    if isinstance(error, DataError):
+        return "invalid_dataset"
+    if isinstance(error, SpecError):
+        return "invalid_spec"
+    return "engine_error"
+
