@@ -8,17 +8,11 @@ from store.db import session_factory
 from store.settings import Settings, get_settings
 
 from . import datasets, errors, jobs, meta
-from .schemas import ErrorOut
-
-ERRORS = {status: {"model": ErrorOut, "description": description} for status, description in [
-    (401, "Missing, unknown or revoked API key."), (404, "No such resource for this key."),
-    (409, "Conflict with the resource's state."), (413, "Upload too large."),
-    (422, "Invalid request: `param` names the field."), (503, "Not ready.")]}
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
-    app = FastAPI(title="peftsearch", version="0.1.0", responses=ERRORS, description=(
+    app = FastAPI(title="peftsearch", version="0.1.0", description=(
         "Search the best parameter-efficient fine-tuning configuration of a transformer for a task, by pruning. "
         "Upload a dataset, submit a job, poll it, download the pruned adapter."))
     app.state.settings = settings

@@ -9,10 +9,10 @@ from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile
 from store.datasets import create_dataset, list_datasets
 
 from .deps import Config, Db, Owner
-from .errors import ApiError
+from .errors import ApiError, documented
 from .schemas import DatasetOut, Page
 
-router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
+router = APIRouter(prefix="/v1/datasets", tags=["datasets"], responses=documented(401, 413, 422))
 MULTIPART_OVERHEAD = 64 * 1024  # form fields and part headers around the two files
 
 

@@ -19,6 +19,18 @@ CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method
          409: "conflict", 413: "payload_too_large", 422: "invalid_request", 503: "not_ready"}
 
 
+DESCRIPTIONS = {401: "Missing, unknown or revoked API key.", 404: "No such resource for this key.",
+                409: "Conflicts with the resource's state.", 413: "Upload too large.",
+                422: "Invalid request: `param` names the field.", 503: "Not ready."}
+
+
+def documented(*statuses: int) -> dict:
+    """OpenAPI `responses` for routes that can answer these errors, all with the envelope."""
+    from .schemas import ErrorOut
+
+    return {status: {"model": ErrorOut, "description": DESCRIPTIONS[status]} for status in statuses}
+
+
 class ApiError(Exception):
     def __init__(self, status: int, message: str, *, code: str | None = None, param: str | None = None,
                  headers: dict[str, str] | None = None):
@@ -56,6 +68,8 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_: Request, e: RequestValidationError):
         first = e.errors()[0]
+        if first["type"] == "json_invalid":
+            return error_response(422, "invalid_request", f"the body is not valid JSON: {first['ctx']['error']}")
         where = [str(part) for part in first["loc"] if part not in ("body", "query", "path", "header")]
         return error_response(422, "invalid_request", first["msg"], ".".join(where) or None)
 

@@ -12,10 +12,10 @@ from store.models import SUCCEEDED, Job
 from worker.queue import enqueue
 
 from .deps import Config, Db, Owner
-from .errors import ApiError
+from .errors import ApiError, documented
 from .schemas import EventOut, JobCreate, JobOut, Page, RoundOut, Status
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=documented(401, 404, 409, 422))
 Limit = Annotated[int, Query(ge=1, le=100, description="Page size, at most 100.")]
 
 

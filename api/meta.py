@@ -11,13 +11,14 @@ from sqlalchemy import text
 from store.db import schema_is_current
 
 from .deps import Config, Db, Owner
-from .errors import ApiError
+from .errors import ApiError, documented
 from .schemas import Health, ModelOut, Page, Readiness
 
 router = APIRouter()
 
 
-@router.get("/v1/models", response_model=Page[ModelOut], tags=["models"], summary="Base models you can search on")
+@router.get("/v1/models", response_model=Page[ModelOut], tags=["models"], responses=documented(401, 422),
+            summary="Base models you can search on")
 def list_models(_: Owner, settings: Config) -> Page[ModelOut]:
     return Page[ModelOut](data=[describe_model(name, path) for name, path in sorted(settings.model_paths.items())])
 
@@ -36,7 +37,7 @@ def healthz() -> Health:
     return Health()
 
 
-@router.get("/readyz", response_model=Readiness, tags=["health"],
+@router.get("/readyz", response_model=Readiness, tags=["health"], responses=documented(503),
             summary="The database is reachable and migrated, and the broker answers")
 def readyz(session: Db, settings: Config) -> Readiness:
     try:

@@ -116,7 +116,8 @@ class JobRun:
                 self.stop.set()
                 return
             if event.kind == "phase":
-                jobs.add_event(session, self.job_id, "phase", event.phase, {"elapsed_s": event.elapsed_s})
+                message = f"{event.phase}: {event.message}" if event.message else event.phase
+                jobs.add_event(session, self.job_id, "phase", message, {"elapsed_s": event.elapsed_s})
             elif event.kind == "round":
                 record = dataclasses.asdict(event.record)
                 jobs.add_round(session, self.job_id, record)

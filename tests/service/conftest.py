@@ -1,0 +1,105 @@
+"""Fixtures of the service tests: a migrated PostgreSQL schema of this run's own, per-test transaction rollback,
+the API on that session, API keys, the tiny model and toy datasets. PostgreSQL and Redis run locally (.ci/run
+starts them); these tests fail rather than skip when they are down."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import create_engine, text
+from sqlalchemy.orm import Session
+
+from api.app import create_app
+from api.deps import get_session
+from store.db import get_engine, upgrade
+from store.keys import create_key
+from store.settings import Settings
+from support import PG_URL, TINY, schema_url, upload
+
+@pytest.fixture(scope="session")
+def pg_url():
+    """A schema of this test run inside the `test` database, migrated to head, dropped at the end."""
+    schema = f"peftsearch_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(PG_URL)
+    with admin.begin() as connection:
+        connection.execute(text(f'CREATE SCHEMA "{schema}"'))
+    url = schema_url(schema)
+    try:
+        upgrade(url)
+        yield url
+    finally:
+        get_engine(url).dispose()
+        with admin.begin() as connection:
+            connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> str:
+    from pruning.tiny import make_tiny_model
+
+    return str(make_tiny_model(tmp_path_factory.mktemp("tiny-bert")))
+
+
+@pytest.fixture
+def settings(tmp_path, pg_url, tiny_model) -> Settings:
+    return Settings(home=tmp_path, database_url=pg_url, models={TINY: tiny_model}, max_upload_bytes=64 * 1024,
+                    heartbeat_s=0.2, reap_after_s=1.0, progress_every_s=0.0)
+
+
+@pytest.fixture
+def db(settings) -> Session:
+    """A session whose work is rolled back after the test, commits included (they release savepoints)."""
+    with get_engine(settings.db_url).connect() as connection:
+        outer = connection.begin()
+        session = Session(bind=connection, join_transaction_mode="create_savepoint", expire_on_commit=False)
+        try:
+            yield session
+        finally:
+            session.close()
+            outer.rollback()
+
+
+@pytest.fixture
+def client(settings, db) -> TestClient:
+    app = create_app(settings)
+    app.dependency_overrides[get_session] = lambda: db
+    with TestClient(app) as client:
+        yield client
+
+
+@pytest.fixture
+def make_key(db) -> Callable[[str], dict[str, str]]:
+    """Authorization headers of a new key; each test's owners are its own."""
+    suffix = uuid.uuid4().hex[:8]
+
+    def make(owner: str = "alice") -> dict[str, str]:
+        _, key = create_key(db, f"{owner}-{suffix}")
+        return {"Authorization": f"Bearer {key}"}
+
+    return make
+
+
+@pytest.fixture
+def auth(make_key) -> dict[str, str]:
+    return make_key()
+
+
+@pytest.fixture(scope="session")
+def toy_files(tmp_path_factory) -> dict[str, tuple[Path, Path]]:
+    """The toy task in each upload format: format -> (train, dev)."""
+    from pruning.tiny import make_toy_task
+
+    root = tmp_path_factory.mktemp("toy")
+    return {fmt: make_toy_task(root / fmt, fmt=fmt) for fmt in ("csv", "tsv", "jsonl")}
+
+
+@pytest.fixture
+def dataset_id(client, auth, toy_files) -> str:
+    response = upload(client, auth, *toy_files["csv"])
+    assert response.status_code == 201, response.text
+    return response.json()["id"]

@@ -1,0 +1,63 @@
+"""Helpers of the service tests (plain functions; the fixtures are in conftest.py)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[2]
+PG_URL = os.environ.get("PEFTSEARCH_TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("PEFTSEARCH_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+TINY = "tiny-bert"
+# A search small enough to take about a second on the tiny model, big enough to prune over two rounds.
+TINY_SEARCH = {"schedule": {"rounds": 2, "steps_per_round": 8, "eval_examples": 64},
+               "train": {"steps": 30, "batch_size": 16, "max_length": 32}}
+
+
+def schema_url(schema: str) -> str:
+    return f"{PG_URL}?options=-csearch_path%3D{schema}"
+
+
+def upload(client, headers, train: Path, dev: Path, **form) -> httpx.Response:
+    files = {"train": (train.name, train.read_bytes()), "dev": (dev.name, dev.read_bytes())}
+    return client.post("/v1/datasets", headers=headers, files=files, data=form)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+    with open(log, "wb") as out:
+        return subprocess.Popen(command, cwd=ROOT, env={**os.environ, **env}, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def wait_until(check: Callable[[], object], timeout: float, what: str, logs: list[Path] = ()) -> object:
+    """Poll `check` until it returns something truthy; fail with the processes' log tails after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.2)
+    tails = "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}" for p in logs if p.exists())
+    raise AssertionError(f"timed out waiting for {what}\n{tails}")

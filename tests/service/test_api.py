@@ -1,0 +1,325 @@
+"""The REST API on PostgreSQL (each test in a transaction rolled back at its end): auth, jobs, idempotency,
+pagination, cancellation, uploads, and one error envelope for every bad request."""
+
+from __future__ import annotations
+
+import pytest
+
+from store import jobs
+from store.models import Job
+from support import TINY, TINY_SEARCH, upload
+
+pytestmark = pytest.mark.service
+
+
+def job_body(dataset: str, **changes) -> dict:
+    return {"model": TINY, "dataset_id": dataset, "budget": "2%", "search": TINY_SEARCH, **changes}
+
+
+def assert_error(response, status: int, code: str, param: str | None = None) -> dict:
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert set(error) == {"code", "message", "param"} and error["message"]
+    assert error["code"] == code
+    assert error["param"] == param
+    return error
+
+
+# --- auth ---------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer psk_nope"}, {"Authorization": "Basic abc"}])
+def test_routes_need_a_valid_key(client, headers):
+    for path in ("/v1/jobs", "/v1/datasets", "/v1/models", "/v1/jobs/job_x"):
+        response = client.get(path, headers=headers)
+        assert_error(response, 401, "unauthorized")
+        assert response.headers["WWW-Authenticate"] == "Bearer"
+
+
+def test_revoked_key_is_refused(client, db):
+    from store.keys import create_key, revoke_key
+
+    row, key = create_key(db, "carol")
+    assert client.get("/v1/jobs", headers={"Authorization": f"Bearer {key}"}).status_code == 200
+    assert revoke_key(db, row.id)
+    assert_error(client.get("/v1/jobs", headers={"Authorization": f"Bearer {key}"}), 401, "unauthorized")
+
+
+def test_a_key_sees_only_its_owners_jobs_datasets_and_artifacts(client, make_key, dataset_id, auth):
+    job = client.post("/v1/jobs", headers=auth, json=job_body(dataset_id)).json()
+    other = make_key("mallory")
+    for path in (f"/v1/jobs/{job['id']}", f"/v1/jobs/{job['id']}/events", f"/v1/jobs/{job['id']}/rounds",
+                 f"/v1/jobs/{job['id']}/artifact"):
+        assert_error(client.get(path, headers=other), 404, "not_found", "job_id")
+    assert_error(client.post(f"/v1/jobs/{job['id']}/cancel", headers=other), 404, "not_found", "job_id")
+    assert client.get("/v1/jobs", headers=other).json()["data"] == []
+    assert client.get("/v1/datasets", headers=other).json()["data"] == []
+    # Another owner cannot submit on this dataset either.
+    assert_error(client.post("/v1/jobs", headers=other, json=job_body(dataset_id)), 422, "invalid_request",
+                 "dataset_id")
+
+
+# --- jobs ---------------------------------------------------------------------------------------------------------
+
+
+def test_submit_returns_a_queued_job_and_records_its_spec(client, auth, dataset_id, db, tiny_model):
+    response = client.post("/v1/jobs", headers=auth, json=job_body(dataset_id))
+    assert response.status_code == 201, response.text
+    job = response.json()
+    assert job["status"] == "queued" and job["model"] == TINY and job["dataset_id"] == dataset_id
+    assert job["budget"] == "2%" and job["search"] == TINY_SEARCH and job["attempt"] == 0
+    assert job["progress"] is None and job["result"] is None and job["artifact"] is None
+    spec = db.get(Job, job["id"]).spec  # the resolved SearchSpec the worker will run
+    assert spec["model"] == tiny_model and spec["budget"] == "2%"
+    assert spec["schedule"]["rounds"] == 2 and spec["train"]["steps"] == 30
+    assert spec["task"]["train"].endswith(f"{dataset_id}/train.csv")
+    assert client.get(f"/v1/jobs/{job['id']}", headers=auth).json() == job
+    events = client.get(f"/v1/jobs/{job['id']}/events", headers=auth).json()
+    assert [(e["kind"], e["message"]) for e in events["data"]] == [("status", "queued")]
+    assert client.get(f"/v1/jobs/{job['id']}/rounds", headers=auth).json() == {"data": [], "next": None}
+
+
+@pytest.mark.parametrize("changes, param", [
+    ({"model": "gpt-17"}, "model"),
+    ({"budget": "lots"}, "budget"),
+    ({"budget": 0}, "budget"),
+    ({"dataset_id": "ds_missing"}, "dataset_id"),
+    ({"search": {"schedule": {"roundz": 3}}}, "search.schedule.roundz"),
+    ({"search": {"train": {"steps": 0}}}, "search.train.steps"),
+    ({"search": {"space": {"types": ["lora", "bitfit"]}}}, "search.space.types"),
+    ({"search": {"device": "cuda:3"}}, "search.device"),
+    ({"search": {"task": {"glue": "sst2"}}}, "search.task"),
+    ({"search": "fast"}, "search"),
+    ({"colour": "blue"}, "colour"),
+])
+def test_bad_job_bodies_are_422_naming_the_field(client, auth, dataset_id, changes, param):
+    assert_error(client.post("/v1/jobs", headers=auth, json=job_body(dataset_id, **changes)), 422,
+                 "invalid_request", param)
+    assert client.get("/v1/jobs", headers=auth).json()["data"] == []  # nothing was created
+
+
+def test_malformed_json_is_422(client, auth):
+    response = client.post("/v1/jobs", headers={**auth, "Content-Type": "application/json"}, content=b"{nope")
+    assert "not valid JSON" in assert_error(response, 422, "invalid_request")["message"]
+
+
+def test_idempotency_key_replays_the_same_job_and_refuses_another_body(client, auth, dataset_id):
+    headers = {**auth, "Idempotency-Key": "retry-1"}
+    first = client.post("/v1/jobs", headers=headers, json=job_body(dataset_id))
+    again = client.post("/v1/jobs", headers=headers, json=job_body(dataset_id))
+    assert first.status_code == again.status_code == 201
+    assert again.json()["id"] == first.json()["id"] and again.headers["Idempotent-Replayed"] == "true"
+    assert "Idempotent-Replayed" not in first.headers
+    conflict = client.post("/v1/jobs", headers=headers, json=job_body(dataset_id, budget="1%"))
+    assert_error(conflict, 409, "idempotency_conflict", "Idempotency-Key")
+    other = client.post("/v1/jobs", headers={**auth, "Idempotency-Key": "retry-2"}, json=job_body(dataset_id))
+    assert other.json()["id"] != first.json()["id"]
+    assert len(client.get("/v1/jobs", headers=auth).json()["data"]) == 2
+
+
+def test_same_idempotency_key_of_two_owners_makes_two_jobs(client, make_key, toy_files):
+    ids = []
+    for owner in ("alice", "bob"):
+        headers = make_key(owner)
+        dataset = upload(client, headers, *toy_files["csv"]).json()["id"]
+        ids.append(client.post("/v1/jobs", headers={**headers, "Idempotency-Key": "k"},
+                               json=job_body(dataset)).json()["id"])
+    assert ids[0] != ids[1]
+
+
+def test_list_pages_newest_first_with_a_cursor_and_filters_by_status(client, auth, dataset_id, db):
+    created = [client.post("/v1/jobs", headers=auth, json=job_body(dataset_id)).json()["id"] for _ in range(5)]
+    seen, after = [], None
+    while True:
+        page = client.get("/v1/jobs", headers=auth, params={"limit": 2, **({"after": after} if after else {})})
+        body = page.json()
+        seen += [j["id"] for j in body["data"]]
+        assert len(body["data"]) <= 2
+        if body["next"] is None:
+            break
+        after = body["next"]
+    assert seen == created[::-1]
+    jobs.cancel(db, db.get(Job, created[1]))
+    cancelled = client.get("/v1/jobs", headers=auth, params={"status": "cancelled"}).json()
+    assert [j["id"] for j in cancelled["data"]] == [created[1]]
+    assert len(client.get("/v1/jobs", headers=auth, params={"status": "queued"}).json()["data"]) == 4
+
+
+@pytest.mark.parametrize("params, param", [({"limit": 101}, "limit"), ({"limit": 0}, "limit"),
+                                           ({"status": "sleeping"}, "status")])
+def test_bad_list_parameters_are_422(client, auth, params, param):
+    assert_error(client.get("/v1/jobs", headers=auth, params=params), 422, "invalid_request", param)
+
+
+def test_cancel_a_queued_job_at_once_and_a_running_one_through_cancelling(client, auth, dataset_id, db):
+    queued = client.post("/v1/jobs", headers=auth, json=job_body(dataset_id)).json()
+    response = client.post(f"/v1/jobs/{queued['id']}/cancel", headers=auth)
+    assert response.status_code == 200 and response.json()["status"] == "cancelled"
+    assert client.post(f"/v1/jobs/{queued['id']}/cancel", headers=auth).json()["status"] == "cancelled"
+
+    running = client.post("/v1/jobs", headers=auth, json=job_body(dataset_id)).json()
+    from store.models import utcnow
+
+    assert jobs.claim(db, running["id"], "test-worker", utcnow()) == 1
+    assert client.post(f"/v1/jobs/{running['id']}/cancel", headers=auth).json()["status"] == "cancelling"
+    assert client.post(f"/v1/jobs/{running['id']}/cancel", headers=auth).json()["status"] == "cancelling"
+    events = client.get(f"/v1/jobs/{running['id']}/events", headers=auth).json()["data"]
+    assert [e["message"] for e in events] == ["queued", "running", "cancelling"]
+
+
+def test_a_finished_job_cannot_be_cancelled(client, auth, dataset_id, db):
+    from store.models import utcnow
+
+    job_id = client.post("/v1/jobs", headers=auth, json=job_body(dataset_id)).json()["id"]
+    attempt = jobs.claim(db, job_id, "test-worker", utcnow())
+    assert jobs.finish(db, job_id, attempt, "failed", error={"code": "engine_error", "message": "boom"})
+    assert_error(client.post(f"/v1/jobs/{job_id}/cancel", headers=auth), 409, "not_cancellable")
+    job = client.get(f"/v1/jobs/{job_id}", headers=auth).json()
+    assert job["status"] == "failed" and job["error"] == {"code": "engine_error", "message": "boom"}
+
+
+def test_events_page_oldest_first(client, auth, dataset_id, db):
+    job_id = client.post("/v1/jobs", headers=auth, json=job_body(dataset_id)).json()["id"]
+    for i in range(4):
+        jobs.add_event(db, job_id, "phase", f"p{i}")
+    db.flush()
+    first = client.get(f"/v1/jobs/{job_id}/events", headers=auth, params={"limit": 3}).json()
+    rest = client.get(f"/v1/jobs/{job_id}/events", headers=auth, params={"after": first["next"]}).json()
+    assert [e["message"] for e in first["data"] + rest["data"]] == ["queued", "p0", "p1", "p2", "p3"]
+    assert rest["next"] is None
+
+
+def test_artifact_of_an_unfinished_job_is_409(client, auth, dataset_id):
+    job_id = client.post("/v1/jobs", headers=auth, json=job_body(dataset_id)).json()["id"]
+    assert_error(client.get(f"/v1/jobs/{job_id}/artifact", headers=auth), 409, "not_ready")
+
+
+def test_unknown_job_and_route_get_the_envelope(client, auth):
+    assert_error(client.get("/v1/jobs/job_nope", headers=auth), 404, "not_found", "job_id")
+    assert_error(client.get("/v1/nothing-here", headers=auth), 404, "not_found")
+    assert_error(client.delete("/v1/jobs", headers=auth), 405, "method_not_allowed")
+
+
+# --- datasets -----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", ["csv", "tsv", "jsonl"])
+def test_upload_each_format(client, auth, toy_files, fmt, settings):
+    response = upload(client, auth, *toy_files[fmt], name="toy sentiment")
+    assert response.status_code == 201, response.text
+    dataset = response.json()
+    assert dataset["format"] == fmt and dataset["name"] == "toy sentiment"
+    assert (dataset["train_rows"], dataset["dev_rows"]) == (256, 64)
+    assert dataset["labels"] == ["0", "1"] and dataset["metric_name"] == "accuracy"
+    assert dataset["columns"] == {"text_column": "text", "text_pair_column": None, "label_column": "label",
+                                  "problem": "classification"}
+    assert sorted(p.name for p in (settings.datasets / dataset["id"]).iterdir()) == [f"dev.{fmt}", f"train.{fmt}"]
+    listed = client.get("/v1/datasets", headers=auth).json()
+    assert [d["id"] for d in listed["data"]] == [dataset["id"]] and listed["next"] is None
+
+
+def test_upload_with_a_column_mapping(client, auth, tmp_path):
+    train, dev = tmp_path / "t.tsv", tmp_path / "d.tsv"
+    rows = "".join(f"{'good' if i % 2 else 'bad'} film {i}\tit was\t{'pos' if i % 2 else 'neg'}\n" for i in range(20))
+    for file in (train, dev):
+        file.write_text("review\tcontext\tsentiment\n" + rows)
+    response = upload(client, auth, train, dev, text_column="review", text_pair_column="context",
+                      label_column="sentiment")
+    assert response.status_code == 201, response.text
+    assert response.json()["labels"] == ["neg", "pos"]
+
+
+def assert_nothing_kept(client, auth, settings):
+    assert client.get("/v1/datasets", headers=auth).json()["data"] == []
+    assert not settings.datasets.exists() or not any(settings.datasets.iterdir())
+
+
+def test_bad_rows_are_422_naming_file_and_line_and_keep_nothing(client, auth, tmp_path, settings):
+    train, dev = tmp_path / "train.csv", tmp_path / "dev.csv"
+    train.write_text("text,label\ngood film,1\nbad film,0\n")
+    dev.write_text("text,label\ngood film,1\nbad film\n")
+    error = assert_error(upload(client, auth, train, dev), 422, "invalid_request", "dev")
+    assert error["message"].startswith("dev.csv:3: "), error["message"]
+    assert str(tmp_path) not in error["message"] and str(settings.home) not in error["message"]
+    assert_nothing_kept(client, auth, settings)
+
+
+def test_missing_column_is_422(client, auth, toy_files, settings):
+    error = assert_error(upload(client, auth, *toy_files["csv"], text_column="review"), 422, "invalid_request",
+                         "train")
+    assert "review" in error["message"]
+    assert_nothing_kept(client, auth, settings)
+
+
+def test_unknown_format_is_422(client, auth, tmp_path, settings):
+    train, dev = tmp_path / "train.xlsx", tmp_path / "dev.xlsx"
+    train.write_bytes(b"PK\x03\x04")
+    dev.write_bytes(b"PK\x03\x04")
+    assert_error(upload(client, auth, train, dev), 422, "invalid_request", "format")
+    assert_error(upload(client, auth, train, dev, format="parquet"), 422, "invalid_request", "format")
+    assert_nothing_kept(client, auth, settings)
+
+
+def test_oversized_upload_is_413_and_keeps_nothing(client, auth, tmp_path, settings, toy_files):
+    big = tmp_path / "train.csv"
+    big.write_text("text,label\n" + "a fine film indeed,1\n" * (settings.max_upload_bytes // 20 + 10))
+    assert_error(upload(client, auth, big, toy_files["csv"][1]), 413, "payload_too_large", "train")
+    assert_nothing_kept(client, auth, settings)
+    # A body far beyond the limit is refused from its Content-Length, before it is read.
+    huge = tmp_path / "huge.csv"
+    huge.write_text("text,label\n" + "a fine film indeed,1\n" * (settings.max_upload_bytes // 6))
+    assert_error(upload(client, auth, huge, huge), 413, "payload_too_large")
+
+
+def test_upload_needs_both_files(client, auth, toy_files):
+    train = toy_files["csv"][0]
+    response = client.post("/v1/datasets", headers=auth, files={"train": (train.name, train.read_bytes())})
+    assert_error(response, 422, "invalid_request", "dev")
+
+
+# --- models, health, OpenAPI --------------------------------------------------------------------------------------
+
+
+def test_models_lists_the_configured_models(client, auth):
+    assert client.get("/v1/models", headers=auth).json() == {
+        "data": [{"name": TINY, "model_type": "bert", "layers": 4, "hidden_size": 64}], "next": None}
+
+
+def test_health_and_readiness(client):
+    assert client.get("/healthz").json() == {"status": "ok"}
+    assert client.get("/readyz").json() == {"status": "ready", "database": "ok", "broker": "embedded"}
+
+
+def test_readiness_fails_on_an_unmigrated_database(tmp_path, tiny_model):
+    from fastapi.testclient import TestClient
+
+    from api.app import create_app
+    from store.settings import Settings
+
+    app = create_app(Settings(home=tmp_path, models={TINY: tiny_model}))
+    with TestClient(app) as client:
+        assert_error(client.get("/readyz"), 503, "not_ready")
+
+
+def test_openapi_describes_every_route_with_its_errors(client):
+    document = client.get("/openapi.json").json()
+    operations = {(method.upper(), path) for path, item in document["paths"].items() for method in item}
+    assert operations == {
+        ("POST", "/v1/jobs"), ("GET", "/v1/jobs"), ("GET", "/v1/jobs/{job_id}"), ("POST", "/v1/jobs/{job_id}/cancel"),
+        ("GET", "/v1/jobs/{job_id}/events"), ("GET", "/v1/jobs/{job_id}/rounds"),
+        ("GET", "/v1/jobs/{job_id}/artifact"), ("POST", "/v1/datasets"), ("GET", "/v1/datasets"),
+        ("GET", "/v1/models"), ("GET", "/healthz"), ("GET", "/readyz")}
+    schemas = document["components"]["schemas"]
+    assert {"JobCreate", "JobOut", "Progress", "JobResult", "DatasetOut", "RoundOut", "EventOut", "ErrorOut",
+            "ModelOut"} <= set(schemas)
+    assert "HTTPValidationError" not in schemas  # every 422 is the envelope
+    envelope = {"$ref": "#/components/schemas/ErrorOut"}
+    for path, item in document["paths"].items():
+        for method, operation in item.items():
+            assert operation.get("summary"), (method, path)
+            errors = {status for status in operation["responses"] if status >= "400"}
+            expected = {"401", "422"} if path.startswith("/v1/") else {"503"} if path == "/readyz" else set()
+            assert expected <= errors, (method, path)
+            for status in errors:
+                assert operation["responses"][status]["content"]["application/json"]["schema"] == envelope
+    assert document["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"

@@ -1,0 +1,129 @@
+"""The job lifecycle in the database (PostgreSQL, rolled back per test): claims, fencing by attempt, heartbeats,
+cancellation, and the reaper."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from store import jobs
+from store.models import Dataset, Job, JobEvent, Round, new_id, utcnow
+
+pytestmark = pytest.mark.service
+LONG_AGO = timedelta(hours=1)
+
+
+@pytest.fixture
+def new_job(db):
+    dataset = Dataset(id=new_id("ds"), owner="olga", name="toy", format="csv", columns={}, train_path="t",
+                      dev_path="d", labels=None, metric_name="accuracy", train_rows=1, dev_rows=1, size_bytes=2)
+    db.add(dataset)
+
+    def make() -> str:
+        return jobs.create_job(db, owner="olga", request={}, request_hash="h", idempotency_key=None, spec={},
+                               dataset_id=dataset.id).id
+
+    return make
+
+
+def status(db, job_id: str) -> str:
+    return db.get(Job, job_id, populate_existing=True).status
+
+
+def events(db, job_id: str) -> list[str]:
+    return [e.message for e in db.query(JobEvent).filter_by(job_id=job_id).order_by(JobEvent.id)]
+
+
+def test_a_job_is_claimed_once(db, new_job):
+    job_id = new_job()
+    assert jobs.claim(db, job_id, "w1", utcnow() - LONG_AGO) == 1
+    assert jobs.claim(db, job_id, "w2", utcnow() - LONG_AGO) is None  # running, heartbeat fresh
+    job = db.get(Job, job_id, populate_existing=True)
+    assert (job.status, job.worker, job.attempt) == ("running", "w1", 1)
+    assert job.started_at is not None and job.heartbeat_at is not None
+
+
+def test_a_redelivered_message_takes_over_a_job_whose_worker_stopped_beating(db, new_job):
+    job_id = new_job()
+    assert jobs.claim(db, job_id, "w1", utcnow()) == 1
+    assert jobs.claim(db, job_id, "w2", utcnow() + timedelta(seconds=1)) == 2  # w1's heartbeat is now stale
+    # w1's writes are fenced off: it learns the job is not its own any more.
+    assert jobs.heartbeat(db, job_id, 1) is None
+    assert not jobs.set_progress(db, job_id, 1, {"phase": "search"})
+    assert not jobs.finish(db, job_id, 1, "succeeded")
+    assert jobs.heartbeat(db, job_id, 2) == "running"
+    assert jobs.finish(db, job_id, 2, "succeeded", result={"metric": 1.0})
+    assert status(db, job_id) == "succeeded"
+
+
+def test_final_jobs_are_not_claimed(db, new_job):
+    cancelled = new_job()
+    jobs.cancel(db, db.get(Job, cancelled))
+    assert jobs.claim(db, cancelled, "w", utcnow() + LONG_AGO) is None
+    done = new_job()
+    jobs.finish(db, done, jobs.claim(db, done, "w", utcnow()), "failed", error={"code": "x", "message": "y"})
+    assert jobs.claim(db, done, "w", utcnow() + LONG_AGO) is None
+
+
+def test_heartbeat_reports_a_cancellation(db, new_job):
+    job_id = new_job()
+    attempt = jobs.claim(db, job_id, "w", utcnow())
+    jobs.cancel(db, db.get(Job, job_id))
+    assert jobs.heartbeat(db, job_id, attempt) == "cancelling"
+    assert jobs.finish(db, job_id, attempt, "cancelled")
+    assert events(db, job_id) == ["queued", "running", "cancelling", "cancelled"]
+
+
+def test_cancel_refuses_finished_jobs(db, new_job):
+    job_id = new_job()
+    jobs.finish(db, job_id, jobs.claim(db, job_id, "w", utcnow()), "succeeded")
+    with pytest.raises(jobs.NotCancellable):
+        jobs.cancel(db, db.get(Job, job_id))
+    assert status(db, job_id) == "succeeded"
+
+
+def test_rounds_are_recorded_once(db, new_job):
+    job_id = new_job()
+    record = {"round": 1, "trainable_params": 10, "target_params": 9, "metric_name": "accuracy", "metric": 0.5,
+              "train_loss": 0.7, "units_left": ["lora.0"], "removed": [], "backbone_params": None, "wall_s": 1.0}
+    jobs.add_round(db, job_id, record)
+    db.flush()
+    jobs.add_round(db, job_id, {**record, "metric": 0.9})  # a resumed search reporting round 1 again
+    db.flush()
+    assert [(r.round, r.metric) for r in jobs.list_rounds(db, job_id)] == [(1, 0.5)]
+    assert db.query(Round).filter_by(job_id=job_id).count() == 1
+
+
+def test_reaper_requeues_fails_and_cancels_jobs_of_dead_workers(db, new_job):
+    alive, dead, dead_too_often, dead_cancelling = new_job(), new_job(), new_job(), new_job()
+    for job_id in (alive, dead, dead_too_often, dead_cancelling):
+        jobs.claim(db, job_id, "w", utcnow())
+    for _ in range(2):  # two more deaths and redeliveries: attempt 3
+        jobs.claim(db, dead_too_often, "w", utcnow() + LONG_AGO)
+    jobs.cancel(db, db.get(Job, dead_cancelling))
+    for job_id in (dead, dead_too_often, dead_cancelling):
+        db.get(Job, job_id).heartbeat_at = utcnow() - LONG_AGO
+    db.flush()
+
+    cutoff = utcnow() - timedelta(minutes=1)
+    to_send = jobs.reap(db, stale_before=cutoff, max_attempts=3, unsent_before=cutoff)
+    assert to_send == [dead]
+    assert [status(db, j) for j in (alive, dead, dead_too_often, dead_cancelling)] == [
+        "running", "queued", "failed", "cancelled"]
+    assert db.get(Job, dead_too_often).error["code"] == "worker_lost"
+    assert db.get(Job, dead).enqueued_at is None
+    assert events(db, dead)[-1] == "queued"
+    # The re-queued job resumes as attempt 2; the reaper then leaves it alone.
+    assert jobs.claim(db, dead, "w2", cutoff) == 2
+    assert jobs.reap(db, stale_before=cutoff, max_attempts=3, unsent_before=cutoff) == []
+
+
+def test_reaper_sends_queued_jobs_the_broker_never_took(db, new_job):
+    sent, unsent, fresh = new_job(), new_job(), new_job()
+    jobs.mark_enqueued(db, sent)
+    for job_id in (sent, unsent):
+        db.get(Job, job_id).updated_at = utcnow() - LONG_AGO
+    db.flush()
+    cutoff = utcnow() - timedelta(minutes=1)
+    assert jobs.reap(db, stale_before=cutoff, max_attempts=3, unsent_before=cutoff) == [unsent]  # not fresh
