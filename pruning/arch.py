@@ -25,6 +25,7 @@ class ArchitectureMap:
     ffn_out: str  # FFN output projection (input = intermediate neurons)
     head: tuple[str, ...]  # the task head, trained by every method (relative to the model root)
     embeddings: str  # relative to the model root; counted apart from the prunable layers
+    attention_includes_o: bool = False  # True when the attention module applies `o` itself (LLaMA)
     num_heads_attr: str = "num_attention_heads"
     num_kv_heads_attr: str | None = None  # grouped-query attention: config attribute of the K/V head count
 
@@ -71,6 +72,7 @@ LLAMA = ArchitectureMap(
     ffn_out="mlp.down_proj",
     head=("score",),
     embeddings="model.embed_tokens",
+    attention_includes_o=True,
     num_kv_heads_attr="num_key_value_heads",
 )
 

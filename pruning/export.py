@@ -38,8 +38,6 @@ def configuration_of(model, spec: SearchSpec, task, metrics: dict[str, float]) -
     for layer in range(model.num_layers):
         here = {u.kind: u.describe() for u in model.units.values() if u.layer == layer}
         layers.append({"layer": layer, "modules": here})
-    lora_ranks = {path: unit.targets[role].r["default"]
-                  for unit in model.units.values() if unit.kind == "lora" for role, path in unit.paths.items()}
     return {
         "format_version": FORMAT_VERSION,
         "base_model": spec.model,
@@ -51,7 +49,7 @@ def configuration_of(model, spec: SearchSpec, task, metrics: dict[str, float]) -
         "max_length": spec.train.max_length,
         "space": dataclasses.asdict(spec.space),
         "units": units,
-        "lora_ranks": lora_ranks,
+        "lora_ranks": model.lora_ranks(),
         "layers": layers,
         "pruned_layers": [entry["layer"] for entry in layers if not entry["modules"]],
         "backbone": getattr(model, "backbone_record", None),
@@ -93,7 +91,7 @@ def _save_peft_lora(out: Path, model, spec: SearchSpec, config: dict) -> None:
     if config["backbone"]:
         from .backbone import apply_backbone_record
 
-        apply_backbone_record(base, config["backbone"])
+        apply_backbone_record(base, config["backbone"], model.backbone_scales)
     lora = spec.space.lora
     peft_config = LoraConfig(
         r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=sorted(ranks),
@@ -127,13 +125,11 @@ def load(out_dir: str | Path, base_model: str | None = None, device: str = "cpu"
     if architecture_of(model).name != config["architecture"]:
         raise ValueError(f"{base_model} is a {architecture_of(model).name} model; the result was searched on "
                          f"a {config['architecture']} model")
-    if config["backbone"]:
-        from .backbone import apply_backbone_record
-
-        apply_backbone_record(model, config["backbone"])
     space = _from_dict(SpaceSpec, config["space"], "space")
-    supernet = Supernet(model, space, config["units"], config["lora_ranks"])
-    supernet.load_trained_state(load_file(out / WEIGHTS))
+    tensors = load_file(out / WEIGHTS)
+    supernet = Supernet(model, space, config["units"], config["lora_ranks"], backbone=config["backbone"],
+                        scales=tensors)
+    supernet.load_trained_state(tensors)
     supernet.tokenizer = tokenizer
     return supernet.to(device).eval()
 

@@ -17,7 +17,8 @@ from pathlib import Path
 import torch
 
 from . import export
-from .arch import backbone_parameter_count
+from .arch import backbone_parameter_count, layer_parameter_count
+from .backbone import RankTracker, choose_ranks, plan_pruning
 from .checkpoint import Checkpoint
 from .data import TaskData, load_task
 from .hybrid import (
@@ -89,9 +90,12 @@ class _Context:
 
         return cls(spec, task, enc(task.train), enc(task.dev), tokenizer.pad_token_id, device)
 
-    def supernet(self, units: list[str] | None = None, lora_ranks: dict[str, int] | None = None) -> Supernet:
+    def supernet(self, units: list[str] | None = None, lora_ranks: dict[str, int] | None = None,
+                 masks: bool = False, backbone: dict | None = None,
+                 scales: dict[str, torch.Tensor] | None = None) -> Supernet:
         model = load_model(self.spec.model, self.task.num_labels, self.task.problem, self.pad_id)
-        return Supernet(model, self.spec.space, units, lora_ranks).to(self.device)
+        return Supernet(model, self.spec.space, units, lora_ranks, masks=masks, backbone=backbone,
+                        scales=scales).to(self.device)
 
     def batches(self, data: Encoded, seed: int):
         return shuffled_batches(data, self.spec.train.batch_size, seed, self.pad_id, self.device)
@@ -120,10 +124,11 @@ def search(spec: SearchSpec, out_dir: str | Path, *, on_progress: ProgressCallba
     checkpoint = Checkpoint(checkpoint_dir, spec)
     saved = checkpoint.load()
     search_start = time.monotonic()
+    speed = spec.backbone
     if saved is None:
-        supernet = ctx.supernet()
+        supernet = ctx.supernet(masks=speed.enabled)
         state = {"round": 0, "records": [], "start_params": supernet.peft_params(), "assignment": None,
-                 "warmup": None, "search_wall_s": 0.0}
+                 "warmup": None, "search_wall_s": 0.0, "backbone": None, "lora_ranks": None}
         if policy.assignment == "warmup":
             report.phase("warmup", f"deriving the criteria per partition on {policy.warmup_examples} examples")
             probe = ctx.supernet()
@@ -133,7 +138,8 @@ def search(spec: SearchSpec, out_dir: str | Path, *, on_progress: ProgressCallba
             del probe
     else:
         state, tensors = saved
-        supernet = ctx.supernet(state["units"])
+        supernet = ctx.supernet(state["units"], state["lora_ranks"], masks=speed.enabled and not state["backbone"],
+                                backbone=state["backbone"], scales=tensors)
         supernet.load_trained_state(tensors)
         report.emit(kind="phase", message=f"resuming after round {state['round']} of {schedule.rounds}")
     prior_wall = state["search_wall_s"]  # spent before a resume
@@ -146,14 +152,18 @@ def search(spec: SearchSpec, out_dir: str | Path, *, on_progress: ProgressCallba
 
     report.phase("search", f"{schedule.rounds} rounds from {state['start_params']:,} to {budget:,} parameters")
     batches = ctx.batches(search_train, spec.seed + state["round"])
+    rank_tracker = RankTracker(supernet.units.values()) if supernet.masks is not None and speed.rank_ratio else None
     for index in range(state["round"], schedule.rounds):
         round_start = time.monotonic()
         units = list(supernet.units.values())
         tracker = ImportanceTracker(units, criteria_used(assignment), policy.accumulate, policy.ema_beta)
+        masks = supernet.masks
         with tracker:
             loss = train(supernet, supernet.trainable_parameters(), batches, steps=schedule.steps_per_round,
                          lr=schedule.lr, problem=ctx.task.problem, device=ctx.device, warmup_ratio=0.1,
-                         weight_decay=spec.train.weight_decay, decay=False, tracker=tracker,
+                         weight_decay=spec.train.weight_decay, decay=False,
+                         trackers=[tracker] + ([rank_tracker] if rank_tracker else []),
+                         extra_loss=(lambda: speed.mask_penalty * masks.l1()) if masks is not None else None,
                          on_step=report.steps(index + 1, supernet.peft_params()), should_stop=should_stop)
         metric = ctx.evaluate(supernet, search_dev)[ctx.task.primary_metric] if len(search_dev) else None
         scores = tracker.scores()
@@ -162,6 +172,11 @@ def search(spec: SearchSpec, out_dir: str | Path, *, on_progress: ProgressCallba
         else:
             parts = partition_units(supernet.unit_keys(), supernet.num_layers, policy.block_cuts)
             importance = fuse(scores, parts, assignment)
+        backbone_params = None
+        if masks is not None and index + 1 == speed.mask_rounds:
+            _prune_backbone(supernet, speed, rank_tracker)
+            rank_tracker = None
+            backbone_params = backbone_parameter_count(supernet.model, supernet.arch)
         params = supernet.unit_params()
         removed = choose_removals(importance, params, targets[index])
         supernet.remove(removed)
@@ -170,10 +185,11 @@ def search(spec: SearchSpec, out_dir: str | Path, *, on_progress: ProgressCallba
             target_params=targets[index], metric_name=ctx.task.primary_metric, metric=metric, train_loss=loss,
             removed=[RemovedUnit(key, params[key], importance[key],
                                  {name: per_unit[key] for name, per_unit in scores.items()}) for key in removed],
-            wall_s=time.monotonic() - round_start)
+            wall_s=time.monotonic() - round_start, backbone_params=backbone_params)
         records.append(record)
         state.update(round=index + 1, records=[_record_dict(r) for r in records], units=supernet.unit_keys(),
-                     assignment=assignment, search_wall_s=prior_wall + time.monotonic() - search_start)
+                     assignment=assignment, search_wall_s=prior_wall + time.monotonic() - search_start,
+                     backbone=supernet.backbone_record, lora_ranks=supernet.lora_ranks())
         checkpoint.save(state, supernet.trained_state())
         report.emit(kind="round", round=index + 1, trainable_params=record.trainable_params, metric=metric,
                     loss=loss, record=record)
@@ -181,9 +197,11 @@ def search(spec: SearchSpec, out_dir: str | Path, *, on_progress: ProgressCallba
 
     survivors = supernet.unit_keys()
     if spec.retrain == "fresh":
+        rebuild = {"lora_ranks": supernet.lora_ranks(), "backbone": supernet.backbone_record,
+                   "scales": supernet.backbone_scales}
         del supernet
         seed_everything(spec.seed)
-        final = ctx.supernet(survivors)
+        final = ctx.supernet(survivors, **rebuild)
     else:
         final = supernet
     result = _retrain_evaluate_export(ctx, final, out_dir, report, should_stop, budget=budget,
@@ -238,6 +256,19 @@ def _retrain_evaluate_export(ctx: _Context, model: Supernet, out_dir, report: _R
         configuration=configuration, pruned_layers=configuration["pruned_layers"], rounds=records,
         search_wall_s=0.0, retrain_wall_s=retrain_wall, peak_memory_mb=peak_memory_mb(ctx.device),
         device=str(ctx.device))
+
+
+def _prune_backbone(supernet: Supernet, speed, rank_tracker: RankTracker | None) -> None:
+    """The end of the mask rounds: remove heads/neurons by their learned masks, then the weakest LoRA ranks."""
+    config, arch = supernet.model.config, supernet.arch
+    hidden, head_dim = config.hidden_size, arch.head_dim(config)
+    head_params = 3 * (head_dim * hidden + head_dim) + head_dim * hidden  # q, k, v rows (+bias), o columns
+    neuron_params = len(arch.ffn_in) * (hidden + 1) + hidden
+    heads, neurons = plan_pruning(supernet.masks, speed, head_params, neuron_params,
+                                  layer_parameter_count(supernet.model, arch))
+    supernet.prune_backbone(heads, neurons)
+    if rank_tracker is not None:
+        supernet.prune_ranks(choose_ranks(rank_tracker.importance(), speed.rank_ratio))
 
 
 def _resolve_assignment(name: str, spec: SearchSpec) -> Assignment:

@@ -7,7 +7,15 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from .arch import ArchitectureMap, architecture_of, head_parameters, layers_of
+from .arch import (
+    ArchitectureMap,
+    architecture_of,
+    backbone_parameter_count,
+    head_parameters,
+    layer_parameter_count,
+    layers_of,
+)
+from .backbone import BackboneMasks, apply_backbone_record, prune_layer
 from .modules import UNIT_TYPES, Unit, inject_lora, unit_key
 from .modules.prefix import ATTENTION
 
@@ -25,16 +33,20 @@ def parse_unit_key(key: str) -> tuple[str, int]:
 
 class Supernet(nn.Module):
     """`model` with a unit per requested key (default: every type in every layer). Only the units and the task
-    head train; the backbone is frozen."""
+    head train (and the backbone masks, with `masks`); the backbone is frozen. `backbone` is the record of an
+    earlier pruning (with the folded `scales`), applied to the model first."""
 
     def __init__(self, model: nn.Module, space, units: Iterable[str] | None = None,
-                 lora_ranks: dict[str, int] | None = None):
+                 lora_ranks: dict[str, int] | None = None, masks: bool = False, backbone: dict | None = None,
+                 scales: dict[str, torch.Tensor] | None = None):
         super().__init__()
         self.arch: ArchitectureMap = architecture_of(model)
         self.space = space
         self.num_layers = len(layers_of(model, self.arch))
         model.set_attn_implementation(ATTENTION)
         model.requires_grad_(False)
+        if backbone is not None:  # rebuild a pruned backbone from its record (before LoRA wraps anything)
+            apply_backbone_record(model, backbone, scales)
         self.model = model
         keys = all_unit_keys(self.num_layers, space.types) if units is None else list(units)
         wanted = [parse_unit_key(k) for k in keys]
@@ -50,6 +62,11 @@ class Supernet(nn.Module):
             if kind != "lora":
                 built[unit_key(kind, layer)] = UNIT_TYPES[kind].build(model, self.arch, layer, space)
         self.units = nn.ModuleDict({_name(k): built[k] for k in sorted(built, key=_order)})
+        # Light-PEFT speed mode: masks while they learn; afterwards the record of what was pruned, and the
+        # survivors' mask values that were folded into the backbone (saved with the weights, needed to rebuild).
+        self.masks = BackboneMasks(model, self.arch) if masks else None
+        self.backbone_record = backbone
+        self.backbone_scales = {k: v for k, v in (scales or {}).items() if k.startswith("backbone.")}
         self._handles: list = []
         self.install()
         for param in self.trainable_parameters():
@@ -62,6 +79,8 @@ class Supernet(nn.Module):
         for handle in self._handles:
             handle.remove()
         self._handles = [h for unit in self.units.values() for h in unit.install(self.model, self.arch)]
+        if self.masks is not None:
+            self._handles += self.masks.install(self.model, self.arch)
 
     def remove(self, keys: Iterable[str]) -> None:
         for key in keys:
@@ -69,6 +88,40 @@ class Supernet(nn.Module):
             unit.uninstall(self.model, self.arch)
             del self.units[_name(key)]
         self.install()
+
+    def prune_backbone(self, heads: dict[int, list[int]], neurons: dict[int, list[int]]) -> dict:
+        """Physically remove the heads and neurons not kept, folding the kept ones' mask values into the
+        weights; prefixes follow their layer's heads; the masks are then dropped. Returns the record."""
+        layers_before = layer_parameter_count(self.model, self.arch)
+        backbone_before = backbone_parameter_count(self.model, self.arch)
+        for layer in range(self.num_layers):
+            head_scale = neuron_scale = None
+            if self.masks is not None:
+                head_scale = self.masks.heads[layer].detach()[heads[layer]].clone()
+                neuron_scale = self.masks.neurons[layer].detach()[neurons[layer]].clone()
+                self.backbone_scales[f"backbone.head_scale.{layer}"] = head_scale
+                self.backbone_scales[f"backbone.neuron_scale.{layer}"] = neuron_scale
+            prune_layer(self.model, self.arch, layer, heads[layer], neurons[layer], head_scale, neuron_scale)
+        for unit in list(self.units.values()):
+            if unit.kind == "prefix":
+                unit.keep_heads(heads[unit.layer])
+        self.masks = None
+        self.remove([u.key for u in self.units.values() if u.num_params() == 0])  # prefixes of headless layers
+        self.backbone_record = {
+            "heads": {str(layer): kept for layer, kept in heads.items()},
+            "neurons": {str(layer): kept for layer, kept in neurons.items()},
+            "removed_layers": [layer for layer in range(self.num_layers) if not heads[layer] and not neurons[layer]],
+            "layer_params_before": layers_before,
+            "layer_params_after": layer_parameter_count(self.model, self.arch),
+            "backbone_params_before": backbone_before,
+            "backbone_params_after": backbone_parameter_count(self.model, self.arch),
+        }
+        return self.backbone_record
+
+    def prune_ranks(self, kept: dict[tuple[str, str], list[int]]) -> None:
+        for (key, role), ranks in kept.items():
+            if _name(key) in self.units:
+                self.unit(key).keep_ranks(role, ranks)
 
     def unit(self, key: str) -> Unit:
         return self.units[_name(key)]
@@ -84,6 +137,11 @@ class Supernet(nn.Module):
     def peft_params(self) -> int:
         return sum(self.unit_params().values())
 
+    def lora_ranks(self) -> dict[str, int]:
+        """Rank per LoRA-wrapped module path (peft's rank_pattern keys)."""
+        return {path: unit.ranks()[role] for unit in self.units.values() if unit.kind == "lora"
+                for role, path in unit.paths.items()}
+
     def head_parameters(self) -> list[nn.Parameter]:
         return head_parameters(self.model, self.arch)
 
@@ -92,17 +150,21 @@ class Supernet(nn.Module):
         return params + self.extra_trainable()
 
     def extra_trainable(self) -> list[nn.Parameter]:
-        """Parameters other features train alongside the units (the backbone masks)."""
-        return []
+        """Parameters trained alongside the units: the backbone masks while they learn."""
+        return [] if self.masks is None else list(self.masks.parameters())
 
     def trained_state(self) -> dict[str, torch.Tensor]:
-        """Every tensor that training changed, by its name in this module: what export and checkpoints save."""
+        """Every tensor that training changed, by its name in this module, plus the mask values folded into a
+        pruned backbone: what export and checkpoints save."""
         wanted = {id(p) for p in self.trainable_parameters()}
-        return {name: p.detach() for name, p in self.named_parameters() if id(p) in wanted}
+        state = {name: p.detach() for name, p in self.named_parameters() if id(p) in wanted}
+        return {**state, **self.backbone_scales}
 
     def load_trained_state(self, state: dict[str, torch.Tensor]) -> None:
+        """The inverse of trained_state (the folded backbone scales are applied when the backbone is built)."""
+        state = {k: v for k, v in state.items() if k not in self.backbone_scales}
         params = dict(self.named_parameters())
-        missing = sorted(set(self.trained_state()) - set(state))
+        missing = sorted(set(self.trained_state()) - set(self.backbone_scales) - set(state))
         if missing:
             raise ValueError(f"saved state lacks {len(missing)} tensors, e.g. {missing[0]}")
         with torch.no_grad():

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -98,12 +98,12 @@ StepCallback = Callable[[int, int, float], None]  # (step, steps, loss)
 
 def train(model: torch.nn.Module, params: list[torch.nn.Parameter], batches: Iterator[dict], *, steps: int,
           lr: float, problem: str, device: torch.device, warmup_ratio: float = 0.06, weight_decay: float = 0.0,
-          decay: bool = True, tracker=None, extra_loss: Callable[[], torch.Tensor] | None = None,
+          decay: bool = True, trackers: Sequence = (), extra_loss: Callable[[], torch.Tensor] | None = None,
           on_step: StepCallback | None = None, should_stop: Callable[[], bool] | None = None) -> float:
     """AdamW with linear warm-up (and linear decay unless `decay` is False); returns the mean training loss.
 
-    `tracker` (an ImportanceTracker) sees each batch's mask before the forward and the gradients after the
-    backward; `extra_loss` adds a regulariser (the backbone masks' L1 penalty)."""
+    `trackers` (ImportanceTracker, RankTracker) see each batch's mask before the forward and the gradients after
+    the backward; `extra_loss` adds a regulariser (the backbone masks' L1 penalty)."""
     from .result import Cancelled
 
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
@@ -117,7 +117,7 @@ def train(model: torch.nn.Module, params: list[torch.nn.Parameter], batches: Ite
             group["lr"] = lr * lr_factor(step, steps, warmup, decay)
         batch = next(batches)
         labels = batch.pop("labels")
-        if tracker is not None:
+        for tracker in trackers:
             tracker.before_forward(batch["attention_mask"])
         with autocast(device):
             loss = loss_of(model(**batch), labels, problem)
@@ -125,7 +125,7 @@ def train(model: torch.nn.Module, params: list[torch.nn.Parameter], batches: Ite
                 loss = loss + extra_loss()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if tracker is not None:
+        for tracker in trackers:
             tracker.after_backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()

@@ -56,7 +56,7 @@ def derive_assignment(supernet, train_data: Encoded, spec, pad_id: int, device, 
         train(supernet, supernet.trainable_parameters(),
               shuffled_batches(subset, spec.train.batch_size, spec.seed, pad_id, device),
               steps=policy.warmup_steps, lr=spec.schedule.lr, problem=subset.problem, device=device,
-              warmup_ratio=0.1, decay=False, tracker=tracker, on_step=on_step, should_stop=should_stop)
+              warmup_ratio=0.1, decay=False, trackers=[tracker], on_step=on_step, should_stop=should_stop)
     scores = tracker.scores()
     batch_size = spec.train.eval_batch_size
     reference = mean_loss(supernet, subset, batch_size, pad_id, device)

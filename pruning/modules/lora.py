@@ -88,6 +88,17 @@ class LoraUnit(Unit):
                 target.scaling[ADAPTER] = 0.0
         self.enabled = enabled
 
+    def keep_ranks(self, role: str, ranks: list[int]) -> None:
+        """Rank pruning: keep rows `ranks` of A and the matching columns of B; the scaling stays as trained."""
+        from ..backbone.structural import _sliced_linear
+
+        target = self.targets[role]
+        lora_a, lora_b = self.ab(role)
+        index = torch.tensor(ranks, dtype=torch.long, device=lora_a.weight.device)
+        target.lora_A[ADAPTER] = _sliced_linear(lora_a, out_index=index)
+        target.lora_B[ADAPTER] = _sliced_linear(lora_b, in_index=index)
+        target.r[ADAPTER] = len(ranks)
+
     def reset_parameters(self) -> None:
         for target in self.targets.values():
             target.reset_lora_parameters(ADAPTER, init_lora_weights=True)

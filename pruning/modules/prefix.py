@@ -29,8 +29,11 @@ class PrefixUnit(Unit):
 
     @classmethod
     def build(cls, model, arch, layer: int, spec) -> PrefixUnit:
-        config = model.config
-        return cls(layer, arch.num_kv_heads(config), arch.head_dim(config), spec.prefix.length)
+        # Heads counted on the layer's key projection, not the config: a pruned layer has fewer.
+        key_proj = model.get_submodule(f"{arch.layers}.{layer}.{arch.k}")
+        key_proj = key_proj.get_base_layer() if hasattr(key_proj, "get_base_layer") else key_proj
+        head_dim = arch.head_dim(model.config)
+        return cls(layer, key_proj.out_features // head_dim, head_dim, spec.prefix.length)
 
     def reset_parameters(self) -> None:
         nn.init.normal_(self.keys, std=0.02)

@@ -1,0 +1,45 @@
+"""Light-PEFT's masked early pruning: a learnable scalar per attention head (scaling that head's output) and per
+FFN intermediate neuron (scaling its activation), initialised to 1 and trained with the PEFT units under an L1
+penalty while the backbone stays frozen. The masks act on the inputs of the attention output projection and of
+the FFN output projection, which is where a head's output and a neuron's activation enter the residual stream."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class BackboneMasks(nn.Module):
+    def __init__(self, model: nn.Module, arch):
+        super().__init__()
+        layers = model.get_submodule(arch.layers)
+        self.head_dim = arch.head_dim(model.config)
+        self.heads = nn.ParameterList(
+            [nn.Parameter(torch.ones(_in_features(layer.get_submodule(arch.o)) // self.head_dim)) for layer in layers])
+        self.neurons = nn.ParameterList(
+            [nn.Parameter(torch.ones(_in_features(layer.get_submodule(arch.ffn_out)))) for layer in layers])
+
+    def install(self, model: nn.Module, arch) -> list:
+        handles = []
+        for index, layer in enumerate(model.get_submodule(arch.layers)):
+            head_mask, neuron_mask = self.heads[index], self.neurons[index]
+
+            def mask_heads(module, args, mask=head_mask):
+                x = args[0]
+                scaled = (x.unflatten(-1, (-1, self.head_dim)) * mask.to(x.dtype)[:, None]).flatten(-2)
+                return (scaled, *args[1:])
+
+            def mask_neurons(module, args, mask=neuron_mask):
+                return (args[0] * mask.to(args[0].dtype), *args[1:])
+
+            handles.append(layer.get_submodule(arch.o).register_forward_pre_hook(mask_heads))
+            handles.append(layer.get_submodule(arch.ffn_out).register_forward_pre_hook(mask_neurons))
+        return handles
+
+    def l1(self) -> torch.Tensor:
+        return sum(m.abs().sum() for m in [*self.heads, *self.neurons])
+
+
+def _in_features(linear: nn.Module) -> int:
+    base = linear.get_base_layer() if hasattr(linear, "get_base_layer") else linear
+    return base.in_features

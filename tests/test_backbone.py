@@ -1,0 +1,204 @@
+"""Light-PEFT speed mode: masks, structural pruning, LoRA rank pruning, and their export."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForSequenceClassification
+
+import pruning
+from pruning import BackboneSpec, ScheduleSpec, SearchSpec, SpaceSpec, TaskSpec, TrainSpec
+from pruning.arch import backbone_parameter_count, layer_parameter_count
+from pruning.backbone import choose_ranks, plan_pruning
+from pruning.models import load_model
+from pruning.supernet import Supernet
+
+
+def _batch(seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, 900, (4, 11), generator=gen)
+    mask = torch.ones_like(ids)
+    mask[1, 7:] = 0
+    mask[3, 4:] = 0
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def _supernet(tiny_model, masks=True, **kwargs) -> Supernet:
+    torch.manual_seed(0)
+    net = Supernet(load_model(str(tiny_model), 2, "classification"), SpaceSpec(), masks=masks, **kwargs).eval()
+    with torch.no_grad():  # make every unit contribute, so slicing mistakes show in the logits
+        for p in net.trainable_parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return net
+
+
+def test_gradients_reach_the_masks(tiny_model):
+    net = _supernet(tiny_model)
+    net(**_batch()).sum().backward()
+    for mask in [*net.masks.heads, *net.masks.neurons]:
+        assert mask.grad is not None and mask.grad.abs().sum() > 0
+    assert {id(p) for p in net.masks.parameters()} <= {id(p) for p in net.trainable_parameters()}
+
+
+def test_pruning_zero_masked_heads_and_neurons_leaves_logits_unchanged(tiny_model):
+    net = _supernet(tiny_model)
+    heads = {0: [0, 2], 1: [1, 2, 3], 2: [], 3: [0, 1, 2, 3]}  # layer 2 loses every head
+    neurons = {0: list(range(0, 128, 2)), 1: list(range(100)), 2: list(range(5)), 3: []}
+    with torch.no_grad():
+        for layer in range(4):
+            h, n = net.masks.heads[layer], net.masks.neurons[layer]
+            h.uniform_(0.5, 1.5)
+            n.uniform_(0.5, 1.5)
+            h[[i for i in range(4) if i not in heads[layer]]] = 0.0
+            n[[i for i in range(128) if i not in neurons[layer]]] = 0.0
+    batch = _batch()
+    before = net(**batch)
+    layers_before = layer_parameter_count(net.model, net.arch)
+    record = net.prune_backbone(heads, neurons)
+    after = net(**batch)
+    torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-5)
+    # the matrices really shrank: q rows = kept heads * head_dim, FFN columns = kept neurons
+    layer0 = net.model.bert.encoder.layer[0]
+    assert layer0.attention.self.query.get_base_layer().weight.shape == (2 * 16, 64)
+    assert layer0.output.dense.weight.shape == (64, 64)
+    assert net.model.bert.encoder.layer[3].output.dense.weight.shape == (64, 0)
+    assert net.masks is None
+    assert "prefix.2" not in net.unit_keys()  # a layer without heads has nothing to prefix
+    assert net.unit("prefix.0").keys.shape[0] == 2
+    assert record["removed_layers"] == []
+    assert record["layer_params_after"] == layer_parameter_count(net.model, net.arch) < layers_before
+
+
+def test_a_layer_without_heads_and_neurons_is_reported_removed(tiny_model):
+    net = _supernet(tiny_model)
+    heads = {0: [0, 1, 2, 3], 1: [], 2: [1], 3: [0]}
+    neurons = {0: list(range(128)), 1: [], 2: [3], 3: [4]}
+    with torch.no_grad():
+        for layer in range(4):
+            keep_h = torch.zeros(4)
+            keep_h[heads[layer]] = 1.0
+            keep_n = torch.zeros(128)
+            keep_n[neurons[layer]] = 1.0
+            net.masks.heads[layer].copy_(keep_h)
+            net.masks.neurons[layer].copy_(keep_n)
+    before = net(**_batch())
+    record = net.prune_backbone(heads, neurons)
+    torch.testing.assert_close(net(**_batch()), before, rtol=1e-5, atol=1e-5)
+    assert record["removed_layers"] == [1]
+
+
+def test_plan_pruning_ratios_and_target():
+    class Masks:
+        heads = [torch.tensor([0.9, 0.1, 0.5]), torch.tensor([0.2, 0.8, 0.7])]
+        neurons = [torch.tensor([0.3, 0.9, 0.1, 0.6]), torch.tensor([0.05, 0.95, 0.4, 0.8])]
+
+    heads, neurons = plan_pruning(Masks, BackboneSpec(head_ratio=1 / 3, neuron_ratio=0.25), 100, 10, 10_000)
+    assert heads == {0: [0, 2], 1: [1, 2]}  # per layer: the weakest third of each layer's heads
+    assert neurons == {0: [0, 1, 3], 1: [1, 2, 3]}  # globally: 0.05 and 0.1 go
+    # target: heads and neurons ranked together by mask magnitude, removed until the layers hold <= 9_880:
+    # the 0.05 neuron (-10), the 0.1 head (-100), the 0.1 neuron (-10), then stop
+    heads, neurons = plan_pruning(Masks, BackboneSpec(target_params=9_880), 100, 10, 10_000)
+    assert neurons == {0: [0, 1, 3], 1: [1, 2, 3]}
+    assert heads == {0: [0, 2], 1: [0, 1, 2]}
+
+
+def test_choose_ranks_prunes_globally_and_keeps_one_per_module():
+    importance = {("lora.0", "q"): torch.tensor([0.1, 0.2, 0.9, 0.05]),
+                  ("lora.1", "v"): torch.tensor([0.01, 0.02, 0.03, 0.04])}
+    kept = choose_ranks(importance, 0.5)
+    # four of eight ranks go: the four weakest are all lora.1's, but it keeps its best one, so the fourth
+    # removal falls on lora.0's weakest (0.05)
+    assert kept == {("lora.0", "q"): [0, 1, 2], ("lora.1", "v"): [3]}
+
+
+def test_lora_rank_slicing_matches_the_kept_ranks(tiny_model):
+    net = _supernet(tiny_model, masks=False)
+    unit = net.unit("lora.1")
+    lora_a, lora_b = unit.ab("q")
+    x = torch.randn(3, 64)
+    keep = [0, 3, 5]
+    expected = (x @ lora_a.weight[keep].T) @ lora_b.weight[:, keep].T
+    params_before = net.peft_params()
+    net.prune_ranks({("lora.1", "q"): keep})
+    lora_a, lora_b = unit.ab("q")
+    torch.testing.assert_close(lora_b(lora_a(x)), expected)
+    assert unit.ranks() == {"q": 3, "v": 8}
+    assert net.peft_params() == params_before - 5 * (64 + 64)
+    assert net.lora_ranks()["bert.encoder.layer.1.attention.self.query"] == 3
+
+
+def test_head_pruning_slices_lora_on_pruned_projections(tiny_model):
+    space = SpaceSpec(lora=pruning.LoraSpec(targets=("q", "v", "o", "ffn_in", "ffn_out")))
+    torch.manual_seed(0)
+    net = Supernet(load_model(str(tiny_model), 2, "classification"), space, masks=True).eval()
+    with torch.no_grad():
+        for p in net.trainable_parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+        net.masks.heads[0][1] = 0.0
+        net.masks.neurons[0][:64] = 0.0
+    before = net(**_batch())
+    net.prune_backbone({0: [0, 2, 3], 1: [0, 1, 2, 3], 2: [0, 1, 2, 3], 3: [0, 1, 2, 3]},
+                       {0: list(range(64, 128)), 1: list(range(128)), 2: list(range(128)), 3: list(range(128))})
+    torch.testing.assert_close(net(**_batch()), before, rtol=1e-5, atol=1e-5)
+    layer0 = net.model.bert.encoder.layer[0]
+    assert layer0.attention.output.dense.lora_A["default"].weight.shape == (8, 48)
+    assert layer0.attention.self.query.lora_B["default"].weight.shape == (48, 8)
+    assert layer0.intermediate.dense.lora_B["default"].weight.shape == (64, 8)
+    assert layer0.output.dense.lora_A["default"].weight.shape == (8, 64)
+
+
+@pytest.fixture(scope="module")
+def speed_result(tiny_model, toy_task, tmp_path_factory):
+    train, dev = toy_task
+    spec = SearchSpec(model=str(tiny_model), task=TaskSpec(train=str(train), dev=str(dev)), budget=9000,
+                      schedule=ScheduleSpec(rounds=3, steps_per_round=6),
+                      train=TrainSpec(steps=12, batch_size=16),
+                      backbone=BackboneSpec(enabled=True, mask_rounds=2, rank_ratio=0.5, save_backbone=True))
+    out = tmp_path_factory.mktemp("speed")
+    return spec, pruning.search(spec, out)
+
+
+def test_speed_mode_search_prunes_backbone_and_ranks(speed_result, tiny_model):
+    spec, result = speed_result
+    record = result.configuration["backbone"]
+    assert [r.backbone_params for r in result.rounds] == [None, result.backbone_params, None]
+    assert result.backbone_params == record["backbone_params_after"] < result.backbone_params_before
+    assert all(len(kept) == 3 for kept in record["heads"].values())  # a third of 4 heads -> 1 removed per layer
+    assert sum(len(k) for k in record["neurons"].values()) == 4 * 128 - int(4 * 128 / 3)
+    ranks = result.configuration["lora_ranks"]
+    assert ranks and all(1 <= r <= 8 for r in ranks.values()) and min(ranks.values()) < 8
+    assert result.trainable_params <= result.budget_params
+
+
+def test_speed_mode_export_load_reproduces_metric_and_parameter_count(speed_result, tiny_model):
+    spec, result = speed_result
+    model = pruning.load(result.out_dir, str(tiny_model))
+    assert backbone_parameter_count(model.model, model.arch) == result.backbone_params
+    assert model.peft_params() == result.trainable_params
+    assert pruning.evaluate(result.out_dir, str(tiny_model)) == result.metrics
+
+
+def test_stock_peft_loads_the_rank_pruned_lora_onto_the_pruned_backbone(speed_result, tiny_model):
+    from peft import PeftModel
+
+    from pruning.backbone import apply_backbone_record
+    from pruning.export import WEIGHTS
+
+    spec, result = speed_result
+    out = result.out_dir
+    config = json.loads((out / "adapter_config.json").read_text()) if hasattr(out, "read_text") else json.loads(
+        open(f"{out}/adapter_config.json").read())
+    assert config["rank_pattern"]  # pruned ranks travel as peft's rank_pattern
+    from safetensors.torch import load_file
+
+    base = AutoModelForSequenceClassification.from_pretrained(str(tiny_model), num_labels=2)
+    apply_backbone_record(base, result.configuration["backbone"], load_file(f"{out}/{WEIGHTS}"))
+    peft_model = PeftModel.from_pretrained(base, out)
+    ours = pruning.load(out, str(tiny_model))
+    ours_params = dict(ours.model.named_parameters())
+    for name, param in peft_model.named_parameters():
+        if ".lora_" in name:
+            source = name.removeprefix("base_model.model.")
+            torch.testing.assert_close(param, ours_params[source])
