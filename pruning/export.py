@@ -8,6 +8,8 @@
     trace.json                                      the search's rounds: what was removed, scores, metrics
     result.json                                     the SearchResult
     README.md                                       a short model card
+    backbone.safetensors, config.json, tokenizer    with backbone.save_backbone: the pruned backbone itself,
+                                                    so `load(dir)` needs no base model
 
 `load(dir, base_model)` rebuilds the exact model from the base and these files; `evaluate(dir, base_model)`
 re-scores it on the dev set recorded in the configuration.
@@ -30,6 +32,7 @@ from .spec import SearchSpec, SpaceSpec, TaskSpec, _from_dict
 FORMAT_VERSION = 1
 CONFIG = "peftsearch_config.json"
 WEIGHTS = "peftsearch_weights.safetensors"
+BACKBONE = "backbone.safetensors"
 
 
 def configuration_of(model, spec: SearchSpec, task, metrics: dict[str, float]) -> dict[str, Any]:
@@ -67,6 +70,8 @@ def save(out_dir: str | Path, model, *, spec: SearchSpec, task, metrics: dict[st
     save_file({k: v.contiguous().cpu() for k, v in model.trained_state().items()}, out / WEIGHTS,
               metadata={"format": "peftsearch", "format_version": str(FORMAT_VERSION)})
     _save_peft_lora(out, model, spec, config)
+    if spec.backbone.save_backbone:
+        _save_backbone(out, model, spec)
     trace = {"rounds": [dataclasses.asdict(r) for r in records], **trace_extra}
     (out / "trace.json").write_text(json.dumps(trace, indent=2))
     (out / "README.md").write_text(_model_card(config, records))
@@ -110,28 +115,65 @@ def _save_peft_lora(out: Path, model, spec: SearchSpec, config: dict) -> None:
     peft_model.save_pretrained(out)
 
 
+def _save_backbone(out: Path, model, spec: SearchSpec) -> None:
+    """The pruned backbone's own weights (LoRA and units excluded), with its config and tokenizer."""
+    from .arch import is_lora_name
+    from .models import load_tokenizer
+
+    state = {}
+    for name, tensor in model.model.state_dict().items():
+        if is_lora_name(name):
+            continue
+        state[name.replace(".base_layer.", ".")] = tensor.contiguous().cpu()  # names of the unwrapped model
+    save_file(state, out / BACKBONE, metadata={"format": "peftsearch-backbone"})
+    model.model.config.save_pretrained(out)
+    load_tokenizer(spec.model).save_pretrained(out)
+
+
 def load(out_dir: str | Path, base_model: str | None = None, device: str = "cpu"):
-    """Rebuild the searched model: the base (pruned as recorded), its units, and their trained weights.
+    """Rebuild the searched model: the base (pruned as recorded), its units, and their trained weights. Without
+    `base_model`, a saved pruned backbone is used if the directory has one, else the recorded base model.
     Returns the Supernet in eval mode; call it with tokenizer outputs to get logits."""
     from .models import load_model, load_tokenizer
     from .supernet import Supernet
 
     out = Path(out_dir)
     config = read_config(out)
-    base_model = base_model or config["base_model"]
-    tokenizer = load_tokenizer(base_model)
-    num_labels = len(config["labels"]) if config["labels"] else 1
-    model = load_model(base_model, num_labels, config["problem"], tokenizer.pad_token_id)
-    if architecture_of(model).name != config["architecture"]:
-        raise ValueError(f"{base_model} is a {architecture_of(model).name} model; the result was searched on "
-                         f"a {config['architecture']} model")
     space = _from_dict(SpaceSpec, config["space"], "space")
     tensors = load_file(out / WEIGHTS)
-    supernet = Supernet(model, space, config["units"], config["lora_ranks"], backbone=config["backbone"],
-                        scales=tensors)
+    if base_model is None and (out / BACKBONE).exists():
+        tokenizer = load_tokenizer(str(out))
+        model = _load_saved_backbone(out, config)
+        supernet = Supernet(model, space, config["units"], config["lora_ranks"])
+        supernet.backbone_record = config["backbone"]
+        supernet.backbone_scales = {k: v for k, v in tensors.items() if k.startswith("backbone.")}
+    else:
+        base_model = base_model or config["base_model"]
+        tokenizer = load_tokenizer(base_model)
+        num_labels = len(config["labels"]) if config["labels"] else 1
+        model = load_model(base_model, num_labels, config["problem"], tokenizer.pad_token_id)
+        if architecture_of(model).name != config["architecture"]:
+            raise ValueError(f"{base_model} is a {architecture_of(model).name} model; the result was searched "
+                             f"on a {config['architecture']} model")
+        supernet = Supernet(model, space, config["units"], config["lora_ranks"], backbone=config["backbone"],
+                            scales=tensors)
     supernet.load_trained_state(tensors)
     supernet.tokenizer = tokenizer
     return supernet.to(device).eval()
+
+
+def _load_saved_backbone(out: Path, config: dict):
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    from .backbone import apply_backbone_record
+    from .models import quiet_transformers
+
+    with quiet_transformers():
+        model = AutoModelForSequenceClassification.from_config(AutoConfig.from_pretrained(out))
+    if config["backbone"]:
+        apply_backbone_record(model, config["backbone"])  # shapes only: the saved weights overwrite it all
+    model.load_state_dict(load_file(out / BACKBONE), strict=True)
+    return model.eval()
 
 
 def evaluate(out_dir: str | Path, base_model: str | None = None, task: TaskSpec | None = None,

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification
 
 import pruning
@@ -187,14 +189,12 @@ def test_stock_peft_loads_the_rank_pruned_lora_onto_the_pruned_backbone(speed_re
     from pruning.export import WEIGHTS
 
     spec, result = speed_result
-    out = result.out_dir
-    config = json.loads((out / "adapter_config.json").read_text()) if hasattr(out, "read_text") else json.loads(
-        open(f"{out}/adapter_config.json").read())
+    out = Path(result.out_dir)
+    config = json.loads((out / "adapter_config.json").read_text())
     assert config["rank_pattern"]  # pruned ranks travel as peft's rank_pattern
-    from safetensors.torch import load_file
 
     base = AutoModelForSequenceClassification.from_pretrained(str(tiny_model), num_labels=2)
-    apply_backbone_record(base, result.configuration["backbone"], load_file(f"{out}/{WEIGHTS}"))
+    apply_backbone_record(base, result.configuration["backbone"], load_file(out / WEIGHTS))
     peft_model = PeftModel.from_pretrained(base, out)
     ours = pruning.load(out, str(tiny_model))
     ours_params = dict(ours.model.named_parameters())
@@ -202,3 +202,12 @@ def test_stock_peft_loads_the_rank_pruned_lora_onto_the_pruned_backbone(speed_re
         if ".lora_" in name:
             source = name.removeprefix("base_model.model.")
             torch.testing.assert_close(param, ours_params[source])
+
+
+def test_saved_pruned_backbone_loads_without_the_base_model(speed_result, tiny_model):
+    spec, result = speed_result
+    with_base = pruning.load(result.out_dir, str(tiny_model))
+    alone = pruning.load(result.out_dir)  # no base: the saved pruned backbone
+    batch = _batch()
+    torch.testing.assert_close(alone(**batch), with_base(**batch))
+    assert backbone_parameter_count(alone.model, alone.arch) == result.backbone_params
