@@ -13,10 +13,15 @@ import migrations
 MIGRATIONS_DIR = Path(migrations.__file__).parent
 
 
+def _make_sqlite_folder(url: str) -> None:
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+
+
 @functools.cache
 def get_engine(url: str) -> Engine:
+    _make_sqlite_folder(url)
     if url.startswith("sqlite"):
-        Path(url.split("///", 1)[1]).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
@@ -49,6 +54,7 @@ def alembic_config(url: str):
 def upgrade(url: str, revision: str = "head") -> None:
     from alembic import command
 
+    _make_sqlite_folder(url)
     command.upgrade(alembic_config(url), revision)
 
 

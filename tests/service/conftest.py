@@ -12,13 +12,14 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
 from sqlalchemy.orm import Session
+from support import PG_URL, TINY, schema_url, upload
 
 from api.app import create_app
 from api.deps import get_session
 from store.db import get_engine, upgrade
 from store.keys import create_key
 from store.settings import Settings
-from support import PG_URL, TINY, schema_url, upload
+
 
 @pytest.fixture(scope="session")
 def pg_url():

@@ -4,10 +4,10 @@ pagination, cancellation, uploads, and one error envelope for every bad request.
 from __future__ import annotations
 
 import pytest
+from support import TINY, TINY_SEARCH, upload
 
 from store import jobs
 from store.models import Job
-from support import TINY, TINY_SEARCH, upload
 
 pytestmark = pytest.mark.service
 

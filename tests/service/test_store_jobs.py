@@ -120,7 +120,7 @@ def test_reaper_requeues_fails_and_cancels_jobs_of_dead_workers(db, new_job):
 
 
 def test_reaper_sends_queued_jobs_the_broker_never_took(db, new_job):
-    sent, unsent, fresh = new_job(), new_job(), new_job()
+    sent, unsent, _fresh = new_job(), new_job(), new_job()
     jobs.mark_enqueued(db, sent)
     for job_id in (sent, unsent):
         db.get(Job, job_id).updated_at = utcnow() - LONG_AGO
