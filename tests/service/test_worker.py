@@ -1,0 +1,96 @@
+"""The job runner on PostgreSQL with committed rows (a worker has its own connections): cancelling a running
+search, and a worker killed mid-search whose job the reaper re-queues and the next attempt resumes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import threading
+
+import pytest
+from fastapi.testclient import TestClient
+from support import TINY, start, wait_until
+
+from api.app import create_app
+from store import jobs
+from store.db import session_factory
+from store.keys import create_key
+from store.models import Job, JobEvent, Round
+from worker.job import run_job
+from worker.reaper import reap_once
+
+pytestmark = [pytest.mark.service, pytest.mark.slow]
+
+
+@pytest.fixture
+def submit(settings, toy_files):
+    """Submit a job through the API, committed for real; returns its id."""
+    with session_factory(settings.db_url).begin() as session:
+        _, key = create_key(session, "worker-tests")
+    client = TestClient(create_app(settings), headers={"Authorization": f"Bearer {key}"})
+    train, dev = toy_files["csv"]
+    dataset = client.post("/v1/datasets", files={"train": (train.name, train.read_bytes()),
+                                                 "dev": (dev.name, dev.read_bytes())}).json()["id"]
+
+    def make(search: dict) -> str:
+        response = client.post("/v1/jobs", json={"model": TINY, "dataset_id": dataset, "budget": "2%",
+                                                 "search": search})
+        assert response.status_code == 201, response.text
+        return response.json()["id"]
+
+    return make
+
+
+def read(settings, job_id: str) -> tuple[Job, list[str], list[int]]:
+    with session_factory(settings.db_url)() as session:
+        job = session.get(Job, job_id)
+        events = [e.message for e in session.query(JobEvent).filter_by(job_id=job_id).order_by(JobEvent.id)]
+        rounds = [r.round for r in session.query(Round).filter_by(job_id=job_id).order_by(Round.round)]
+        return job, events, rounds
+
+
+def test_cancelling_a_running_job_stops_the_search(settings, submit):
+    job_id = submit({"schedule": {"rounds": 2, "steps_per_round": 100000}, "train": {"batch_size": 8}})
+    outcome = []
+    runner = threading.Thread(target=lambda: outcome.append(run_job(job_id, settings)))
+    runner.start()
+    wait_until(lambda: (read(settings, job_id)[0].progress or {}).get("phase") == "search", 120, "the search")
+    with session_factory(settings.db_url).begin() as session:
+        jobs.cancel(session, session.get(Job, job_id))
+    runner.join(120)
+    assert outcome == ["cancelled"]
+    job, events, rounds = read(settings, job_id)
+    assert job.status == "cancelled" and job.artifact is None and rounds == []
+    assert [e for e in events if e in ("queued", "running", "cancelling", "cancelled")] == [
+        "queued", "running", "cancelling", "cancelled"]
+    assert not (settings.work / job_id).exists()
+
+
+def test_a_killed_worker_is_reaped_and_the_next_attempt_resumes(settings, submit, tmp_path):
+    job_id = submit({"schedule": {"rounds": 2, "steps_per_round": 20, "eval_examples": 32},
+                     "train": {"steps": 20, "batch_size": 8, "max_length": 32}})
+    env = {"DATABASE_URL": settings.db_url, "PEFTSEARCH_HOME": str(settings.home),
+           "PEFTSEARCH_MODELS": json.dumps(settings.models), "PEFTSEARCH_HEARTBEAT_S": "0.2"}
+    log = tmp_path / "doomed-worker.log"
+    doomed = start([sys.executable, "-c", f"from worker.tasks import run_job; run_job({job_id!r})"], env, log)
+    try:
+        wait_until(lambda: read(settings, job_id)[2] == [1], 120, "round 1 of the first attempt", [log])
+    finally:
+        os.killpg(doomed.pid, signal.SIGKILL)  # dies mid round 2: no final status, no clean-up
+        doomed.wait()
+    assert read(settings, job_id)[0].status == "running"
+    assert (settings.work / job_id / "checkpoint").exists()
+
+    wait_until(lambda: job_id in reap_once(settings), 30, "the reaper to re-queue the job")
+    job, events, _ = read(settings, job_id)
+    assert job.status == "queued" and job.attempt == 1
+
+    assert run_job(job_id, settings) == "succeeded"
+    job, events, rounds = read(settings, job_id)
+    assert job.status == "succeeded" and job.attempt == 2 and rounds == [1, 2]
+    assert [e for e in events if e in ("queued", "running", "succeeded")] == [
+        "queued", "running", "queued", "running", "succeeded"]
+    assert any(e.endswith("resuming after round 1 of 2") for e in events)
+    assert job.artifact is not None and (settings.artifacts / job.artifact.path).exists()
