@@ -1,0 +1,34 @@
+"""`peftsearch <command>`: each command lives in its own module and is imported only when it runs, so that
+`peftsearch keys create` never loads torch and `peftsearch search` never loads the web stack."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# command -> (module, help). Each module has `add_arguments(parser)` and `run(args) -> int`.
+COMMANDS = {
+    "search": ("pruning.cli", "run a search on this machine and write the result directory"),
+    "serve": ("peftsearch.serve", "run the REST API (embedded SQLite + in-process worker unless configured)"),
+    "worker": ("peftsearch.worker_cmd", "run a Celery worker for the configured broker"),
+    "keys": ("peftsearch.keys", "manage API keys"),
+    "demo": ("peftsearch.demo", "start the embedded service, run a real search through the API, stop"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(prog="peftsearch", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="command")
+    chosen = argv[0] if argv and argv[0] in COMMANDS else None
+    for name, (module, help_text) in COMMANDS.items():
+        command = sub.add_parser(name, help=help_text, description=help_text)
+        if name == chosen:  # only the command that runs is imported
+            importlib.import_module(module).add_arguments(command)
+    args = parser.parse_args(argv)
+    return importlib.import_module(COMMANDS[args.command][0]).run(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
