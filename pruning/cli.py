@@ -52,6 +52,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     backbone.add_argument("--backbone-target", type=int, help="instead of the ratios: backbone layer "
                                                               "parameters to keep")
     backbone.add_argument("--mask-penalty", type=float, help="L1 coefficient on the masks")
+    backbone.add_argument("--mask-lr", type=float, help="learning rate of the masks")
     backbone.add_argument("--mask-rounds", type=int, help="search rounds the masks learn before pruning")
     backbone.add_argument("--rank-ratio", type=float, help="share of LoRA ranks removed globally")
     backbone.add_argument("--save-backbone", action="store_true", help="also save the pruned backbone")
@@ -91,6 +92,7 @@ def spec_from_args(args: argparse.Namespace) -> SearchSpec:
     _set(data, "backbone.neuron_ratio", args.neuron_ratio)
     _set(data, "backbone.target_params", args.backbone_target)
     _set(data, "backbone.mask_penalty", args.mask_penalty)
+    _set(data, "backbone.mask_lr", args.mask_lr)
     _set(data, "backbone.mask_rounds", args.mask_rounds)
     _set(data, "backbone.rank_ratio", args.rank_ratio)
     _set(data, "backbone.save_backbone", True if args.save_backbone else None)

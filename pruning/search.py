@@ -159,7 +159,7 @@ def search(spec: SearchSpec, out_dir: str | Path, *, on_progress: ProgressCallba
         tracker = ImportanceTracker(units, criteria_used(assignment), policy.accumulate, policy.ema_beta)
         masks = supernet.masks
         with tracker:
-            loss = train(supernet, supernet.trainable_parameters(), batches, steps=schedule.steps_per_round,
+            loss = train(supernet, supernet.param_groups(speed.mask_lr), batches, steps=schedule.steps_per_round,
                          lr=schedule.lr, problem=ctx.task.problem, device=ctx.device, warmup_ratio=0.1,
                          weight_decay=spec.train.weight_decay, decay=False,
                          trackers=[tracker] + ([rank_tracker] if rank_tracker else []),

@@ -135,6 +135,9 @@ class BackboneSpec:
     neuron_ratio: float = 1 / 3  # share of FFN neurons removed, ranked globally
     target_params: int | None = None  # instead of the ratios: keep removing until the backbone has this many
     mask_penalty: float = 1e-4  # L1 coefficient on the masks
+    # The masks learn during a few short search rounds, not Light-PEFT's 800-step estimation run, so they get
+    # a learning rate of their own, high enough for Adam to separate them in that time.
+    mask_lr: float = 0.02
     mask_rounds: int = 1  # masks learn during this many search rounds, then the backbone is pruned
     rank_ratio: float = 0.5  # share of LoRA ranks removed globally (0 keeps them all)
     save_backbone: bool = False  # also write the pruned backbone's weights (deploy without the base model)
@@ -189,6 +192,10 @@ class SearchSpec:
         ]:
             if not 0 <= value < 1:
                 raise SpecError(name, "must be in [0, 1)")
+        if not self.backbone.mask_lr > 0 or self.backbone.mask_penalty < 0:
+            raise SpecError("backbone.mask_lr", "mask_lr must be > 0 and mask_penalty >= 0")
+        if self.backbone.target_params is not None and self.backbone.target_params < 0:
+            raise SpecError("backbone.target_params", "must be >= 0")
         if self.backbone.enabled and not 1 <= self.backbone.mask_rounds <= self.schedule.rounds:
             raise SpecError("backbone.mask_rounds", "must be between 1 and schedule.rounds")
         return self

@@ -149,6 +149,15 @@ class Supernet(nn.Module):
         params = [p for unit in self.units.values() for p in unit.trainable()] + self.head_parameters()
         return params + self.extra_trainable()
 
+    def param_groups(self, mask_lr: float | None = None) -> list[dict]:
+        """Optimizer groups: units and head at the run's learning rate; the masks at their own, if given."""
+        masks = self.extra_trainable()
+        mask_ids = {id(m) for m in masks}
+        groups = [{"params": [p for p in self.trainable_parameters() if id(p) not in mask_ids]}]
+        if masks:
+            groups.append({"params": masks, **({"lr": mask_lr} if mask_lr is not None else {})})
+        return groups
+
     def extra_trainable(self) -> list[nn.Parameter]:
         """Parameters trained alongside the units: the backbone masks while they learn."""
         return [] if self.masks is None else list(self.masks.parameters())

@@ -96,17 +96,21 @@ def lr_factor(step: int, steps: int, warmup: int, decay: bool) -> float:
 StepCallback = Callable[[int, int, float], None]  # (step, steps, loss)
 
 
-def train(model: torch.nn.Module, params: list[torch.nn.Parameter], batches: Iterator[dict], *, steps: int,
+def train(model: torch.nn.Module, params: list, batches: Iterator[dict], *, steps: int,
           lr: float, problem: str, device: torch.device, warmup_ratio: float = 0.06, weight_decay: float = 0.0,
           decay: bool = True, trackers: Sequence = (), extra_loss: Callable[[], torch.Tensor] | None = None,
           on_step: StepCallback | None = None, should_stop: Callable[[], bool] | None = None) -> float:
     """AdamW with linear warm-up (and linear decay unless `decay` is False); returns the mean training loss.
 
+    `params` is a list of parameters, or of optimizer groups (dicts) whose own "lr" overrides `lr`.
     `trackers` (ImportanceTracker, RankTracker) see each batch's mask before the forward and the gradients after
     the backward; `extra_loss` adds a regulariser (the backbone masks' L1 penalty)."""
     from .result import Cancelled
 
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    groups = params if params and isinstance(params[0], dict) else [{"params": params}]
+    groups = [{**g, "params": list(g["params"]), "base_lr": g.get("lr", lr)} for g in groups]
+    all_params = [p for g in groups for p in g["params"]]
+    optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
     warmup = math.ceil(steps * warmup_ratio)
     model.train()
     total = 0.0
@@ -114,7 +118,7 @@ def train(model: torch.nn.Module, params: list[torch.nn.Parameter], batches: Ite
         if should_stop is not None and should_stop():
             raise Cancelled()
         for group in optimizer.param_groups:
-            group["lr"] = lr * lr_factor(step, steps, warmup, decay)
+            group["lr"] = group["base_lr"] * lr_factor(step, steps, warmup, decay)
         batch = next(batches)
         labels = batch.pop("labels")
         for tracker in trackers:
@@ -127,7 +131,7 @@ def train(model: torch.nn.Module, params: list[torch.nn.Parameter], batches: Ite
         loss.backward()
         for tracker in trackers:
             tracker.after_backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        torch.nn.utils.clip_grad_norm_(all_params, 1.0)
         optimizer.step()
         value = float(loss.detach())
         if not math.isfinite(value):
