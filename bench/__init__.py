@@ -1,0 +1,1 @@
+"""Benchmarks: scripts that measure and write JSON + markdown under bench/results/. Not part of the test suite."""

@@ -1,0 +1,93 @@
+"""What the benchmarks share: the GLUE task settings, the machine description, one-run-per-subprocess execution
+(so each run's peak memory is its own), and a resumable JSONL store of finished runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_GLUE = Path(__file__).resolve().parents[2] / "shared" / "data" / "glue"
+
+
+@dataclass(frozen=True)
+class TaskSetting:
+    """Step budgets chosen so that plain LoRA lands in its normal range (see docs/benchmarks.md): fewer steps
+    leave CoLA collapsed to the majority class and STS-B under-trained, which would compare nothing."""
+
+    steps: int
+    max_length: int
+    max_train_examples: int = 8000
+
+
+TASKS: dict[str, TaskSetting] = {
+    "sst2": TaskSetting(steps=300, max_length=64),
+    "mrpc": TaskSetting(steps=300, max_length=128),
+    "cola": TaskSetting(steps=600, max_length=64),
+    "stsb": TaskSetting(steps=800, max_length=64),
+    "rte": TaskSetting(steps=300, max_length=128),
+}
+
+
+def machine() -> dict:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {"python": platform.python_version(), "torch": torch.__version__, "cpu": cpu,
+            "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "platform": platform.platform()}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    try:
+        import peft
+        import transformers
+
+        info["transformers"], info["peft"] = transformers.__version__, peft.__version__
+    except ImportError:
+        pass
+    return info
+
+
+class Store:
+    """Finished runs, one JSON object per line, keyed by `key`; a rerun skips what is already there."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] \
+            if path.exists() else []
+
+    def done(self, key: dict) -> bool:
+        return any(all(row.get(k) == v for k, v in key.items()) for row in self.rows)
+
+    def add(self, row: dict) -> None:
+        self.rows.append(row)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+def run_child(module: str, args: dict) -> dict:
+    """Run `python -m <module> --child '<json args>'` and return the JSON it prints last."""
+    proc = subprocess.run([sys.executable, "-m", module, "--child", json.dumps(args)], capture_output=True,
+                          text=True, env={**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
+    if proc.returncode != 0:
+        raise RuntimeError(f"{module} {args} failed:\n{proc.stderr[-4000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def mean_spread(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    if not values:
+        return float("nan"), float("nan")
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0

@@ -1,0 +1,272 @@
+"""Speed mode (Light-PEFT backbone pruning + LoRA rank pruning) against plain LoRA (issue: backbone early pruning).
+
+    python -m bench.speed --data-dir ../shared/data/glue --tasks sst2,mrpc,cola,stsb,rte --seeds 0,1,2
+
+Per task and seed, side by side in one run, on all-MiniLM-L6-v2:
+
+    lora   LoRA r=8 on q,v, the task's steps (bench/common.py)
+    speed  peftsearch with backbone pruning on (defaults), same budget and steps
+
+and for each exported model, in a fresh process: training step time and the training's peak memory above the
+loaded model (batch 32, length 128, random tokens), and inference throughput at batch 32/64 x length 64/128.
+Backbone parameters are reported two ways: the transformer layers (what head/neuron pruning acts on) and the whole
+backbone including the embedding table (a lookup that costs no compute).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import shlex
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from .common import DEFAULT_GLUE, TASKS, Store, machine, mean_spread, run_child
+from .quality import base_spec
+
+METHODS = ("lora", "speed")
+RESULTS = Path(__file__).parent / "results"
+SHAPES = [(32, 64), (32, 128), (64, 64), (64, 128)]
+TRAIN_SHAPE = (32, 128)
+
+
+def run_method(method: str, task: str, seed: int, data_dir: str, model: str) -> dict:
+    import pruning
+    from pruning import BackboneSpec, SpaceSpec
+
+    spec = base_spec(task, seed, data_dir, model)
+    with tempfile.TemporaryDirectory() as tmp:
+        if method == "lora":
+            result = pruning.fit(dataclasses.replace(spec, space=SpaceSpec(types=("lora",))), tmp)
+        elif method == "speed":
+            result = pruning.search(dataclasses.replace(spec, backbone=BackboneSpec(enabled=True)), tmp)
+        else:
+            raise ValueError(f"unknown method {method!r}")
+        probe = run_child("bench.speed", {"probe": tmp, "model": model})
+    record = result.configuration["backbone"] or {}
+    layers_before = record.get("layer_params_before")
+    layers_after = record.get("layer_params_after", layers_before)
+    return {
+        "task": task, "method": method, "seed": seed, "metric_name": result.metric_name, "metric": result.metric,
+        "trainable_params": result.trainable_params, "backbone_params": result.backbone_params,
+        "backbone_params_before": result.backbone_params_before,
+        "layer_params_before": layers_before, "layer_params_after": layers_after,
+        "retrain_step_s": result.retrain_wall_s / spec.train.steps, "search_wall_s": result.search_wall_s,
+        "lora_ranks": result.configuration["lora_ranks"], **probe,
+    }
+
+
+def probe(out_dir: str, model: str) -> dict:
+    """Time and measure an exported model in this (fresh) process."""
+    import torch
+
+    import pruning
+
+    net = pruning.load(out_dir, model)
+    device = next(net.parameters()).device
+    vocab = net.model.config.vocab_size
+
+    def tokens(batch: int, length: int) -> dict:
+        ids = torch.randint(1000, vocab, (batch, length), device=device)
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+    # training: the final configuration's trainable parameters, as in the retrain phase
+    params = net.trainable_parameters()
+    for p in params:
+        p.requires_grad_(True)
+    optimizer = torch.optim.AdamW(params, lr=1e-4)
+    batch = tokens(*TRAIN_SHAPE)
+    labels = torch.zeros(TRAIN_SHAPE[0], dtype=torch.long, device=device)
+    rss_before = _rss_mb()
+    net.train()
+    times = []
+    for step in range(8):
+        start = time.perf_counter()
+        logits = net(**batch)
+        loss = torch.nn.functional.cross_entropy(logits.float(), labels[: len(logits)]) if logits.shape[-1] > 1 \
+            else logits.float().pow(2).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        _sync(device)
+        if step >= 2:  # the first steps allocate
+            times.append(time.perf_counter() - start)
+    train_peak = _peak_mb(device) - (rss_before if device.type == "cpu" else 0.0)
+    net.eval()
+    throughput = {}
+    with torch.no_grad():
+        for b, length in SHAPES:
+            batch = tokens(b, length)
+            net(**batch)
+            _sync(device)
+            start, runs = time.perf_counter(), 0
+            while runs < 5 or time.perf_counter() - start < 2.0:
+                net(**batch)
+                runs += 1
+            _sync(device)
+            throughput[f"{b}x{length}"] = b * runs / (time.perf_counter() - start)
+    return {"train_step_s": sorted(times)[len(times) // 2], "train_peak_mb": train_peak,
+            "throughput": throughput, "threads": torch.get_num_threads()}
+
+
+def _rss_mb() -> float:
+    for line in Path(f"/proc/{os.getpid()}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def _peak_mb(device) -> float:
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _sync(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def report(store: Store, command: str) -> tuple[dict, str]:
+    rows = store.rows
+    tasks = [t for t in TASKS if any(r["task"] == t for r in rows)]
+    table: dict = {}
+    for task in tasks:
+        for method in METHODS:
+            runs = [r for r in rows if r["task"] == task and r["method"] == method]
+            if not runs:
+                continue
+            entry = {"metric_name": runs[0]["metric_name"], "seeds": len(runs)}
+            entry["mean"], entry["std"] = mean_spread([100 * r["metric"] for r in runs])
+            for key in ("train_step_s", "retrain_step_s", "train_peak_mb", "backbone_params",
+                        "backbone_params_before", "trainable_params"):
+                entry[key] = mean_spread([r[key] for r in runs])[0]
+            entry["layers_removed_share"] = mean_spread(
+                [1 - r["layer_params_after"] / r["layer_params_before"] if r["layer_params_before"] else 0.0
+                 for r in runs])[0]
+            entry["backbone_removed_share"] = mean_spread(
+                [1 - r["backbone_params"] / r["backbone_params_before"] for r in runs])[0]
+            entry["throughput"] = {shape: mean_spread([r["throughput"][shape] for r in runs])[0]
+                                   for shape in runs[0]["throughput"]}
+            table.setdefault(task, {})[method] = entry
+    complete = [t for t in tasks if all(m in table[t] for m in METHODS)]
+    summary = _summary(table, complete)
+    data = {"machine": machine(), "command": command, "tasks": {t: dataclasses.asdict(TASKS[t]) for t in tasks},
+            "results": table, "complete": complete, "summary": summary}
+    return data, _markdown(data)
+
+
+def _summary(table: dict, complete: list[str]) -> dict:
+    if not complete:
+        return {}
+
+    def ratio(key: str, invert: bool = False) -> float:
+        values = [table[t]["lora"][key] / table[t]["speed"][key] for t in complete]
+        value = mean_spread(values)[0]
+        return 1 / value if invert else value
+
+    metric_delta = mean_spread([table[t]["speed"]["mean"] - table[t]["lora"]["mean"] for t in complete])[0]
+    layers_removed = mean_spread([table[t]["speed"]["layers_removed_share"] for t in complete])[0]
+    backbone_removed = mean_spread([table[t]["speed"]["backbone_removed_share"] for t in complete])[0]
+    inference = {shape: mean_spread([table[t]["speed"]["throughput"][shape] / table[t]["lora"]["throughput"][shape]
+                                     for t in complete])[0] for shape in table[complete[0]]["lora"]["throughput"]}
+    train_speedup = ratio("train_step_s")
+    retrain_speedup = ratio("retrain_step_s")
+    memory = mean_spread([table[t]["speed"]["train_peak_mb"] / table[t]["lora"]["train_peak_mb"] - 1
+                          for t in complete])[0]
+    return {
+        "layer_params_removed": {"value": layers_removed, "target": ">= 0.35", "met": layers_removed >= 0.35},
+        "backbone_params_removed_incl_embeddings": {"value": backbone_removed, "target": ">= 0.35",
+                                                    "met": backbone_removed >= 0.35},
+        "metric_minus_lora_points": {"value": metric_delta, "target": ">= -1.0", "met": metric_delta >= -1.0},
+        "inference_speedup": {"value": min(inference.values()), "per_shape": inference, "target": ">= 1.4",
+                              "met": min(inference.values()) >= 1.4},
+        "train_step_speedup": {"value": train_speedup, "target": ">= 1.3", "met": train_speedup >= 1.3},
+        "retrain_step_speedup_real_data": {"value": retrain_speedup, "target": ">= 1.3", "met": retrain_speedup >= 1.3},
+        "train_peak_memory_change": {"value": memory, "target": "<= -0.25", "met": memory <= -0.25},
+    }
+
+
+def _markdown(data: dict) -> str:
+    m = data["machine"]
+    lines = [
+        "# Speed mode (backbone + rank pruning) against plain LoRA",
+        "",
+        f"Command: `{data['command']}`  ",
+        f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} ({m['torch_threads']} threads)"
+        + (f", GPU {m['gpu']}" if "gpu" in m else "") + "  ",
+        "Model: all-MiniLM-L6-v2. Metric x 100, mean ± std over seeds. Step time and peak memory (above the loaded "
+        f"model) at batch {TRAIN_SHAPE[0]}, length {TRAIN_SHAPE[1]}; real-data step = the final training's wall "
+        "time per step on the task's data; throughput in examples/s.",
+        "",
+        "| task | method | metric | layers removed | backbone removed | step s | real-data step s | peak MiB | "
+        + " | ".join(f"ex/s {s}" for s in (f"{b}x{n}" for b, n in SHAPES)) + " |",
+        "|---|---|---|---|---|---|---|---|" + "---|" * len(SHAPES),
+    ]
+    for task, methods in data["results"].items():
+        for method, r in methods.items():
+            lines.append(
+                f"| {task} | {method} | {r['metric_name']} {r['mean']:.2f} ± {r['std']:.2f} (n={r['seeds']}) | "
+                f"{100 * r['layers_removed_share']:.1f}% | {100 * r['backbone_removed_share']:.1f}% | "
+                f"{r['train_step_s']:.3f} | {r['retrain_step_s']:.3f} | {r['train_peak_mb']:.0f} | "
+                + " | ".join(f"{r['throughput'][f'{b}x{n}']:.0f}" for b, n in SHAPES) + " |")
+    if data["summary"]:
+        lines += ["", f"Targets (mean over {', '.join(data['complete'])}):", ""]
+        for name, t in data["summary"].items():
+            lines.append(f"- {name}: {t['value']:.3f} (target {t['target']}) — {'met' if t['met'] else 'MISSED'}")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--data-dir", default=str(DEFAULT_GLUE))
+    parser.add_argument("--tasks", default=",".join(TASKS))
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--model", default="all-MiniLM-L6-v2")
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--report-only", action="store_true")
+    args = parser.parse_args(argv)
+    if args.child:
+        job = json.loads(args.child)
+        if "probe" in job:
+            print(json.dumps(probe(job["probe"], job["model"])))
+        else:
+            print(json.dumps(run_method(job["method"], job["task"], job["seed"], job["data_dir"], job["model"])))
+        return 0
+    command = "python -m bench.speed " + shlex.join(argv if argv is not None else sys.argv[1:])
+    store = Store(args.results / "speed.jsonl")
+    if not args.report_only:
+        for seed in [int(s) for s in args.seeds.split(",")]:
+            for task in args.tasks.split(","):
+                for method in METHODS:
+                    key = {"task": task, "method": method, "seed": seed}
+                    if store.done(key):
+                        continue
+                    row = run_child("bench.speed", {**key, "data_dir": args.data_dir, "model": args.model})
+                    store.add(row)
+                    print(f"{task} {method} seed {seed}: {row['metric_name']} {row['metric']:.4f}, "
+                          f"step {row['train_step_s']:.3f}s", flush=True)
+                    _write(args.results, store, command)
+    _write(args.results, store, command)
+    return 0
+
+
+def _write(results: Path, store: Store, command: str) -> None:
+    data, markdown = report(store, command)
+    (results / "speed.json").write_text(json.dumps(data, indent=2))
+    (results / "speed.md").write_text(markdown)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
