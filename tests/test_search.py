@@ -1,0 +1,281 @@
+"""Whole searches on the tiny model and toy task: the budget, the rounds, progress events, assignments,
+cancellation and checkpoint/resume."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import LAYERS, unit_size
+
+# `search` through the package's lazy entry point: importing the submodule by name first would shadow it
+# (test_pruning_search_stays_the_function_after_the_submodule_is_imported)
+from pruning import Cancelled, PolicySpec, search
+from pruning.hybrid import DEFAULT_ASSIGNMENT
+from pruning.result import PHASES, RoundRecord, SearchResult
+
+ALL_UNITS = [f"{kind}.{layer}" for layer in range(LAYERS) for kind in ("lora", "adapter", "prefix")]
+START = sum(unit_size(k) for k in ALL_UNITS)  # 20800 on the tiny model
+
+
+def phases(events) -> list[str]:
+    return [e.phase for e in events if e.kind == "phase"]
+
+
+# --- the shared default search (conftest.searched) ----------------------------------------------------------------
+
+
+def test_search_meets_the_budget(searched):
+    result = searched.result
+    assert result.budget_params == 8000
+    assert result.trainable_params <= 8000
+    assert result.trainable_params == sum(unit_size(k) for k in result.configuration["units"])
+    assert result.head_params == 130
+    assert result.backbone_params == result.backbone_params_before > 0
+    assert result.task == "train.csv"  # the task's name: a local task is named after its train file
+    assert result.metric_name == "accuracy" and set(result.metrics) == {"accuracy", "f1"}
+    assert result.metric == result.metrics["accuracy"]
+    assert result.out_dir == str(searched.out)
+    assert result.device == "cpu"
+
+
+def test_search_rounds_remove_units_down_to_the_targets(searched):
+    rounds = searched.result.rounds
+    assert [r.round for r in rounds] == [1, 2, 3]
+    # geometric targets from 20800 to 8000 (see test_schedule)
+    assert START == 20800
+    assert [r.target_params for r in rounds] == [15126, 11000, 8000]
+    left = list(ALL_UNITS)
+    previous = START
+    for record in rounds:
+        removed = [u.unit for u in record.removed]
+        assert removed, f"round {record.round} removed nothing"
+        assert all(key in left for key in removed)
+        left = [key for key in left if key not in removed]
+        assert record.units_left == left
+        assert not set(removed) & set(record.units_left)
+        assert record.trainable_params == sum(unit_size(k) for k in left)
+        assert record.trainable_params <= record.target_params < previous
+        # removal stopped as soon as the target was met
+        assert record.trainable_params + record.removed[-1].params > record.target_params
+        assert all(u.params == unit_size(u.unit) for u in record.removed)
+        assert record.metric_name == "accuracy" and 0 <= record.metric <= 1
+        assert math.isfinite(record.train_loss)
+        previous = record.trainable_params
+    assert searched.result.configuration["units"] == left
+
+
+def test_removed_units_carry_their_scores(searched):
+    for record in searched.result.rounds:
+        for unit in record.removed:
+            assert unit.score > 0
+            # the raw score of every criterion the default assignment uses
+            assert set(unit.scores) == {"activation", "gradient", "importance_ratio", "taylor", "threshold",
+                                        "weight", "zeros"}
+
+
+def test_pruned_layers_are_the_layers_without_units(searched):
+    units = searched.result.configuration["units"]
+    expected = [layer for layer in range(LAYERS) if not any(k.endswith(f".{layer}") for k in units)]
+    assert searched.result.pruned_layers == expected
+    layers = searched.result.configuration["layers"]
+    assert [entry["layer"] for entry in layers] == list(range(LAYERS))
+    assert [entry["layer"] for entry in layers if not entry["modules"]] == expected
+
+
+def test_progress_phases_in_order(searched):
+    assert phases(searched.events) == ["load", "search", "retrain", "evaluate", "export", "done"]
+    assert set(phases(searched.events)) <= set(PHASES)
+    elapsed = [e.elapsed_s for e in searched.events]
+    assert elapsed == sorted(elapsed) and elapsed[0] >= 0
+    assert all(e.rounds == 3 for e in searched.events)
+
+
+def test_progress_steps_carry_loss_and_params(searched):
+    spec, events = searched.spec, searched.events
+    steps = [e for e in events if e.kind == "step"]
+    search_steps = [e for e in steps if e.phase == "search"]
+    retrain_steps = [e for e in steps if e.phase == "retrain"]
+    assert len(steps) == len(search_steps) + len(retrain_steps)
+    per_round = spec.schedule.steps_per_round
+    assert [(e.round, e.step, e.steps) for e in search_steps] == [
+        (r, s, per_round) for r in (1, 2, 3) for s in range(1, per_round + 1)]
+    # params: what the supernet held while that round trained
+    before = [START] + [r.trainable_params for r in searched.result.rounds]
+    assert [e.trainable_params for e in search_steps] == [before[e.round - 1] for e in search_steps]
+    assert [(e.round, e.step, e.steps) for e in retrain_steps] == [
+        (None, s, spec.train.steps) for s in range(1, spec.train.steps + 1)]
+    assert all(e.trainable_params == searched.result.trainable_params for e in retrain_steps)
+    assert all(isinstance(e.loss, float) and math.isfinite(e.loss) and e.loss > 0 for e in steps)
+
+
+def test_progress_round_events_carry_the_record(searched):
+    rounds = [e for e in searched.events if e.kind == "round"]
+    assert [e.round for e in rounds] == [1, 2, 3]
+    assert [e.record for e in rounds] == searched.result.rounds
+    for event in rounds:
+        assert event.phase == "search"
+        assert event.trainable_params == event.record.trainable_params
+        assert event.metric == event.record.metric and event.loss == event.record.train_loss
+    # events are plain data: they serialise to JSON
+    json.dumps([e.to_dict() for e in searched.events])
+
+
+def test_trace_and_result_files(searched):
+    trace = json.loads((searched.out / "trace.json").read_text())
+    assert [RoundRecord.from_dict(r) for r in trace["rounds"]] == searched.result.rounds
+    assert trace["start_params"] == START
+    assert trace["targets"] == [15126, 11000, 8000]
+    assert trace["warmup"] is None
+    assert trace["assignment"] == DEFAULT_ASSIGNMENT
+    stored = json.loads((searched.out / "result.json").read_text())
+    assert stored == json.loads(json.dumps(searched.result.to_dict()))  # (tuples become lists)
+    assert SearchResult.from_dict(stored).rounds == searched.result.rounds
+
+
+# --- other assignments ------------------------------------------------------------------------------------------
+
+
+def test_search_with_warmup_reports_the_derived_assignment(make_spec, tmp_path):
+    spec = make_spec(policy=PolicySpec(assignment="warmup", warmup_examples=24, warmup_steps=2),
+                     schedule__rounds=2, schedule__steps_per_round=2, train__steps=2)
+    events = []
+    result = search(spec, tmp_path / "out", on_progress=events.append)
+    assert phases(events) == ["load", "warmup", "search", "retrain", "evaluate", "export", "done"]
+    warmup_steps = [e for e in events if e.kind == "step" and e.phase == "warmup"]
+    assert [(e.round, e.step, e.steps) for e in warmup_steps] == [(None, 1, 2), (None, 2, 2)]
+    assert result.trainable_params <= 8000
+
+    trace = json.loads((tmp_path / "out" / "trace.json").read_text())
+    assignment, warmup = trace["assignment"], trace["warmup"]
+    from pruning.criteria import CRITERIA
+
+    assert set(assignment) == {"lora", "adapter", "prefix"}
+    assert all(len(blocks) == 4 for blocks in assignment.values())
+    assert all(names and set(names) <= set(CRITERIA) for blocks in assignment.values() for names in blocks)
+    assert warmup["steps"] == 2 and warmup["examples"] == pytest.approx(24, abs=2)
+    assert set(warmup["ablation"]) == set(ALL_UNITS)
+    # the report of every partition (4 layers: blocks 0, 1, 2; layer 3 is at 75% < 80%) names what was chosen
+    assert set(warmup["partitions"]) == {f"{kind}.{block}" for kind in ("lora", "adapter", "prefix")
+                                         for block in (0, 1, 2)}
+    for name, entry in warmup["partitions"].items():
+        kind, block = name.split(".")
+        assert entry["chosen"] == assignment[kind][int(block)]
+        assert set(entry["agreement"]) == set(CRITERIA)
+    # the search then scored the removed units with exactly the derived criteria
+    used = {n for blocks in assignment.values() for names in blocks for n in names}
+    assert all(set(u.scores) == used for r in result.rounds for u in r.removed)
+
+
+def test_search_with_random_assignment(make_spec, tmp_path):
+    spec = make_spec(policy=PolicySpec(assignment="random"), schedule__rounds=2, schedule__steps_per_round=1,
+                     train__steps=1)
+    result = search(spec, tmp_path / "out")
+    assert result.trainable_params <= 8000
+    assert [r.round for r in result.rounds] == [1, 2]
+    assert all(0 <= u.score < 1 and u.scores == {} for r in result.rounds for u in r.removed)
+
+
+def test_search_with_a_single_criterion(make_spec, tmp_path):
+    spec = make_spec(policy=PolicySpec(assignment="taylor"), schedule__rounds=1, schedule__steps_per_round=2,
+                     train__steps=1)
+    result = search(spec, tmp_path / "out")
+    assert result.trainable_params <= 8000
+    assert all(set(u.scores) == {"taylor"} for u in result.rounds[0].removed)
+    trace = json.loads((tmp_path / "out" / "trace.json").read_text())
+    assert trace["assignment"] == {kind: [["taylor"]] * 4 for kind in ("lora", "adapter", "prefix")}
+
+
+def test_search_with_an_invalid_assignment_errors_clearly(make_spec, tmp_path):
+    spec = make_spec(policy=PolicySpec(assignment="magnitude"))
+    with pytest.raises(ValueError, match=r"policy.assignment 'magnitude': use default, prunepeft, warmup, random"):
+        search(spec, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_search_with_a_budget_above_the_supernet_removes_nothing(make_spec, tmp_path):
+    spec = make_spec(budget=50_000, schedule__rounds=1, schedule__steps_per_round=1, train__steps=1,
+                     schedule__eval_examples=0)
+    result = search(spec, tmp_path / "out")
+    assert result.trainable_params == START and result.pruned_layers == []
+    assert [(r.removed, r.target_params, r.metric) for r in result.rounds] == [([], START, None)]
+
+
+# --- cancellation and checkpoints -------------------------------------------------------------------------------
+
+
+def stop_after(calls: int):
+    count = {"n": 0}
+
+    def should_stop() -> bool:
+        count["n"] += 1
+        return count["n"] > calls
+
+    return should_stop
+
+
+def test_should_stop_cancels_after_n_steps(make_spec, tmp_path):
+    events = []
+    with pytest.raises(Cancelled):
+        search(make_spec(), tmp_path / "out", on_progress=events.append, should_stop=stop_after(4))
+    steps = [(e.round, e.step) for e in events if e.kind == "step"]
+    assert steps == [(1, 1), (1, 2), (1, 3), (2, 1)]
+    assert [e.round for e in events if e.kind == "round"] == [1]
+    assert not (tmp_path / "out" / "result.json").exists()
+
+
+def test_checkpoint_resume_after_cancellation(make_spec, tmp_path):
+    spec = make_spec()
+    ckpt, out = tmp_path / "ckpt", tmp_path / "out"
+    first: list = []
+    with pytest.raises(Cancelled):  # round 1 (3 steps) completes, round 2 is cancelled after one step
+        search(spec, out, on_progress=first.append, should_stop=stop_after(4), checkpoint_dir=ckpt)
+    state = json.loads((ckpt / "state.json").read_text())
+    assert state["round"] == 1
+    assert sorted(p.name for p in ckpt.iterdir()) == ["state.json", "weights-1.safetensors"]
+    round_one = next(e.record for e in first if e.kind == "round")
+
+    second: list = []
+    result = search(spec, out, on_progress=second.append, checkpoint_dir=ckpt)
+    assert any(e.kind == "phase" and "resuming after round 1 of 3" in e.message for e in second)
+    search_steps = [e for e in second if e.kind == "step" and e.phase == "search"]
+    assert search_steps[0].round == 2  # round 1 is not trained again
+    assert sorted({e.round for e in search_steps}) == [2, 3]
+    assert [e.round for e in second if e.kind == "round"] == [2, 3]
+    assert phases(second)[-4:] == ["retrain", "evaluate", "export", "done"]
+    # the trace holds all three rounds; round 1 is the one recorded before the cancellation
+    assert [r.round for r in result.rounds] == [1, 2, 3]
+    assert result.rounds[0] == round_one
+    assert set(result.rounds[1].units_left) < set(round_one.units_left)
+    assert result.trainable_params <= 8000
+    trace = json.loads((out / "trace.json").read_text())
+    assert [r["round"] for r in trace["rounds"]] == [1, 2, 3]
+    assert json.loads((ckpt / "state.json").read_text())["round"] == 3
+
+
+def test_checkpoint_of_another_spec_is_rejected(make_spec, tmp_path):
+    ckpt = tmp_path / "ckpt"
+    with pytest.raises(Cancelled):
+        search(make_spec(), tmp_path / "a", should_stop=stop_after(3), checkpoint_dir=ckpt)
+    assert json.loads((ckpt / "state.json").read_text())["round"] == 1
+    with pytest.raises(ValueError, match=r"checkpoint in .*ckpt was written for a different spec"):
+        search(make_spec(seed=1), tmp_path / "b", checkpoint_dir=ckpt)
+
+
+# --- the package's lazy entry points -------------------------------------------------------------------------------
+
+
+@pytest.mark.xfail(strict=True, reason="engine bug: once the submodule pruning.search is imported (the CLI does, "
+                                       "`from .search import search`), `pruning.search` is that module, not the "
+                                       "function")
+def test_pruning_search_stays_the_function_after_the_submodule_is_imported():
+    code = ("import pruning.search, pruning; from pruning import search; "
+            "assert callable(pruning.search) and callable(search), type(search)")
+    run = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent.parent, capture_output=True,
+                         text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert run.returncode == 0, run.stderr[-500:]
