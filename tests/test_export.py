@@ -39,6 +39,8 @@ def stock_peft(base: str, out):
 def test_result_directory_files(searched):
     assert {p.name for p in searched.out.iterdir()} == FILES
     assert not [p for p in searched.out.rglob("*") if p.suffix in PICKLE_SUFFIXES]
+    for path in searched.out.iterdir():  # nor pickles under another name (protocol 2+ or torch.save's zip)
+        assert not path.read_bytes()[:4].startswith((b"\x80", b"PK\x03\x04")), path.name
     weights = load_file(searched.out / WEIGHTS)
     assert sum(t.numel() for t in weights.values()) == searched.result.trainable_params + HEAD_PARAMS
     readme = (searched.out / "README.md").read_text()
