@@ -30,12 +30,11 @@ __all__ = [
 ]
 
 
-_LAZY = {"search": "search", "fit": "search", "load": "export", "evaluate": "export"}
+_LAZY = {"search": "pipeline", "fit": "pipeline", "load": "export", "evaluate": "export"}
 
 
 def __getattr__(name: str):
-    # Lazy: these pull in torch and transformers. Importing the submodule `pruning.search` binds the module to
-    # the package attribute `search`; the function is bound over it here.
+    # Lazy: these pull in torch and transformers.
     if name not in _LAZY:
         raise AttributeError(f"module 'pruning' has no attribute {name!r}")
     import importlib

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from .spec import ROLES
+
 
 @dataclass(frozen=True)
 class ArchitectureMap:
@@ -86,7 +88,6 @@ ARCHITECTURES: dict[str, ArchitectureMap] = {
     "qwen2": LLAMA,
 }
 
-ROLES = ("q", "k", "v", "o", "ffn_in", "ffn_out")
 
 
 def architecture_of(model: nn.Module) -> ArchitectureMap:

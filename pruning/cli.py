@@ -59,7 +59,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def spec_from_args(args: argparse.Namespace) -> SearchSpec:
-    data = json.loads(args.spec.read_text()) if args.spec else {}
+    data = _read_spec_file(args.spec) if args.spec else {}
     task = dict(data.get("task", {}))
     if args.task:
         kind, _, name = args.task.partition(":")
@@ -99,6 +99,18 @@ def spec_from_args(args: argparse.Namespace) -> SearchSpec:
     if "model" not in data:
         raise SpecError("model", "give --model (or a spec file with one)")
     return SearchSpec.from_dict(data)
+
+
+def _read_spec_file(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except OSError as err:
+        raise SpecError("spec", f"cannot read {path}: {err.strerror}") from err
+    except json.JSONDecodeError as err:
+        raise SpecError("spec", f"{path} is not valid JSON: {err}") from err
+    if not isinstance(data, dict):
+        raise SpecError("spec", f"{path}: expected an object, got {type(data).__name__}")
+    return data
 
 
 def _set(data: dict, dotted: str, value) -> None:
@@ -188,12 +200,12 @@ def run(args: argparse.Namespace) -> int:
     except SpecError as err:
         print(f"peftsearch search: invalid spec: {err}", file=sys.stderr)
         return 2
-    from .search import search
+    from .pipeline import search
 
     bar = ProgressBar()
     try:
         result = search(spec, args.out, on_progress=bar, checkpoint_dir=args.checkpoint_dir)
-    except (DataError, FileNotFoundError, ValueError) as err:
+    except (DataError, OSError, ValueError) as err:  # bad data, a missing model or file, an invalid setting
         bar.close()
         print(f"peftsearch search: {err}", file=sys.stderr)
         return 2

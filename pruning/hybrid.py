@@ -24,6 +24,7 @@ PRUNEPEFT_ASSIGNMENT: dict[str, list[list[str]]] = {
     "prefix": [["importance_ratio", "taylor"]] * 4,
 }
 DEFAULT_ASSIGNMENT = PRUNEPEFT_ASSIGNMENT
+FALLBACK_CRITERION = "taylor"  # the first-order loss change: meaningful for any module type and depth
 
 Partition = tuple[str, int]  # (module type, depth block)
 Assignment = dict[str, list[list[str]]]  # module type -> per block -> criteria, most trusted first
@@ -67,7 +68,7 @@ def fuse(scores: dict[str, dict[str, float]], partitions: dict[Partition, list[s
             z += rank_weight(position) * (s / top if top > 0 else 0.0)
         p = np.exp(z - z.max())
         p = p / p.sum() * len(keys)
-        fused.update(zip(keys, p.tolist()))
+        fused.update(zip(keys, p.tolist(), strict=True))
     return fused
 
 
@@ -76,8 +77,16 @@ def assign_from_ablation(scores: dict[str, dict[str, float]], ablation: dict[str
                          fallback: Assignment = DEFAULT_ASSIGNMENT) -> tuple[Assignment, dict]:
     """The warm-up's decision: give each partition the criteria whose ranking of its units agrees best (Spearman)
     with the measured importance (`ablation`: loss increase when the unit is switched off). Criteria that do not
-    agree positively are not used; a partition with no agreeing criterion (or a single unit) keeps `fallback`."""
-    assignment: Assignment = {kind: [list(b) for b in fallback[kind]] for kind in {k for k, _ in partitions}}
+    agree positively are not used; a partition with no agreeing criterion (or a single unit) keeps `fallback`,
+    or the Taylor score where the fallback table has another number of blocks."""
+
+    def fallback_for(kind: str) -> list[list[str]]:
+        table = fallback.get(kind)
+        if table is not None and len(table) == blocks:
+            return [list(names) for names in table]
+        return [[FALLBACK_CRITERION] for _ in range(blocks)]
+
+    assignment: Assignment = {kind: fallback_for(kind) for kind in {k for k, _ in partitions}}
     report = {}
     for (kind, block), keys in partitions.items():
         truth = [ablation[k] for k in keys]

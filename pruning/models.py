@@ -38,7 +38,11 @@ BUNDLED_MODELS = {
 
 def resolve_model(model_id: str) -> str:
     """A local path as is; a bundled model's name to its installed path; anything else is a hub id."""
-    if model_id in BUNDLED_MODELS and not Path(model_id).exists():
+    if Path(model_id).exists():
+        return model_id
+    if model_id.startswith(("/", "./", "../", "~")):
+        raise FileNotFoundError(f"model {model_id}: no such directory")
+    if model_id in BUNDLED_MODELS:
         import importlib
 
         try:

@@ -163,7 +163,7 @@ def search(spec: SearchSpec, out_dir: str | Path, *, on_progress: ProgressCallba
                          lr=schedule.lr, problem=ctx.task.problem, device=ctx.device, warmup_ratio=0.1,
                          weight_decay=spec.train.weight_decay, decay=False,
                          trackers=[tracker] + ([rank_tracker] if rank_tracker else []),
-                         extra_loss=(lambda: speed.mask_penalty * masks.l1()) if masks is not None else None,
+                         extra_loss=_mask_penalty(masks, speed.mask_penalty),
                          on_step=report.steps(index + 1, supernet.peft_params()), should_stop=should_stop)
         metric = ctx.evaluate(supernet, search_dev)[ctx.task.primary_metric] if len(search_dev) else None
         scores = tracker.scores()
@@ -258,6 +258,10 @@ def _retrain_evaluate_export(ctx: _Context, model: Supernet, out_dir, report: _R
         device=str(ctx.device))
 
 
+def _mask_penalty(masks, coefficient: float):
+    return None if masks is None else (lambda: coefficient * masks.l1())
+
+
 def _prune_backbone(supernet: Supernet, speed, rank_tracker: RankTracker | None) -> None:
     """The end of the mask rounds: remove heads/neurons by their learned masks, then the weakest LoRA ranks."""
     config, arch = supernet.model.config, supernet.arch
@@ -272,20 +276,12 @@ def _prune_backbone(supernet: Supernet, speed, rank_tracker: RankTracker | None)
 
 
 def _resolve_assignment(name: str, spec: SearchSpec) -> Assignment:
-    from .criteria import CRITERIA
-
-    blocks = len(spec.policy.block_cuts) + 1
-    if name in ("default", "prunepeft"):
-        table = DEFAULT_ASSIGNMENT if name == "default" else PRUNEPEFT_ASSIGNMENT
-        if blocks != 4:
-            raise ValueError(f"the {name} assignment has 4 depth blocks; policy.block_cuts gives {blocks}")
-        return table
+    """A validated `policy.assignment` other than "warmup" as a table (random needs none)."""
     if name == "random":
         return {}
-    if name in CRITERIA:
-        return uniform_assignment(name, spec.space.types, blocks)
-    raise ValueError(f"policy.assignment {name!r}: use default, prunepeft, warmup, random or a criterion "
-                     f"({', '.join(sorted(CRITERIA))})")
+    if name in ("default", "prunepeft"):
+        return DEFAULT_ASSIGNMENT if name == "default" else PRUNEPEFT_ASSIGNMENT
+    return uniform_assignment(name, spec.space.types, len(spec.policy.block_cuts) + 1)
 
 
 def _sample(n: int, limit: int | None, seed: int) -> list[int]:

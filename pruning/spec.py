@@ -13,6 +13,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 GLUE_TASKS = ("sst2", "mrpc", "cola", "stsb", "rte", "qnli")
+MODULE_TYPES = ("lora", "adapter", "prefix")
+ROLES = ("q", "k", "v", "o", "ffn_in", "ffn_out")  # projections of a layer, as architecture maps name them
+ADAPTER_ACTIVATIONS = ("relu", "gelu", "silu", "tanh")
 
 
 class SpecError(ValueError):
@@ -51,12 +54,11 @@ class TaskSpec:
                 raise SpecError(f"{at}.data_dir", "a GLUE task needs data_dir (the folder holding SST-2/, MRPC/, ...)")
         elif not (self.train and self.dev):
             raise SpecError(f"{at}", "give either glue (+ data_dir) or both train and dev file paths")
-        if self.problem not in ("classification", "regression"):
-            raise SpecError(f"{at}.problem", "must be 'classification' or 'regression'")
-        if self.format not in (None, "csv", "tsv", "jsonl"):
-            raise SpecError(f"{at}.format", "must be csv, tsv or jsonl")
-        if self.max_train_examples is not None and self.max_train_examples < 1:
-            raise SpecError(f"{at}.max_train_examples", "must be >= 1")
+        _choice(f"{at}.problem", self.problem, ("classification", "regression"))
+        if self.format is not None:
+            _choice(f"{at}.format", self.format, ("csv", "tsv", "jsonl"))
+        if self.max_train_examples is not None:
+            _integer(f"{at}.max_train_examples", self.max_train_examples, low=1)
 
     @property
     def name(self) -> str:
@@ -158,54 +160,103 @@ class SearchSpec:
     device: str = "auto"  # "auto" (cuda when present), "cpu", "cuda", "cuda:1", ...
 
     def validate(self) -> SearchSpec:
-        if not self.model:
-            raise SpecError("model", "required")
+        """Check every field the engine would otherwise trip over later; raise SpecError naming the first bad one."""
+        if not isinstance(self.model, str) or not self.model:
+            raise SpecError("model", "required: a local path or a hub id")
+        if not isinstance(self.task, TaskSpec):
+            raise SpecError("task", "required")
         self.task.validate()
         parse_budget(self.budget)
-        if self.retrain not in ("fresh", "warm"):
-            raise SpecError("retrain", "must be 'fresh' or 'warm'")
-        unknown = set(self.space.types) - {"lora", "adapter", "prefix"}
-        if unknown or not self.space.types:
-            raise SpecError("space.types", "choose one or more of lora, adapter, prefix")
-        for name, value in [
-            ("space.lora.rank", self.space.lora.rank),
-            ("space.adapter.size", self.space.adapter.size),
-            ("space.prefix.length", self.space.prefix.length),
-            ("train.steps", self.train.steps),
-            ("train.batch_size", self.train.batch_size),
-            ("train.max_length", self.train.max_length),
-            ("train.eval_batch_size", self.train.eval_batch_size),
-            ("schedule.rounds", self.schedule.rounds),
-            ("schedule.steps_per_round", self.schedule.steps_per_round),
-        ]:
-            if not isinstance(value, int) or value < 1:
-                raise SpecError(name, f"must be a positive integer, got {value!r}")
-        for name, value in [("train.lr", self.train.lr), ("schedule.lr", self.schedule.lr)]:
-            if not value > 0:
-                raise SpecError(name, "must be > 0")
-        if not 0 <= self.train.warmup_ratio < 1:
-            raise SpecError("train.warmup_ratio", "must be in [0, 1)")
-        for name, value in [
-            ("backbone.head_ratio", self.backbone.head_ratio),
-            ("backbone.neuron_ratio", self.backbone.neuron_ratio),
-            ("backbone.rank_ratio", self.backbone.rank_ratio),
-        ]:
-            if not 0 <= value < 1:
-                raise SpecError(name, "must be in [0, 1)")
-        if not self.backbone.mask_lr > 0 or self.backbone.mask_penalty < 0:
-            raise SpecError("backbone.mask_lr", "mask_lr must be > 0 and mask_penalty >= 0")
-        if self.backbone.target_params is not None and self.backbone.target_params < 0:
-            raise SpecError("backbone.target_params", "must be >= 0")
-        if self.backbone.enabled and not 1 <= self.backbone.mask_rounds <= self.schedule.rounds:
-            raise SpecError("backbone.mask_rounds", "must be between 1 and schedule.rounds")
+        _choice("retrain", self.retrain, ("fresh", "warm"))
+        if not isinstance(self.device, str) or not self.device:
+            raise SpecError("device", "auto, cpu, cuda or cuda:<n>")
+        _integer("seed", self.seed, low=0)
+        space = self.space
+        if not space.types or set(space.types) - set(MODULE_TYPES) or len(set(space.types)) != len(space.types):
+            raise SpecError("space.types", f"choose one or more of {', '.join(MODULE_TYPES)}, each once")
+        _integer("space.lora.rank", space.lora.rank, low=1)
+        _number("space.lora.alpha", space.lora.alpha, low=0, low_open=True)
+        _number("space.lora.dropout", space.lora.dropout, low=0, high=1)
+        if not space.lora.targets or set(space.lora.targets) - set(ROLES):
+            raise SpecError("space.lora.targets", f"choose one or more of {', '.join(ROLES)}")
+        _integer("space.adapter.size", space.adapter.size, low=1)
+        _choice("space.adapter.activation", space.adapter.activation, ADAPTER_ACTIVATIONS)
+        _integer("space.prefix.length", space.prefix.length, low=1)
+        for name in ("steps", "batch_size", "max_length", "eval_batch_size"):
+            _integer(f"train.{name}", getattr(self.train, name), low=1)
+        _number("train.lr", self.train.lr, low=0, low_open=True)
+        _number("train.warmup_ratio", self.train.warmup_ratio, low=0, high=1)
+        _number("train.weight_decay", self.train.weight_decay, low=0)
+        self._validate_policy()
+        schedule = self.schedule
+        _integer("schedule.rounds", schedule.rounds, low=1)
+        _integer("schedule.steps_per_round", schedule.steps_per_round, low=1)
+        _number("schedule.lr", schedule.lr, low=0, low_open=True)
+        _integer("schedule.eval_examples", schedule.eval_examples, low=0)
+        if schedule.max_train_examples is not None:
+            _integer("schedule.max_train_examples", schedule.max_train_examples, low=1)
+        backbone = self.backbone
+        if not isinstance(backbone.enabled, bool) or not isinstance(backbone.save_backbone, bool):
+            raise SpecError("backbone.enabled", "enabled and save_backbone are true or false")
+        for name in ("head_ratio", "neuron_ratio", "rank_ratio"):
+            _number(f"backbone.{name}", getattr(backbone, name), low=0, high=1)
+        if backbone.target_params is not None:
+            _integer("backbone.target_params", backbone.target_params, low=0)
+        _number("backbone.mask_penalty", backbone.mask_penalty, low=0)
+        _number("backbone.mask_lr", backbone.mask_lr, low=0, low_open=True)
+        _integer("backbone.mask_rounds", backbone.mask_rounds, low=1)
+        if backbone.enabled and backbone.mask_rounds > schedule.rounds:
+            raise SpecError("backbone.mask_rounds", f"must be at most schedule.rounds ({schedule.rounds})")
         return self
+
+    def _validate_policy(self) -> None:
+        from .criteria import CRITERIA  # no torch: the registry imports without it
+
+        policy = self.policy
+        presets = ("default", "prunepeft", "warmup", "random")
+        if policy.assignment not in presets and policy.assignment not in CRITERIA:
+            raise SpecError("policy.assignment", f"{policy.assignment!r} is not one of {', '.join(presets)} or a "
+                                                 f"criterion ({', '.join(sorted(CRITERIA))})")
+        cuts = policy.block_cuts
+        if not all(isinstance(c, float | int) and not isinstance(c, bool) and 0 < c < 1 for c in cuts) \
+                or list(cuts) != sorted(set(cuts)):
+            raise SpecError("policy.block_cuts", "increasing fractions of depth strictly between 0 and 1")
+        if policy.assignment in ("default", "prunepeft") and len(cuts) != 3:
+            raise SpecError("policy.block_cuts", f"the {policy.assignment} assignment is a table for 4 depth "
+                                                 "blocks: give 3 cuts, or another assignment")
+        _choice("policy.accumulate", policy.accumulate, ("mean", "ema"))
+        _number("policy.ema_beta", policy.ema_beta, low=0, high=1, low_open=True)
+        _integer("policy.warmup_examples", policy.warmup_examples, low=2)
+        _integer("policy.warmup_steps", policy.warmup_steps, low=1)
 
     def to_dict(self) -> dict[str, Any]:
         return _to_jsonable(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SearchSpec:
-        return _from_dict(cls, data, "spec").validate()
+        return _from_dict(cls, data, "").validate()
+
+
+def _integer(field: str, value: Any, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise SpecError(field, f"must be an integer >= {low}, got {value!r}" if low != 1
+                        else f"must be a positive integer, got {value!r}")
+
+
+def _number(field: str, value: Any, low: float | None = None, high: float | None = None,
+            low_open: bool = False) -> None:
+    """A real number in [low, high) (or (low, high) with low_open)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
+        raise SpecError(field, f"must be a number, got {value!r}")
+    if low is not None and (value < low or (low_open and value == low)):
+        raise SpecError(field, f"must be {'>' if low_open else '>='} {low}, got {value!r}")
+    if high is not None and value >= high:
+        raise SpecError(field, f"must be < {high}, got {value!r}")
+
+
+def _choice(field: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise SpecError(field, f"must be one of {', '.join(choices)}, got {value!r}")
 
 
 _BUDGET = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(%|k|m)?\s*$", re.IGNORECASE)
@@ -248,17 +299,17 @@ def _to_jsonable(value: Any) -> Any:
 
 def _from_dict(cls: type, data: Any, at: str) -> Any:
     if not isinstance(data, dict):
-        raise SpecError(at, f"expected an object, got {type(data).__name__}")
+        raise SpecError(at or "spec", f"expected an object, got {type(data).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise SpecError(f"{at}.{unknown[0]}", f"unknown field (known: {', '.join(fields)})")
+        raise SpecError(_join(at, unknown[0]), f"unknown field (known: {', '.join(fields)})")
     hints = _resolved_hints(cls)
     kwargs = {}
     for name, value in data.items():
         hint = hints[name]
         if isinstance(hint, type) and dataclasses.is_dataclass(hint):
-            kwargs[name] = _from_dict(hint, value, f"{at}.{name}")
+            kwargs[name] = _from_dict(hint, value, _join(at, name))
         elif isinstance(value, list):
             kwargs[name] = tuple(value)
         else:
@@ -266,8 +317,12 @@ def _from_dict(cls: type, data: Any, at: str) -> Any:
     missing = [n for n, f in fields.items() if n not in kwargs and f.default is dataclasses.MISSING
                and f.default_factory is dataclasses.MISSING]
     if missing:
-        raise SpecError(f"{at}.{missing[0]}", "required")
+        raise SpecError(_join(at, missing[0]), "required")
     return cls(**kwargs)
+
+
+def _join(at: str, name: str) -> str:
+    return f"{at}.{name}" if at else name
 
 
 def _resolved_hints(cls: type) -> dict[str, Any]:

@@ -56,7 +56,7 @@ class Supernet(nn.Module):
 
         built: dict[str, Unit] = {}
         lora_layers = [layer for kind, layer in wanted if kind == "lora"]
-        for layer, unit in inject_lora(model, self.arch, lora_layers, space, lora_ranks).items():
+        for unit in inject_lora(model, self.arch, lora_layers, space, lora_ranks).values():
             built[unit.key] = unit
         for kind, layer in wanted:
             if kind != "lora":

@@ -12,7 +12,7 @@ from conftest import HEAD_PARAMS, LAYERS, unit_size
 from safetensors.torch import load_file
 
 import pruning
-from pruning import SpaceSpec, search  # not `from pruning.search import`: see test_search.py
+from pruning import SpaceSpec, search
 from pruning.export import CONFIG, WEIGHTS, read_config
 
 FILES = {"adapter_config.json", "adapter_model.safetensors", "peftsearch_config.json",

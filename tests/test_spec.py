@@ -148,28 +148,19 @@ def test_invalid_values_name_their_field(data, field):
     assert str(err.value).startswith(f"{err.value.field}: ")
 
 
-def bug(reason: str, raises=None):
-    return pytest.mark.xfail(strict=True, raises=raises, reason=f"engine bug: {reason}")
-
-
-TYPE_ERROR = "validate() compares the string with a number: TypeError instead of SpecError"
-LATE = "validate() accepts it; the search only fails after loading the model"
-
-
 @pytest.mark.parametrize("data, field", [
-    pytest.param(minimal(train={"lr": "fast"}), "train.lr", marks=bug(TYPE_ERROR, TypeError), id="lr-string"),
-    pytest.param(minimal(train={"warmup_ratio": "x"}), "train.warmup_ratio", marks=bug(TYPE_ERROR, TypeError),
-                 id="warmup_ratio-string"),
-    pytest.param(minimal(backbone={"head_ratio": None}), "backbone.head_ratio", marks=bug(TYPE_ERROR, TypeError),
-                 id="head_ratio-null"),
-    pytest.param(minimal(policy={"assignment": "magnitude"}), "policy.assignment",
-                 marks=bug(f"{LATE} (ValueError from _resolve_assignment)"), id="assignment-unknown"),
-    pytest.param(minimal(policy={"accumulate": "median"}), "policy.accumulate",
-                 marks=bug(f"{LATE} (ValueError from Accumulator)"), id="accumulate-unknown"),
+    pytest.param(minimal(train={"lr": "fast"}), "train.lr", id="lr-string"),
+    pytest.param(minimal(train={"warmup_ratio": "x"}), "train.warmup_ratio", id="warmup_ratio-string"),
+    pytest.param(minimal(backbone={"head_ratio": None}), "backbone.head_ratio", id="head_ratio-null"),
+    pytest.param(minimal(policy={"assignment": "magnitude"}), "policy.assignment", id="assignment-unknown"),
+    pytest.param(minimal(policy={"accumulate": "median"}), "policy.accumulate", id="accumulate-unknown"),
     pytest.param(minimal(space={"lora": {"targets": ["q", "query"]}}), "space.lora.targets",
-                 marks=bug(f"{LATE} (ValueError from ArchitectureMap.role_paths)"), id="lora-target-unknown"),
-    pytest.param(minimal(train={"steps": True}), "train.steps",
-                 marks=bug("a JSON true passes the isinstance(int) check and trains 1 step"), id="steps-bool"),
+                 id="lora-target-unknown"),
+    pytest.param(minimal(train={"steps": True}), "train.steps", id="steps-bool"),
+    pytest.param(minimal(policy={"block_cuts": [0.5, 0.2]}), "policy.block_cuts", id="cuts-unsorted"),
+    pytest.param(minimal(policy={"block_cuts": [0.5]}), "policy.block_cuts", id="cuts-vs-default-table"),
+    pytest.param(minimal(space={"adapter": {"activation": "swish2"}}), "space.adapter.activation",
+                 id="activation-unknown"),
 ])
 def test_values_the_engine_cannot_run_are_spec_errors(data, field):
     with pytest.raises(SpecError) as err:

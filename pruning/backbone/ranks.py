@@ -42,7 +42,7 @@ def choose_ranks(importance: dict[tuple[str, str], torch.Tensor], ratio: float) 
     entries = [(float(v), key, r) for key, values in importance.items() for r, v in enumerate(values.tolist())]
     budget = int(len(entries) * ratio)
     kept = {key: set(range(len(values))) for key, values in importance.items()}
-    for value, key, rank in sorted(entries):
+    for _value, key, rank in sorted(entries):
         if budget == 0:
             break
         if len(kept[key]) > 1:

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import torch
+if TYPE_CHECKING:  # the registry itself must import without torch: the service validates specs with it
+    import torch
 
 When = Literal["end", "step", "forward"]
 

@@ -28,7 +28,7 @@ def test_the_worker_imports_torch_inside_the_task_only():
 
 
 def test_pruning_imports_nothing_of_the_service():
-    modules = imported_after("import pruning, pruning.search, pruning.export")
+    modules = imported_after("import pruning, pruning.pipeline, pruning.export")
     assert "torch" in modules
     assert not {m.split(".")[0] for m in modules} & {"api", "store", "worker", "fastapi", "sqlalchemy", "celery"}
 
