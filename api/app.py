@@ -20,4 +20,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install(app)
     for module in (jobs, datasets, meta):
         app.include_router(module.router)
+    app.add_middleware(datasets.UploadLimit, max_upload_bytes=settings.max_upload_bytes)
     return app
