@@ -23,9 +23,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="all-MiniLM-L6-v2")
     parser.add_argument("--budget", default="0.5%", help="trainable PEFT parameters, a count or a share")
     # Small on purpose: the whole demo fits in a few minutes on 2 CPU cores. Raise them for a better adapter.
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--steps-per-round", type=int, default=8)
-    parser.add_argument("--train-steps", type=int, default=80)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--steps-per-round", type=int, default=10)
+    parser.add_argument("--train-steps", type=int, default=150)
 
 
 def run(args: argparse.Namespace) -> int:

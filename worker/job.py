@@ -129,7 +129,7 @@ def round_message(record) -> str:
     metric = "n/a" if record.metric is None else f"{record.metric:.4f}"
     removed = ", ".join(unit.unit for unit in record.removed) or "nothing"
     return (f"round {record.round}: {record.metric_name} {metric}; removed {removed}; "
-            f"{record.trainable_params} trainable params left (target {record.target_params})")
+            f"{record.trainable_params:,} trainable params left (target {record.target_params:,})")
 
 
 def eta_s(spec: dict[str, Any], event) -> float | None:

@@ -1,6 +1,6 @@
 """Fixtures of the service tests: a migrated PostgreSQL schema of this run's own, per-test transaction rollback,
-the API on that session, API keys, the tiny model and toy datasets. PostgreSQL and Redis run locally (.ci/run
-starts them); these tests fail rather than skip when they are down."""
+the API on that session, API keys and toy datasets (the tiny model is tests/conftest.py's `tiny_model`).
+PostgreSQL and Redis run locally (.ci/run starts them); these tests fail rather than skip when they are down."""
 
 from __future__ import annotations
 
@@ -12,13 +12,14 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
 from sqlalchemy.orm import Session
-from support import PG_URL, TINY, schema_url, upload
 
 from api.app import create_app
 from api.deps import get_session
-from store.db import get_engine, upgrade
+from store.db import get_engine, session_factory, upgrade
 from store.keys import create_key
 from store.settings import Settings
+
+from .support import PG_URL, TINY, schema_url, upload
 
 
 @pytest.fixture(scope="session")
@@ -37,13 +38,6 @@ def pg_url():
         with admin.begin() as connection:
             connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
         admin.dispose()
-
-
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory) -> str:
-    from pruning.tiny import make_tiny_model
-
-    return str(make_tiny_model(tmp_path_factory.mktemp("tiny-bert")))
 
 
 @pytest.fixture
@@ -70,6 +64,15 @@ def client(settings, db) -> TestClient:
     app = create_app(settings)
     app.dependency_overrides[get_session] = lambda: db
     with TestClient(app) as client:
+        yield client
+
+
+@pytest.fixture
+def committed_client(settings) -> TestClient:
+    """The API on committed sessions (for what a worker or a concurrent request must see), with a key."""
+    with session_factory(settings.db_url).begin() as session:
+        _, key = create_key(session, f"committed-{uuid.uuid4().hex[:8]}")
+    with TestClient(create_app(settings), headers={"Authorization": f"Bearer {key}"}) as client:
         yield client
 
 

@@ -37,9 +37,12 @@ def free_port() -> int:
 
 
 def start(command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+    # One torch thread, as in tests/conftest.py: on a shared 2-core machine spinning OpenMP threads make the tiny
+    # model's seconds minutes. A test-machine setting, not the service's.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **env}
     with open(log, "wb") as out:
-        return subprocess.Popen(command, cwd=ROOT, env={**os.environ, **env}, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        return subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
 
 
 def stop(process: subprocess.Popen) -> None:

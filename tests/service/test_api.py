@@ -4,10 +4,12 @@ pagination, cancellation, uploads, and one error envelope for every bad request.
 from __future__ import annotations
 
 import pytest
-from support import TINY, TINY_SEARCH, upload
 
 from store import jobs
+from store.db import session_factory
 from store.models import Job
+
+from .support import TINY, TINY_SEARCH, upload
 
 pytestmark = pytest.mark.service
 
@@ -115,6 +117,27 @@ def test_idempotency_key_replays_the_same_job_and_refuses_another_body(client, a
     other = client.post("/v1/jobs", headers={**auth, "Idempotency-Key": "retry-2"}, json=job_body(dataset_id))
     assert other.json()["id"] != first.json()["id"]
     assert len(client.get("/v1/jobs", headers=auth).json()["data"]) == 2
+
+
+def test_concurrent_requests_with_one_idempotency_key_make_one_job(committed_client, toy_files, settings):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from fastapi.testclient import TestClient
+
+    dataset = upload(committed_client, {}, *toy_files["csv"]).json()["id"]
+    key = f"race-{dataset}"
+
+    def post(_) -> str:
+        with TestClient(committed_client.app, headers=committed_client.headers) as client:
+            response = client.post("/v1/jobs", headers={"Idempotency-Key": key}, json=job_body(dataset))
+            assert response.status_code == 201, response.text
+            return response.json()["id"]
+
+    with ThreadPoolExecutor(8) as pool:
+        ids = set(pool.map(post, range(16)))
+    assert len(ids) == 1
+    with session_factory(settings.db_url)() as session:
+        assert session.query(Job).filter_by(idempotency_key=key).count() == 1
 
 
 def test_same_idempotency_key_of_two_owners_makes_two_jobs(client, make_key, toy_files):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from support import ROOT
+from .support import ROOT
 
 
 def imported_after(code: str) -> set[str]:

@@ -7,7 +7,8 @@ import re
 
 import pytest
 import yaml
-from support import ROOT
+
+from .support import ROOT
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,19 @@ import httpx
 import pytest
 import yaml
 from sqlalchemy import create_engine, text
-from support import PG_URL, REDIS_URL, ROOT, TINY, TINY_SEARCH, free_port, schema_url, start, stop, wait_until
+
+from .support import (
+    PG_URL,
+    REDIS_URL,
+    ROOT,
+    TINY,
+    TINY_SEARCH,
+    free_port,
+    schema_url,
+    start,
+    stop,
+    wait_until,
+)
 
 pytestmark = pytest.mark.slow
 COMPOSE_HOME = "/var/lib/peftsearch"

@@ -12,10 +12,11 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import Column, Integer, MetaData, create_engine, inspect, text
-from support import PG_URL, ROOT
 
 from store.db import alembic_config, get_engine, upgrade
 from store.models import Base
+
+from .support import PG_URL, ROOT
 
 TABLES = {"alembic_version", "api_keys", "datasets", "jobs", "job_events", "rounds", "artifacts"}
 

@@ -10,26 +10,22 @@ import sys
 import threading
 
 import pytest
-from fastapi.testclient import TestClient
-from support import TINY, start, wait_until
 
-from api.app import create_app
 from store import jobs
 from store.db import session_factory
-from store.keys import create_key
 from store.models import Job, JobEvent, Round
 from worker.job import run_job
 from worker.reaper import reap_once
+
+from .support import TINY, start, wait_until
 
 pytestmark = [pytest.mark.service, pytest.mark.slow]
 
 
 @pytest.fixture
-def submit(settings, toy_files):
+def submit(committed_client, toy_files):
     """Submit a job through the API, committed for real; returns its id."""
-    with session_factory(settings.db_url).begin() as session:
-        _, key = create_key(session, "worker-tests")
-    client = TestClient(create_app(settings), headers={"Authorization": f"Bearer {key}"})
+    client = committed_client
     train, dev = toy_files["csv"]
     dataset = client.post("/v1/datasets", files={"train": (train.name, train.read_bytes()),
                                                  "dev": (dev.name, dev.read_bytes())}).json()["id"]
