@@ -32,8 +32,9 @@ def run(args: argparse.Namespace) -> int:
     home = Path(args.home).resolve()
     shutil.rmtree(home, ignore_errors=True)
     home.mkdir(parents=True)
+    # The embedded default, whatever this shell points at: no database or broker URL, files under `home`.
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "BROKER_URL")
-           and not k.startswith("PEFTSEARCH_")}
+           and not (k.startswith("PEFTSEARCH_") and (k.endswith("_DIR") or k == "PEFTSEARCH_HOME"))}
     env["PEFTSEARCH_HOME"] = str(home)
     key = _make_key(env)
     port = _free_port()

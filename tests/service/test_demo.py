@@ -1,0 +1,48 @@
+"""`peftsearch demo`: its shipped data, and the whole command on the tiny model (the real run on MiniLM-L6 is
+`make demo`)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from peftsearch.demo import DEMO_DATA
+from pruning.data import load_task
+from pruning.spec import TaskSpec
+
+from .support import ROOT, TINY
+
+
+def test_the_shipped_sst2_sample_loads_and_is_cited():
+    data = load_task(TaskSpec(train=str(DEMO_DATA / "train.tsv"), dev=str(DEMO_DATA / "dev.tsv"),
+                              text_column="sentence"))
+    assert (len(data.train), len(data.dev)) == (600, 200) and data.labels == ["0", "1"]
+    readme = (DEMO_DATA / "README.md").read_text()
+    assert "Socher" in readme and "GLUE" in readme
+    for split in ("train", "dev"):
+        digest = hashlib.sha256((DEMO_DATA / f"{split}.tsv").read_bytes()).hexdigest()
+        assert digest in readme
+
+
+@pytest.mark.slow
+def test_demo_runs_end_to_end(tmp_path, tiny_model):
+    env = {**os.environ, "PEFTSEARCH_MODELS": json.dumps({TINY: tiny_model}), "OMP_NUM_THREADS": "1",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    run = subprocess.run([sys.executable, "-m", "peftsearch.cli", "demo", "--home", str(tmp_path / "demo"),
+                          "--model", TINY, "--budget", "2%", "--rounds", "2", "--steps-per-round", "4",
+                          "--train-steps", "10"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "round 2:" in run.stdout and "status  succeeded" in run.stdout
+    archive = Path(re.search(r"adapter archive: (\S+)", run.stdout).group(1))
+    sha256 = re.search(r"sha256: ([0-9a-f]{64})", run.stdout).group(1)
+    assert hashlib.sha256(archive.read_bytes()).hexdigest() == sha256
+    assert re.search(r"accuracy on dev: \d\.\d{4}", run.stdout)
+    assert re.search(r"layer 3: ", run.stdout)
+    assert run.stdout.rstrip().endswith("server stopped")
