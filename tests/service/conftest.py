@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import create_engine, text
 from sqlalchemy.orm import Session
 
 from api.app import create_app
@@ -19,25 +18,15 @@ from store.db import get_engine, session_factory, upgrade
 from store.keys import create_key
 from store.settings import Settings
 
-from .support import PG_URL, TINY, schema_url, upload
+from .support import TINY, empty_schema, upload
 
 
 @pytest.fixture(scope="session")
 def pg_url():
     """A schema of this test run inside the `test` database, migrated to head, dropped at the end."""
-    schema = f"peftsearch_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(PG_URL)
-    with admin.begin() as connection:
-        connection.execute(text(f'CREATE SCHEMA "{schema}"'))
-    url = schema_url(schema)
-    try:
+    with empty_schema("peftsearch") as url:
         upgrade(url)
         yield url
-    finally:
-        get_engine(url).dispose()
-        with admin.begin() as connection:
-            connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
 
 
 @pytest.fixture

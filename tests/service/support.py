@@ -7,7 +7,9 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -21,8 +23,25 @@ TINY_SEARCH = {"schedule": {"rounds": 2, "steps_per_round": 8, "eval_examples": 
                "train": {"steps": 30, "batch_size": 16, "max_length": 32}}
 
 
-def schema_url(schema: str) -> str:
-    return f"{PG_URL}?options=-csearch_path%3D{schema}"
+@contextmanager
+def empty_schema(prefix: str) -> Iterator[str]:
+    """A new schema in the `test` database, dropped afterwards; yields a URL whose search_path is that schema."""
+    from sqlalchemy import create_engine, text
+
+    from store.db import get_engine
+
+    schema = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(PG_URL)
+    with admin.begin() as connection:
+        connection.execute(text(f'CREATE SCHEMA "{schema}"'))
+    url = f"{PG_URL}?options=-csearch_path%3D{schema}"
+    try:
+        yield url
+    finally:
+        get_engine(url).dispose()
+        with admin.begin() as connection:
+            connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
 
 
 def upload(client, headers, train: Path, dev: Path, **form) -> httpx.Response:

@@ -16,16 +16,14 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from sqlalchemy import create_engine, text
 
 from .support import (
-    PG_URL,
     REDIS_URL,
     ROOT,
     TINY,
     TINY_SEARCH,
+    empty_schema,
     free_port,
-    schema_url,
     start,
     stop,
     wait_until,
@@ -38,14 +36,8 @@ COMPOSE_HOME = "/var/lib/peftsearch"
 @pytest.fixture
 def fresh_schema():
     """An empty PostgreSQL schema: the compose `migrate` command builds the tables."""
-    schema = f"peftsearch_e2e_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(PG_URL)
-    with admin.begin() as connection:
-        connection.execute(text(f'CREATE SCHEMA "{schema}"'))
-    yield schema_url(schema)
-    with admin.begin() as connection:
-        connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-    admin.dispose()
+    with empty_schema("peftsearch_e2e") as url:
+        yield url
 
 
 def host_env(compose_env: dict[str, str], home: Path, database_url: str, queue: str) -> dict[str, str]:
