@@ -50,6 +50,6 @@ def readyz(session: Db, settings: Config) -> Readiness:
         return Readiness(database="ok", broker="embedded")
     from worker.queue import broker_reachable
 
-    if not broker_reachable():
+    if not broker_reachable(settings.broker_url):
         raise ApiError(503, "broker unreachable")
     return Readiness(database="ok", broker="ok")

@@ -58,14 +58,18 @@ def upgrade(url: str, revision: str = "head") -> None:
     command.upgrade(alembic_config(url), revision)
 
 
-def schema_is_current(session: Session) -> bool:
-    """The database is at the newest migration (what /readyz checks)."""
+@functools.cache
+def migration_heads() -> frozenset[str]:
     from alembic.script import ScriptDirectory
 
-    heads = set(ScriptDirectory.from_config(alembic_config("sqlite://")).get_heads())
+    return frozenset(ScriptDirectory(str(MIGRATIONS_DIR)).get_heads())
+
+
+def schema_is_current(session: Session) -> bool:
+    """The database is at the newest migration (what /readyz checks)."""
     try:
         current = {row[0] for row in session.execute(text("SELECT version_num FROM alembic_version"))}
     except Exception:
         session.rollback()
         return False
-    return current == heads
+    return current == migration_heads()

@@ -29,11 +29,11 @@ def enqueue(session: Session, settings: Settings, job_id: str) -> None:
     session.commit()
 
 
-def broker_reachable() -> bool:
-    from .celery_app import app
+def broker_reachable(broker_url: str) -> bool:
+    from kombu import Connection
 
     try:
-        with app.connection_for_write() as connection:
+        with Connection(broker_url, connect_timeout=2) as connection:
             connection.ensure_connection(max_retries=1, interval_start=0, timeout=2)
         return True
     except Exception:

@@ -313,15 +313,25 @@ def test_health_and_readiness(client):
     assert client.get("/readyz").json() == {"status": "ready", "database": "ok", "broker": "embedded"}
 
 
-def test_readiness_fails_on_an_unmigrated_database(tmp_path, tiny_model):
+@pytest.mark.parametrize("database, broker, ready", [
+    ("migrated", "redis://127.0.0.1:6379/0", True),
+    ("migrated", "redis://127.0.0.1:1/0", False),  # nothing listens on port 1
+    ("unmigrated", None, False),
+    ("postgresql+psycopg://postgres@127.0.0.1:1/test", None, False),
+])
+def test_readiness_checks_database_schema_and_broker(tmp_path, pg_url, database, broker, ready):
     from fastapi.testclient import TestClient
 
     from api.app import create_app
     from store.settings import Settings
 
-    app = create_app(Settings(home=tmp_path, models={TINY: tiny_model}))
-    with TestClient(app) as client:
-        assert_error(client.get("/readyz"), 503, "not_ready")
+    url = {"migrated": pg_url, "unmigrated": f"sqlite:///{tmp_path / 'empty.sqlite3'}"}.get(database, database)
+    with TestClient(create_app(Settings(home=tmp_path, database_url=url, broker_url=broker))) as client:
+        response = client.get("/readyz")
+    if ready:
+        assert response.json() == {"status": "ready", "database": "ok", "broker": "ok"}
+    else:
+        assert_error(response, 503, "not_ready")
 
 
 def test_openapi_describes_every_route_with_its_errors(client):
