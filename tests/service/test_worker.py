@@ -90,3 +90,17 @@ def test_a_killed_worker_is_reaped_and_the_next_attempt_resumes(settings, submit
         "queued", "running", "queued", "running", "succeeded"]
     assert any(e.endswith("resuming after round 1 of 2") for e in events)
     assert job.artifact is not None and (settings.artifacts / job.artifact.path).exists()
+
+
+def test_an_engine_error_fails_the_job_with_its_reason(settings, submit):
+    job_id = submit({"schedule": {"rounds": 1, "steps_per_round": 2}, "train": {"steps": 2}})
+    with session_factory(settings.db_url)() as session:
+        dev_file = session.get(Job, job_id).spec["task"]["dev"]
+    os.remove(dev_file)  # the dataset vanished from the shared volume after it was accepted
+    assert run_job(job_id, settings) == "failed"
+    job, events, _ = read(settings, job_id)
+    assert job.status == "failed" and job.error["code"] == "invalid_dataset"
+    assert "dev.csv" in job.error["message"]
+    assert events[-1] == "failed" and job.artifact is None
+    assert not (settings.work / job_id).exists()
+    assert run_job(job_id, settings) == "skipped"  # a redelivered message finds nothing to do
