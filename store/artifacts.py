@@ -16,11 +16,12 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def write_archive(out_dir: Path, artifact_root: Path, job_id: str) -> dict:
-    """Pack `out_dir` as `<job_id>/...` into `<artifact_root>/<job_id>.tar.gz` (written aside, then renamed, so a
-    half-written archive is never served). Returns the artifacts row's fields."""
+def write_archive(out_dir: Path, artifact_root: Path, job_id: str, attempt: int) -> dict:
+    """Pack `out_dir` as `<job_id>/...` into `<artifact_root>/<job_id>-<attempt>.tar.gz` (one file per attempt, so
+    a superseded worker never overwrites the archive of the attempt that owns the job; written aside, then
+    renamed, so a half-written archive is never served). Returns the artifacts row's fields."""
     artifact_root.mkdir(parents=True, exist_ok=True)
-    name = f"{job_id}.tar.gz"
+    name = f"{job_id}-{attempt}.tar.gz"
     partial = artifact_root / (name + ".partial")
     with tarfile.open(partial, "w:gz") as tar:
         tar.add(out_dir, arcname=job_id)

@@ -40,7 +40,6 @@ class JobRun:
         self.job_id, self.attempt, self.spec, self.settings = job_id, attempt, spec, settings
         self.sessions = session_factory(settings.db_url)
         self.stop = threading.Event()  # the engine polls it between steps: cancelled, or the job was taken away
-        self.lost = False  # the job now belongs to another attempt: write nothing more
         self.done = threading.Event()
         self.last_step_write = 0.0
         self.work = settings.work / job_id
@@ -59,7 +58,7 @@ class JobRun:
             result = pruning.search(pruning.SearchSpec.from_dict(self.spec), out_dir, on_progress=self.on_progress,
                                     should_stop=self.stop.is_set, checkpoint_dir=checkpoint_dir)
             summary = {k: v for k, v in result.to_dict().items() if k not in ("rounds", "out_dir")}
-            artifact = write_archive(out_dir, self.settings.artifacts, f"{self.job_id}-{self.attempt}")
+            artifact = write_archive(out_dir, self.settings.artifacts, self.job_id, self.attempt)
             outcome = self.finish(SUCCEEDED, result=summary, artifact=artifact)
             if outcome != SUCCEEDED:
                 (self.settings.artifacts / artifact["path"]).unlink(missing_ok=True)
@@ -84,8 +83,7 @@ class JobRun:
         with self.sessions.begin() as session:
             if jobs.finish(session, self.job_id, self.attempt, status, **fields):
                 return status
-        self.lost = True
-        return "lost"
+        return "lost"  # another attempt owns the job now: leave everything to it
 
     def beat(self) -> None:
         """Prove this worker is alive, and pick up a cancellation, every heartbeat_s."""
@@ -96,9 +94,7 @@ class JobRun:
             except Exception:
                 log.warning("heartbeat of job %s failed", self.job_id, exc_info=True)
                 continue
-            if status is None:
-                self.lost = True
-            if status is None or status == CANCELLING:
+            if status is None or status == CANCELLING:  # None: the job was handed to another attempt
                 self.stop.set()
 
     def on_progress(self, event) -> None:
@@ -111,8 +107,7 @@ class JobRun:
         progress = {k: v for k, v in event.to_dict().items() if k not in ("kind", "record")}
         progress["eta_s"] = eta_s(self.spec, event)
         with self.sessions.begin() as session:
-            if not jobs.set_progress(session, self.job_id, self.attempt, progress):
-                self.lost = True
+            if not jobs.set_progress(session, self.job_id, self.attempt, progress):  # not ours any more
                 self.stop.set()
                 return
             if event.kind == "phase":

@@ -120,6 +120,7 @@ def run_a_job(base_url: str, key: str, toy: tuple[Path, Path], tiny_model: str, 
     with tarfile.open(archive) as tar:
         tar.extractall(tmp_path / "unpacked", filter="data")
     (adapter,) = (tmp_path / "unpacked").iterdir()
+    assert adapter.name == job_id
     expected = {"peftsearch_config.json", "peftsearch_weights.safetensors", "trace.json", "README.md"}
     if result["configuration"]["lora_ranks"]:  # the stock-peft LoRA part exists when a LoRA unit survived
         expected |= {"adapter_config.json", "adapter_model.safetensors"}
