@@ -1,0 +1,45 @@
+"""`peftsearch keys` and `peftsearch worker` as a user runs them (embedded settings: a SQLite file)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from sqlalchemy import create_engine, text
+
+from .support import ROOT
+
+
+def peftsearch(*args: str, home) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "BROKER_URL")}
+    return subprocess.run([sys.executable, "-m", "peftsearch.cli", *args], cwd=ROOT, capture_output=True, text=True,
+                          env={**env, "PEFTSEARCH_HOME": str(home)}, timeout=120)
+
+
+def test_keys_create_list_revoke(tmp_path):
+    created = peftsearch("keys", "create", "--owner", "ada", "--name", "laptop", home=tmp_path)
+    assert created.returncode == 0, created.stderr
+    key = created.stdout.strip()
+    assert key.startswith("psk_") and len(key) > 40 and "\n" not in key  # the key alone on stdout
+    key_id = created.stderr.split("id ")[1].split(",")[0]
+
+    listed = peftsearch("keys", "list", home=tmp_path)
+    assert f"{key_id}  {key[:12]}...  owner=ada  name='laptop'  active" in listed.stdout
+    with create_engine(f"sqlite:///{tmp_path / 'peftsearch.sqlite3'}").connect() as connection:
+        assert key not in str(connection.execute(text("SELECT * FROM api_keys")).all())  # only its hash
+
+    assert peftsearch("keys", "revoke", key_id, home=tmp_path).returncode == 0
+    assert "revoked" in peftsearch("keys", "list", home=tmp_path).stdout
+    again = peftsearch("keys", "revoke", key_id, home=tmp_path)
+    assert again.returncode == 1 and f"no active key {key_id}" in again.stdout
+
+
+def test_keys_create_needs_an_owner(tmp_path):
+    run = peftsearch("keys", "create", home=tmp_path)
+    assert run.returncode == 2 and "--owner" in run.stderr
+
+
+def test_worker_needs_a_broker(tmp_path):
+    run = peftsearch("worker", home=tmp_path)
+    assert run.returncode == 2 and "BROKER_URL" in run.stdout
