@@ -26,6 +26,9 @@ def run(args: argparse.Namespace) -> int:
         upgrade(settings.db_url)
     with session_factory(settings.db_url).begin() as session:
         if args.action == "create":
+            if not args.owner.strip():
+                print("--owner must not be empty", file=sys.stderr)
+                return 2
             row, key = keys.create_key(session, args.owner, args.name)
             print(key)
             print(f"(id {row.id}, owner {row.owner}; shown once, keep it safe)", file=sys.stderr)

@@ -38,6 +38,8 @@ def test_keys_create_list_revoke(tmp_path):
 def test_keys_create_needs_an_owner(tmp_path):
     run = peftsearch("keys", "create", home=tmp_path)
     assert run.returncode == 2 and "--owner" in run.stderr
+    blank = peftsearch("keys", "create", "--owner", " ", home=tmp_path)
+    assert blank.returncode == 2 and "must not be empty" in blank.stderr
 
 
 def test_worker_needs_a_broker(tmp_path):
