@@ -159,7 +159,7 @@ def search(spec: SearchSpec, out_dir: str | Path, *, on_progress: ProgressCallba
         tracker = ImportanceTracker(units, criteria_used(assignment), policy.accumulate, policy.ema_beta)
         masks = supernet.masks
         with tracker:
-            loss = train(supernet, supernet.param_groups(speed.mask_lr), batches, steps=schedule.steps_per_round,
+            loss = train(supernet, supernet.param_groups(schedule.lr, speed.mask_lr), batches, steps=schedule.steps_per_round,
                          lr=schedule.lr, problem=ctx.task.problem, device=ctx.device, warmup_ratio=0.1,
                          weight_decay=spec.train.weight_decay, decay=False,
                          trackers=[tracker] + ([rank_tracker] if rank_tracker else []),
@@ -238,7 +238,7 @@ def _retrain_evaluate_export(ctx: _Context, model: Supernet, out_dir, report: _R
     spec = ctx.spec
     report.phase("retrain", f"training {len(model.unit_keys())} units for {spec.train.steps} steps")
     start = time.monotonic()
-    train(model, model.trainable_parameters(), ctx.batches(ctx.train_data, spec.seed), steps=spec.train.steps,
+    train(model, model.param_groups(spec.train.lr), ctx.batches(ctx.train_data, spec.seed), steps=spec.train.steps,
           lr=spec.train.lr, problem=ctx.task.problem, device=ctx.device, warmup_ratio=spec.train.warmup_ratio,
           weight_decay=spec.train.weight_decay, on_step=report.steps(None, model.peft_params()),
           should_stop=should_stop)

@@ -82,6 +82,10 @@ class AdapterSpec:
 @dataclass(frozen=True)
 class PrefixSpec:
     length: int = 8  # learned key/value vectors per layer
+    # Prefixes learn far slower than LoRA at the same step size (P-tuning v2 trains them at ~1e-2): their
+    # learning rate is the run's times this. Measured on SST-2/MiniLM: at 1e-3 a prefix-only model stays at
+    # chance after 300 steps, at 3e-2 it learns.
+    lr_scale: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -182,6 +186,7 @@ class SearchSpec:
         _integer("space.adapter.size", space.adapter.size, low=1)
         _choice("space.adapter.activation", space.adapter.activation, ADAPTER_ACTIVATIONS)
         _integer("space.prefix.length", space.prefix.length, low=1)
+        _number("space.prefix.lr_scale", space.prefix.lr_scale, low=0, low_open=True)
         for name in ("steps", "batch_size", "max_length", "eval_batch_size"):
             _integer(f"train.{name}", getattr(self.train, name), low=1)
         _number("train.lr", self.train.lr, low=0, low_open=True)

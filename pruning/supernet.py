@@ -149,13 +149,17 @@ class Supernet(nn.Module):
         params = [p for unit in self.units.values() for p in unit.trainable()] + self.head_parameters()
         return params + self.extra_trainable()
 
-    def param_groups(self, mask_lr: float | None = None) -> list[dict]:
-        """Optimizer groups: units and head at the run's learning rate; the masks at their own, if given."""
+    def param_groups(self, lr: float, mask_lr: float | None = None) -> list[dict]:
+        """Optimizer groups with their learning rates: units and head at `lr` (prefixes at lr x
+        space.prefix.lr_scale), the backbone masks at `mask_lr`."""
+        prefix = [p for unit in self.units.values() if unit.kind == "prefix" for p in unit.trainable()]
         masks = self.extra_trainable()
-        mask_ids = {id(m) for m in masks}
-        groups = [{"params": [p for p in self.trainable_parameters() if id(p) not in mask_ids]}]
+        apart = {id(p) for p in prefix + masks}
+        groups = [{"params": [p for p in self.trainable_parameters() if id(p) not in apart], "lr": lr}]
+        if prefix:
+            groups.append({"params": prefix, "lr": lr * self.space.prefix.lr_scale})
         if masks:
-            groups.append({"params": masks, **({"lr": mask_lr} if mask_lr is not None else {})})
+            groups.append({"params": masks, "lr": lr if mask_lr is None else mask_lr})
         return groups
 
     def extra_trainable(self) -> list[nn.Parameter]:

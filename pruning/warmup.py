@@ -53,7 +53,7 @@ def derive_assignment(supernet, train_data: Encoded, spec, pad_id: int, device, 
     subset = label_preserving_subset(train_data, policy.warmup_examples, spec.seed)
     tracker = ImportanceTracker(supernet.units.values(), CRITERIA, policy.accumulate, policy.ema_beta)
     with tracker:
-        train(supernet, supernet.trainable_parameters(),
+        train(supernet, supernet.param_groups(spec.schedule.lr),
               shuffled_batches(subset, spec.train.batch_size, spec.seed, pad_id, device),
               steps=policy.warmup_steps, lr=spec.schedule.lr, problem=subset.problem, device=device,
               warmup_ratio=0.1, decay=False, trackers=[tracker], on_step=on_step, should_stop=should_stop)

@@ -30,14 +30,27 @@ class PrefixUnit(Unit):
     @classmethod
     def build(cls, model, arch, layer: int, spec) -> PrefixUnit:
         # Heads counted on the layer's key projection, not the config: a pruned layer has fewer.
-        key_proj = model.get_submodule(f"{arch.layers}.{layer}.{arch.k}")
-        key_proj = key_proj.get_base_layer() if hasattr(key_proj, "get_base_layer") else key_proj
+        key_proj, value_proj = (_base(model.get_submodule(f"{arch.layers}.{layer}.{p}")) for p in (arch.k, arch.v))
         head_dim = arch.head_dim(model.config)
-        return cls(layer, key_proj.out_features // head_dim, head_dim, spec.prefix.length)
+        unit = cls(layer, key_proj.out_features // head_dim, head_dim, spec.prefix.length)
+        unit.init_from_vocabulary(model.get_input_embeddings().weight, key_proj, value_proj)
+        return unit
 
     def reset_parameters(self) -> None:
         nn.init.normal_(self.keys, std=0.02)
         nn.init.normal_(self.values, std=0.02)
+
+    @torch.no_grad()
+    def init_from_vocabulary(self, embeddings: torch.Tensor, key_proj: nn.Module, value_proj: nn.Module) -> None:
+        """Start from keys and values of real words (Li & Liang 2021 initialise prefixes from real activations):
+        random vocabulary embeddings, standardised like a layer's input, through this layer's K and V. Near-zero
+        random prefixes get almost no attention next to real keys, and so almost no gradient."""
+        heads, length, head_dim = self.keys.shape
+        rows = torch.randint(0, embeddings.shape[0], (length,), device=embeddings.device)
+        hidden = torch.nn.functional.layer_norm(embeddings[rows].float(), embeddings.shape[1:])
+        for target, proj in ((self.keys, key_proj), (self.values, value_proj)):
+            out = proj(hidden.to(proj.weight.dtype)).float()  # (length, heads * head_dim)
+            target.copy_(out.view(length, heads, head_dim).transpose(0, 1))
 
     def keep_heads(self, heads: list[int]) -> None:
         """Follow head pruning: keep the prefix vectors of the surviving heads only."""
@@ -55,6 +68,10 @@ class PrefixUnit(Unit):
 
     def describe(self) -> dict:
         return {"length": self.keys.shape[1], "heads": self.keys.shape[0]}
+
+
+def _base(module: nn.Module) -> nn.Module:
+    return module.get_base_layer() if hasattr(module, "get_base_layer") else module
 
 
 def attention_with_prefix(module, query, key, value, attention_mask, **kwargs):
