@@ -51,7 +51,8 @@ def run_method(method: str, task: str, seed: int, data_dir: str, model: str) -> 
     layers_before = record.get("layer_params_before")
     layers_after = record.get("layer_params_after", layers_before)
     return {
-        "task": task, "method": method, "seed": seed, "metric_name": result.metric_name, "metric": result.metric,
+        "task": task, "method": method, "seed": seed, "model": model, "metric_name": result.metric_name,
+        "metric": result.metric,
         "trainable_params": result.trainable_params, "backbone_params": result.backbone_params,
         "backbone_params_before": result.backbone_params_before,
         "layer_params_before": layers_before, "layer_params_after": layers_after,
@@ -161,7 +162,8 @@ def report(store: Store, command: str) -> tuple[dict, str]:
             table.setdefault(task, {})[method] = entry
     complete = [t for t in tasks if all(m in table[t] for m in METHODS)]
     summary = _summary(table, complete)
-    data = {"machine": machine(), "command": command, "tasks": {t: dataclasses.asdict(TASKS[t]) for t in tasks},
+    data = {"machine": machine(), "command": command, "model": rows[0]["model"] if rows else None,
+            "tasks": {t: dataclasses.asdict(TASKS[t]) for t in tasks},
             "results": table, "complete": complete, "summary": summary}
     return data, _markdown(data)
 
@@ -205,7 +207,7 @@ def _markdown(data: dict) -> str:
         f"Command: `{data['command']}`  ",
         f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} ({m['torch_threads']} threads)"
         + (f", GPU {m['gpu']}" if "gpu" in m else "") + "  ",
-        "Model: all-MiniLM-L6-v2. Metric x 100, mean ± std over seeds. Step time and peak memory (above the loaded "
+        f"Model: {data['model']}. Metric x 100, mean ± std over seeds. Step time and peak memory (above the loaded "
         f"model) at batch {TRAIN_SHAPE[0]}, length {TRAIN_SHAPE[1]}; real-data step = the final training's wall "
         "time per step on the task's data; throughput in examples/s.",
         "",
