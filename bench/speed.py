@@ -7,8 +7,9 @@ Per task and seed, side by side in one run, on all-MiniLM-L6-v2:
     lora   LoRA r=8 on q,v, the task's steps (bench/common.py)
     speed  peftsearch with backbone pruning on (defaults), same budget and steps
 
-and for each exported model, in a fresh process: training step time and the training's peak memory above the
-loaded model (batch 32, length 128, random tokens), and inference throughput at batch 32/64 x length 64/128.
+then, for the two exported models: training step time (batch 32, length 128, random tokens) and inference
+throughput (batch 32/64 x length 64/128), measured in one process with the models interleaved so that machine
+noise hits both alike; and the training's peak memory above the loaded model, each model in a fresh process.
 Backbone parameters are reported two ways: the transformer layers (what head/neuron pruning acts on) and the whole
 backbone including the embedding table (a lookup that costs no compute).
 """
@@ -34,19 +35,17 @@ SHAPES = [(32, 64), (32, 128), (64, 64), (64, 128)]
 TRAIN_SHAPE = (32, 128)
 
 
-def run_method(method: str, task: str, seed: int, data_dir: str, model: str) -> dict:
+def run_method(method: str, task: str, seed: int, data_dir: str, model: str, out: str) -> dict:
     import pruning
     from pruning import BackboneSpec, SpaceSpec
 
     spec = base_spec(task, seed, data_dir, model)
-    with tempfile.TemporaryDirectory() as tmp:
-        if method == "lora":
-            result = pruning.fit(dataclasses.replace(spec, space=SpaceSpec(types=("lora",))), tmp)
-        elif method == "speed":
-            result = pruning.search(dataclasses.replace(spec, backbone=BackboneSpec(enabled=True)), tmp)
-        else:
-            raise ValueError(f"unknown method {method!r}")
-        probe = run_child("bench.speed", {"probe": tmp, "model": model})
+    if method == "lora":
+        result = pruning.fit(dataclasses.replace(spec, space=SpaceSpec(types=("lora",))), out)
+    elif method == "speed":
+        result = pruning.search(dataclasses.replace(spec, backbone=BackboneSpec(enabled=True)), out)
+    else:
+        raise ValueError(f"unknown method {method!r}")
     record = result.configuration["backbone"] or {}
     layers_before = record.get("layer_params_before")
     layers_after = record.get("layer_params_after", layers_before)
@@ -57,61 +56,87 @@ def run_method(method: str, task: str, seed: int, data_dir: str, model: str) -> 
         "backbone_params_before": result.backbone_params_before,
         "layer_params_before": layers_before, "layer_params_after": layers_after,
         "retrain_step_s": result.retrain_wall_s / spec.train.steps, "search_wall_s": result.search_wall_s,
-        "lora_ranks": result.configuration["lora_ranks"], **probe,
+        "lora_ranks": result.configuration["lora_ranks"], "out": out,
     }
 
 
-def probe(out_dir: str, model: str) -> dict:
-    """Time and measure an exported model in this (fresh) process."""
+def timings(out_dirs: dict[str, str], model: str, rounds: int = 5) -> dict[str, dict]:
+    """Training step time and inference throughput of several exported models, measured in this process with
+    the models interleaved (A, B, A, B, ...), so that any slow drift of the machine hits them alike."""
     import torch
 
     import pruning
 
+    nets = {name: pruning.load(path, model) for name, path in out_dirs.items()}
+    times: dict[str, dict[str, list[float]]] = {name: {} for name in nets}
+    for _ in range(rounds):
+        for name, net in nets.items():
+            times[name].setdefault("train", []).append(_train_step_s(net, steps=3))
+            for b, length in SHAPES:
+                times[name].setdefault(f"{b}x{length}", []).append(_throughput(net, b, length))
+    median = lambda values: sorted(values)[len(values) // 2]  # noqa: E731
+    return {name: {"train_step_s": median(t["train"]),
+                   "throughput": {shape: median(v) for shape, v in t.items() if shape != "train"},
+                   "threads": torch.get_num_threads()} for name, t in times.items()}
+
+
+def memory(out_dir: str, model: str) -> dict:
+    """Peak memory of training steps above the loaded model, in this (fresh) process."""
+    import pruning
+
     net = pruning.load(out_dir, model)
     device = next(net.parameters()).device
+    before = _rss_mb() if device.type == "cpu" else 0.0
+    _train_step_s(net, steps=3)
+    return {"train_peak_mb": _peak_mb(device) - before}
+
+
+def _tokens(net, batch: int, length: int) -> dict:
+    import torch
+
+    device = next(net.parameters()).device
     vocab = net.model.config.vocab_size
+    ids = torch.randint(min(1000, vocab // 2), vocab, (batch, length), device=device)  # past the special tokens
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
 
-    def tokens(batch: int, length: int) -> dict:
-        ids = torch.randint(1000, vocab, (batch, length), device=device)
-        return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
 
-    # training: the final configuration's trainable parameters, as in the retrain phase
+def _train_step_s(net, steps: int) -> float:
+    """Median time of a training step of the final configuration (its trainable parameters, AdamW)."""
+    import torch
+
     params = net.trainable_parameters()
     for p in params:
         p.requires_grad_(True)
-    optimizer = torch.optim.AdamW(params, lr=1e-4)
-    batch = tokens(*TRAIN_SHAPE)
-    labels = torch.zeros(TRAIN_SHAPE[0], dtype=torch.long, device=device)
-    rss_before = _rss_mb()
+    optimizer = torch.optim.AdamW(params, lr=1e-5)
+    batch = _tokens(net, *TRAIN_SHAPE)
     net.train()
     times = []
-    for step in range(8):
+    for _ in range(steps + 1):
         start = time.perf_counter()
-        logits = net(**batch)
-        loss = torch.nn.functional.cross_entropy(logits.float(), labels[: len(logits)]) if logits.shape[-1] > 1 \
-            else logits.float().pow(2).mean()
+        logits = net(**batch).float()
+        loss = logits.pow(2).mean()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        _sync(device)
-        if step >= 2:  # the first steps allocate
-            times.append(time.perf_counter() - start)
-    train_peak = _peak_mb(device) - (rss_before if device.type == "cpu" else 0.0)
+        _sync(logits.device)
+        times.append(time.perf_counter() - start)
     net.eval()
-    throughput = {}
+    return sorted(times[1:])[len(times[1:]) // 2]  # the first step allocates
+
+
+def _throughput(net, batch: int, length: int, seconds: float = 1.0) -> float:
+    import torch
+
+    inputs = _tokens(net, batch, length)
     with torch.no_grad():
-        for b, length in SHAPES:
-            batch = tokens(b, length)
-            net(**batch)
-            _sync(device)
-            start, runs = time.perf_counter(), 0
-            while runs < 5 or time.perf_counter() - start < 2.0:
-                net(**batch)
-                runs += 1
-            _sync(device)
-            throughput[f"{b}x{length}"] = b * runs / (time.perf_counter() - start)
-    return {"train_step_s": sorted(times)[len(times) // 2], "train_peak_mb": train_peak,
-            "throughput": throughput, "threads": torch.get_num_threads()}
+        net(**inputs)
+        _sync(inputs["input_ids"].device)
+        start, runs = time.perf_counter(), 0
+        while runs < 3 or time.perf_counter() - start < seconds:
+            net(**inputs)
+            runs += 1
+        _sync(inputs["input_ids"].device)
+    return batch * runs / (time.perf_counter() - start)
 
 
 def _rss_mb() -> float:
@@ -241,25 +266,35 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.child:
         job = json.loads(args.child)
-        if "probe" in job:
-            print(json.dumps(probe(job["probe"], job["model"])))
+        if job["kind"] == "timings":
+            print(json.dumps(timings(job["out_dirs"], job["model"])))
+        elif job["kind"] == "memory":
+            print(json.dumps(memory(job["out"], job["model"])))
         else:
-            print(json.dumps(run_method(job["method"], job["task"], job["seed"], job["data_dir"], job["model"])))
+            print(json.dumps(run_method(job["method"], job["task"], job["seed"], job["data_dir"], job["model"],
+                                        job["out"])))
         return 0
     command = "python -m bench.speed " + shlex.join(argv if argv is not None else sys.argv[1:])
     store = Store(args.results / "speed.jsonl")
     if not args.report_only:
         for seed in [int(s) for s in args.seeds.split(",")]:
             for task in args.tasks.split(","):
-                for method in METHODS:
-                    key = {"task": task, "method": method, "seed": seed}
-                    if store.done(key):
-                        continue
-                    row = run_child("bench.speed", {**key, "data_dir": args.data_dir, "model": args.model})
-                    store.add(row)
-                    print(f"{task} {method} seed {seed}: {row['metric_name']} {row['metric']:.4f}, "
-                          f"step {row['train_step_s']:.3f}s", flush=True)
-                    _write(args.results, store, command)
+                if all(store.done({"task": task, "method": m, "seed": seed}) for m in METHODS):
+                    continue
+                with tempfile.TemporaryDirectory() as tmp:
+                    rows = {m: run_child("bench.speed", {"kind": "train", "method": m, "task": task, "seed": seed,
+                                                         "data_dir": args.data_dir, "model": args.model,
+                                                         "out": f"{tmp}/{m}"}) for m in METHODS}
+                    measured = run_child("bench.speed", {"kind": "timings", "model": args.model,
+                                                         "out_dirs": {m: f"{tmp}/{m}" for m in METHODS}})
+                    for m in METHODS:
+                        mem = run_child("bench.speed", {"kind": "memory", "out": f"{tmp}/{m}", "model": args.model})
+                        row = {**rows[m], **measured[m], **mem}
+                        row.pop("out")
+                        store.add(row)
+                        print(f"{task} {m} seed {seed}: {row['metric_name']} {row['metric']:.4f}, "
+                              f"step {row['train_step_s']:.3f}s, {row['train_peak_mb']:.0f} MiB", flush=True)
+                _write(args.results, store, command)
     _write(args.results, store, command)
     return 0
 

@@ -137,8 +137,8 @@ class BackboneSpec:
     """Light-PEFT early pruning of the backbone (heads, FFN neurons) and LoRA ranks. Off by default."""
 
     enabled: bool = False
-    head_ratio: float = 1 / 3  # share of heads removed, ranked per layer
-    neuron_ratio: float = 1 / 3  # share of FFN neurons removed, ranked globally
+    head_ratio: float = 1 / 3  # share of heads removed, ranked per layer (Light-PEFT's 1/3)
+    neuron_ratio: float = 0.4  # share of FFN neurons removed, ranked globally (Light-PEFT: 1/3)
     target_params: int | None = None  # instead of the ratios: keep removing until the backbone has this many
     mask_penalty: float = 1e-4  # L1 coefficient on the masks
     # The masks learn during a few short search rounds, not Light-PEFT's 800-step estimation run, so they get

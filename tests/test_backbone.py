@@ -168,7 +168,7 @@ def test_speed_mode_search_prunes_backbone_and_ranks(speed_result, tiny_model):
     assert [r.backbone_params for r in result.rounds] == [None, result.backbone_params, None]
     assert result.backbone_params == record["backbone_params_after"] < result.backbone_params_before
     assert all(len(kept) == 3 for kept in record["heads"].values())  # a third of 4 heads -> 1 removed per layer
-    assert sum(len(k) for k in record["neurons"].values()) == 4 * 128 - int(4 * 128 / 3)
+    assert sum(len(k) for k in record["neurons"].values()) == 4 * 128 - int(4 * 128 * spec.backbone.neuron_ratio)
     ranks = result.configuration["lora_ranks"]
     assert ranks and all(1 <= r <= 8 for r in ranks.values()) and min(ranks.values()) < 8
     assert result.trainable_params <= result.budget_params
