@@ -91,3 +91,9 @@ def mean_spread(values: list[float]) -> tuple[float, float]:
     if not values:
         return float("nan"), float("nan")
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def write_report(results: Path, name: str, data: dict, markdown: str) -> None:
+    results.mkdir(parents=True, exist_ok=True)
+    (results / f"{name}.json").write_text(json.dumps(data, indent=2))
+    (results / f"{name}.md").write_text(markdown)

@@ -29,7 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .common import DEFAULT_GLUE, TASKS, Store, machine, mean_spread, run_child
+from .common import DEFAULT_GLUE, TASKS, Store, machine, mean_spread, run_child, write_report
 
 METHODS = ("lora", "adapter", "prefix", "random", "autopeft", "peftsearch")
 RESULTS = Path(__file__).parent / "results"
@@ -243,9 +243,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _write(results: Path, store: Store, command: str) -> None:
-    data, markdown = report(store, command)
-    (results / "quality.json").write_text(json.dumps(data, indent=2))
-    (results / "quality.md").write_text(markdown)
+    write_report(results, "quality", *report(store, command))
 
 
 if __name__ == "__main__":

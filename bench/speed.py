@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .common import DEFAULT_GLUE, TASKS, Store, machine, mean_spread, run_child
+from .common import DEFAULT_GLUE, TASKS, Store, machine, mean_spread, run_child, write_report
 from .quality import base_spec
 
 METHODS = ("lora", "speed")
@@ -300,9 +300,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _write(results: Path, store: Store, command: str) -> None:
-    data, markdown = report(store, command)
-    (results / "speed.json").write_text(json.dumps(data, indent=2))
-    (results / "speed.md").write_text(markdown)
+    write_report(results, "speed", *report(store, command))
 
 
 if __name__ == "__main__":

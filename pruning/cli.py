@@ -58,6 +58,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     backbone.add_argument("--save-backbone", action="store_true", help="also save the pruned backbone")
 
 
+# flag (argparse dest) -> spec field, for the flags that map one to one; store_true flags set True or nothing
+FLAG_FIELDS = {
+    "model": "model", "seed": "seed", "retrain": "retrain", "device": "device",
+    "rounds": "schedule.rounds", "steps_per_round": "schedule.steps_per_round",
+    "steps": "train.steps", "batch_size": "train.batch_size", "lr": "train.lr", "max_length": "train.max_length",
+    "assignment": "policy.assignment",
+    "prune_backbone": "backbone.enabled", "head_ratio": "backbone.head_ratio",
+    "neuron_ratio": "backbone.neuron_ratio", "backbone_target": "backbone.target_params",
+    "mask_penalty": "backbone.mask_penalty", "mask_lr": "backbone.mask_lr", "mask_rounds": "backbone.mask_rounds",
+    "rank_ratio": "backbone.rank_ratio", "save_backbone": "backbone.save_backbone",
+}
+
+
 def spec_from_args(args: argparse.Namespace) -> SearchSpec:
     data = _read_spec_file(args.spec) if args.spec else {}
     task = dict(data.get("task", {}))
@@ -74,28 +87,11 @@ def spec_from_args(args: argparse.Namespace) -> SearchSpec:
         if getattr(args, flag) is not None:
             task[key] = getattr(args, flag)
     data["task"] = task
-    _set(data, "model", args.model)
     _set(data, "budget", int(args.budget) if args.budget and args.budget.isdigit() else args.budget)
-    _set(data, "seed", args.seed)
-    _set(data, "retrain", args.retrain)
-    _set(data, "device", args.device)
     _set(data, "space.types", args.types.split(",") if args.types else None)
-    _set(data, "schedule.rounds", args.rounds)
-    _set(data, "schedule.steps_per_round", args.steps_per_round)
-    _set(data, "train.steps", args.steps)
-    _set(data, "train.batch_size", args.batch_size)
-    _set(data, "train.lr", args.lr)
-    _set(data, "train.max_length", args.max_length)
-    _set(data, "policy.assignment", args.assignment)
-    _set(data, "backbone.enabled", True if args.prune_backbone else None)
-    _set(data, "backbone.head_ratio", args.head_ratio)
-    _set(data, "backbone.neuron_ratio", args.neuron_ratio)
-    _set(data, "backbone.target_params", args.backbone_target)
-    _set(data, "backbone.mask_penalty", args.mask_penalty)
-    _set(data, "backbone.mask_lr", args.mask_lr)
-    _set(data, "backbone.mask_rounds", args.mask_rounds)
-    _set(data, "backbone.rank_ratio", args.rank_ratio)
-    _set(data, "backbone.save_backbone", True if args.save_backbone else None)
+    for flag, field in FLAG_FIELDS.items():
+        value = getattr(args, flag)
+        _set(data, field, True if value is True else (None if value is False else value))
     if "model" not in data:
         raise SpecError("model", "give --model (or a spec file with one)")
     return SearchSpec.from_dict(data)
