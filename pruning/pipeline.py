@@ -162,7 +162,7 @@ def search(spec: SearchSpec, out_dir: str | Path, *, on_progress: ProgressCallba
             loss = train(supernet, supernet.param_groups(schedule.lr, speed.mask_lr), batches, steps=schedule.steps_per_round,
                          lr=schedule.lr, problem=ctx.task.problem, device=ctx.device, warmup_ratio=0.1,
                          weight_decay=spec.train.weight_decay, decay=False,
-                         trackers=[tracker] + ([rank_tracker] if rank_tracker else []),
+                         trackers=[t for t in (tracker, rank_tracker, masks) if t is not None],
                          extra_loss=_mask_penalty(masks, speed.mask_penalty),
                          on_step=report.steps(index + 1, supernet.peft_params()), should_stop=should_stop)
         metric = ctx.evaluate(supernet, search_dev)[ctx.task.primary_metric] if len(search_dev) else None
@@ -268,7 +268,7 @@ def _prune_backbone(supernet: Supernet, speed, rank_tracker: RankTracker | None)
     hidden, head_dim = config.hidden_size, arch.head_dim(config)
     head_params = 3 * (head_dim * hidden + head_dim) + head_dim * hidden  # q, k, v rows (+bias), o columns
     neuron_params = len(arch.ffn_in) * (hidden + 1) + hidden
-    heads, neurons = plan_pruning(supernet.masks, speed, head_params, neuron_params,
+    heads, neurons = plan_pruning(*supernet.masks.scores(speed.score), speed, head_params, neuron_params,
                                   layer_parameter_count(supernet.model, arch))
     supernet.prune_backbone(heads, neurons)
     if rank_tracker is not None:

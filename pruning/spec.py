@@ -145,6 +145,9 @@ class BackboneSpec:
     # a learning rate of their own, high enough for Adam to separate them in that time.
     mask_lr: float = 0.02
     mask_rounds: int = 1  # masks learn during this many search rounds, then the backbone is pruned
+    # How heads and neurons are ranked: "magnitude" of the learned mask (Light-PEFT, after 800 steps there), or
+    # "taylor", |m * dL/dm| accumulated over the mask rounds' steps.
+    score: Literal["magnitude", "taylor"] = "magnitude"
     rank_ratio: float = 0.5  # share of LoRA ranks removed globally (0 keeps them all)
     save_backbone: bool = False  # also write the pruned backbone's weights (deploy without the base model)
 
@@ -210,6 +213,7 @@ class SearchSpec:
         _number("backbone.mask_penalty", backbone.mask_penalty, low=0)
         _number("backbone.mask_lr", backbone.mask_lr, low=0, low_open=True)
         _integer("backbone.mask_rounds", backbone.mask_rounds, low=1)
+        _choice("backbone.score", backbone.score, ("magnitude", "taylor"))
         if backbone.enabled and backbone.mask_rounds > schedule.rounds:
             raise SpecError("backbone.mask_rounds", f"must be at most schedule.rounds ({schedule.rounds})")
         return self

@@ -44,6 +44,25 @@ def test_gradients_reach_the_masks(tiny_model):
     assert {id(p) for p in net.masks.parameters()} <= {id(p) for p in net.trainable_parameters()}
 
 
+def test_mask_scores_magnitude_and_accumulated_taylor(tiny_model):
+    net = _supernet(tiny_model)
+    masks = net.masks
+    with torch.no_grad():
+        masks.heads[0].copy_(torch.tensor([1.0, -0.5, 0.25, 2.0]))
+    grads = []
+    for seed in (0, 1):
+        net.zero_grad()
+        net(**_batch(seed)).sum().backward()
+        grads.append(masks.heads[0].grad.clone())
+        masks.after_backward()
+    heads, neurons = masks.scores("magnitude")
+    assert torch.equal(heads[0], torch.tensor([1.0, 0.5, 0.25, 2.0]))
+    assert len(heads) == len(neurons) == 4 and neurons[0].shape == (128,)
+    heads, _ = masks.scores("taylor")
+    expected = sum((masks.heads[0].detach() * g).abs() for g in grads) / 2  # |.| per step, then the mean
+    torch.testing.assert_close(heads[0], expected)
+
+
 def test_pruning_zero_masked_heads_and_neurons_leaves_logits_unchanged(tiny_model):
     net = _supernet(tiny_model)
     heads = {0: [0, 2], 1: [1, 2, 3], 2: [], 3: [0, 1, 2, 3]}  # layer 2 loses every head
@@ -92,16 +111,14 @@ def test_a_layer_without_heads_and_neurons_is_reported_removed(tiny_model):
 
 
 def test_plan_pruning_ratios_and_target():
-    class Masks:
-        heads = [torch.tensor([0.9, 0.1, 0.5]), torch.tensor([0.2, 0.8, 0.7])]
-        neurons = [torch.tensor([0.3, 0.9, 0.1, 0.6]), torch.tensor([0.05, 0.95, 0.4, 0.8])]
-
-    heads, neurons = plan_pruning(Masks, BackboneSpec(head_ratio=1 / 3, neuron_ratio=0.25), 100, 10, 10_000)
+    scores = ([torch.tensor([0.9, 0.1, 0.5]), torch.tensor([0.2, 0.8, 0.7])],
+              [torch.tensor([0.3, 0.9, 0.1, 0.6]), torch.tensor([0.05, 0.95, 0.4, 0.8])])
+    heads, neurons = plan_pruning(*scores, BackboneSpec(head_ratio=1 / 3, neuron_ratio=0.25), 100, 10, 10_000)
     assert heads == {0: [0, 2], 1: [1, 2]}  # per layer: the weakest third of each layer's heads
     assert neurons == {0: [0, 1, 3], 1: [1, 2, 3]}  # globally: 0.05 and 0.1 go
     # target: heads and neurons ranked together by mask magnitude, removed until the layers hold <= 9_880:
     # the 0.05 neuron (-10), the 0.1 head (-100), the 0.1 neuron (-10), then stop
-    heads, neurons = plan_pruning(Masks, BackboneSpec(target_params=9_880), 100, 10, 10_000)
+    heads, neurons = plan_pruning(*scores, BackboneSpec(target_params=9_880), 100, 10, 10_000)
     assert neurons == {0: [0, 1, 3], 1: [1, 2, 3]}
     assert heads == {0: [0, 2], 1: [0, 1, 2]}
 

@@ -12,15 +12,14 @@ from .structural import apply_backbone_record, prune_layer
 __all__ = ["BackboneMasks", "RankTracker", "apply_backbone_record", "choose_ranks", "plan_pruning", "prune_layer"]
 
 
-def plan_pruning(masks: BackboneMasks, spec, head_params: int, neuron_params: int, layer_params: int) -> tuple[dict[int, list[int]], dict[int, list[int]]]:
-    """Which heads and neurons each layer keeps, from the learned mask magnitudes.
+def plan_pruning(heads: list[torch.Tensor], neurons: list[torch.Tensor], spec, head_params: int,
+                 neuron_params: int, layer_params: int) -> tuple[dict[int, list[int]], dict[int, list[int]]]:
+    """Which heads and neurons each layer keeps, from their scores per layer (higher = keep).
 
     With ratios: heads are ranked within each layer (`head_ratio` of each layer's heads go), neurons globally
     (`neuron_ratio` of all neurons go). With `spec.target_params`: heads and neurons are ranked together and
     removed, least important first, until the layers hold at most that many parameters (a head costs
     `head_params`, a neuron `neuron_params`)."""
-    heads = [m.detach().abs().float().cpu() for m in masks.heads]
-    neurons = [m.detach().abs().float().cpu() for m in masks.neurons]
     drop_heads: set[tuple[int, int]] = set()
     drop_neurons: set[tuple[int, int]] = set()
     if spec.target_params is not None:

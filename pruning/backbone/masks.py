@@ -18,6 +18,9 @@ class BackboneMasks(nn.Module):
             [nn.Parameter(torch.ones(_in_features(layer.get_submodule(arch.o)) // self.head_dim)) for layer in layers])
         self.neurons = nn.ParameterList(
             [nn.Parameter(torch.ones(_in_features(layer.get_submodule(arch.ffn_out)))) for layer in layers])
+        # First-order Taylor importance |m * dL/dm| of every mask, accumulated per step (a tracker's interface)
+        self._taylor = [torch.zeros_like(m, requires_grad=False) for m in [*self.heads, *self.neurons]]
+        self._steps = 0
 
     def install(self, model: nn.Module, arch) -> list:
         handles = []
@@ -38,6 +41,28 @@ class BackboneMasks(nn.Module):
 
     def l1(self) -> torch.Tensor:
         return sum(m.abs().sum() for m in [*self.heads, *self.neurons])
+
+    def before_forward(self, attention_mask) -> None:
+        pass
+
+    @torch.no_grad()
+    def after_backward(self) -> None:
+        for total, mask in zip(self._taylor, [*self.heads, *self.neurons], strict=True):
+            if mask.grad is not None:
+                total += (mask * mask.grad).abs().to(total.device)
+        self._steps += 1
+
+    def scores(self, kind: str) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Per layer, a score per head and per neuron (higher = keep): the mask's magnitude (Light-PEFT), or its
+        Taylor importance accumulated over the steps the masks trained."""
+        if kind == "magnitude":
+            values = [m.detach().abs() for m in [*self.heads, *self.neurons]]
+        elif kind == "taylor":
+            values = [total / max(self._steps, 1) for total in self._taylor]
+        else:
+            raise ValueError(f"unknown mask score {kind!r}")
+        values = [v.float().cpu() for v in values]
+        return values[: len(self.heads)], values[len(self.heads):]
 
 
 def _in_features(linear: nn.Module) -> int:
