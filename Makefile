@@ -25,6 +25,13 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not service and not slow"
 
+# Benchmarks (hours on a CPU; not part of the tests). GLUE data: GLUE=path/to/glue (default ../shared/data/glue).
+GLUE ?= ../shared/data/glue
+bench: $(STAMP)
+	$(BIN)/python -m bench.service
+	$(BIN)/python -m bench.quality --data-dir $(GLUE)
+	$(BIN)/python -m bench.speed --data-dir $(GLUE)
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
