@@ -87,23 +87,38 @@ class Request:
     params: dict | None = None
 
 
-async def open_loop(client, make, rate: float, warmup_s: float, duration_s: float, on_response=None) -> list[Sample]:
+CONNECTIONS = 64  # the client's connections: requests beyond these wait (on the clock) for a free one
+GRACE_S = 35.0  # after the last scheduled send, how long the phase waits for answers (the pool's timeout is 30 s)
+
+
+async def open_loop(client, make, rate: float, warmup_s: float, duration_s: float, on_response=None,
+                    answered: list[int] | None = None) -> list[Sample]:
     """Send make(i) at t0 + i/rate for warmup_s + duration_s, whatever the responses do (an open loop); return the
-    samples scheduled after the warm-up. A request that cannot start on time still counts from its due time."""
+    samples scheduled after the warm-up. Latency counts from the due time, so a request that waits for one of the
+    CONNECTIONS (the server is slow to answer) or that the client starts late is charged for it. Requests still
+    unanswered GRACE_S after the last due time are cancelled and recorded as 'unfinished' at that time. `answered`
+    (a one-item list) counts every response, warm-up included."""
     loop = asyncio.get_running_loop()
     samples: list[Sample] = []
     start = loop.time() + 0.05
     measured_from = start + warmup_s
+    slots = asyncio.Semaphore(CONNECTIONS)  # our own queue: httpcore's is quadratic in waiting requests
 
     async def fire(i: int, due: float) -> None:
         request = make(i)
         sent = loop.time()
         try:
-            response = await client.request(request.method, request.url, headers=request.headers,
-                                            content=request.content, params=request.params)
+            async with slots:
+                sent = loop.time()
+                response = await client.request(request.method, request.url, headers=request.headers,
+                                                content=request.content, params=request.params)
             status: int | str = response.status_code
+            if answered is not None:
+                answered[0] += 1
             if on_response is not None:
                 on_response(response)
+        except asyncio.CancelledError:
+            status = "unfinished"
         except Exception as e:  # a timeout or a refused connection is an error sample, not a crash
             status = type(e).__name__
         if due >= measured_from:
@@ -116,7 +131,10 @@ async def open_loop(client, make, rate: float, warmup_s: float, duration_s: floa
         if delay > 0:
             await asyncio.sleep(delay)
         tasks.append(asyncio.create_task(fire(i, due)))
-    await asyncio.gather(*tasks)
+    _, pending = await asyncio.wait(tasks, timeout=GRACE_S)
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
     return samples
 
 
@@ -171,17 +189,19 @@ def summarize(samples: list[Sample], rate: float, duration_s: float, ok: tuple[i
             errors[str(s.status)] = errors.get(str(s.status), 0) + 1
     first = min(s.due for s in samples)
     last = max(s.done for s in samples)
-    latency = [(s.done - s.due) * 1000 for s in good]
+    # every request counts: a failure at the time it failed, an unfinished one at the time it was given up
+    latency = [(s.done - s.due) * 1000 for s in samples]
     # p99 per 5 s window of scheduled time: a queue that keeps growing shows as a rising series
     windows = []
     for w in range(math.ceil(duration_s / 5)):
-        inside = [(s.done - s.due) * 1000 for s in good if first + 5 * w <= s.due < first + 5 * (w + 1)]
+        inside = [(s.done - s.due) * 1000 for s in samples if first + 5 * w <= s.due < first + 5 * (w + 1)]
         windows.append(percentiles(inside).get("p99"))
     return {
         "target_rate": rate, "duration_s": duration_s, "requests": len(samples), "ok": len(good),
         "errors": sum(errors.values()), "error_kinds": errors,
-        "achieved_rate": round(len(good) / (last - first), 1),
+        "achieved_rate": round(len(good) / max(last - first, 1e-9), 1),
         "latency_ms": percentiles(latency),
+        "latency_ok_ms": percentiles([(s.done - s.due) * 1000 for s in good]),
         "send_lag_ms": percentiles([(s.sent - s.due) * 1000 for s in samples]),
         "p99_ms_per_5s": windows,
     }
@@ -459,14 +479,15 @@ async def load_phase(dep: Deployment, name: str, key: str, make, rate: float, wa
                      ok: tuple[int, ...], on_response=None, unloaded: int = 50, profile: bool = True) -> dict:
     import httpx
 
-    limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
+    limits = httpx.Limits(max_connections=CONNECTIONS, max_keepalive_connections=CONNECTIONS)
     headers = {"Authorization": f"Bearer {key}"}
     async with httpx.AsyncClient(base_url=dep.base_url, headers=headers, limits=limits, timeout=30) as client:
         waited = await settle(client)
         idle = await sequential(client, make, unloaded) if unloaded else []
         meter = CpuMeter(dep.server.pid, dep.worker.pid if dep.worker else None)
         before = meter.snapshot()
-        samples = await open_loop(client, make, rate, warmup_s, duration_s, on_response)
+        answered = [0]
+        samples = await open_loop(client, make, rate, warmup_s, duration_s, on_response, answered)
         after = meter.snapshot()
         if profile and dep.args.py_spy:  # a separate pass at the same rate after the measured one: py-spy costs CPU too
             seconds = int(dep.args.profile_s)
@@ -480,7 +501,7 @@ async def load_phase(dep: Deployment, name: str, key: str, make, rate: float, wa
         result["waited_for_recovery_s"] = waited
     if profile:
         result["server_profile"] = profile
-    result["cpu"] = CpuMeter.usage(before, after, requests=round(rate * (warmup_s + duration_s)))
+    result["cpu"] = CpuMeter.usage(before, after, requests=answered[0])  # warm-up included, as in the CPU window
     lat = result["latency_ms"]
     print(f"  {name}: {result['ok']}/{result['requests']} ok at {result['achieved_rate']}/s, p50 {lat.get('p50')} "
           f"p99 {lat.get('p99')} max {lat.get('max')} ms; server {result['cpu'].get('server_pct')}% of a core, "
@@ -938,6 +959,7 @@ def markdown(data: dict) -> str:
             engine = r.get("engine_s", r.get("breakdown_s", {}).get("engine"))
             lines.append(f"| {r['rep']} | {r['mode']} | {wall:.2f} | {engine:.2f} | {r['search_wall_s']:.2f} | "
                          f"{r['retrain_wall_s']:.2f} | {r['metric']:.4f} |")
+    lines += ["", "## Reading", ""] + [f"- {line}" for line in reading(data)]
     lines += ["", "## Targets", ""]
     for name, t in data["targets"].items():
         lines.append(f"- {name}: {t['value']} (target {t['target']}) — {'met' if t['met'] else 'MISSED'}")
@@ -950,6 +972,52 @@ def markdown(data: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def reading(data: dict) -> list[str]:
+    """What the numbers say, in sentences computed from them."""
+    out = []
+    names = {"post_jobs": "POST /v1/jobs", "get_job": "GET /v1/jobs/{id}", "list_first_page": "list, first page",
+             "list_deep_page": "list, deep cursor", "list_status_failed": "list, status=failed"}
+    for key, name in names.items():
+        r = data["endpoints"].get(key)
+        if not r or not r["latency_ms"]:
+            continue
+        lat, cpu = r["latency_ms"], r["cpu"]
+        others = "; ".join(f"at {o['target_rate']:g}/s p50 {o['latency_ms'].get('p50')} ms, p99 "
+                           f"{o['latency_ms'].get('p99')} ms" for o in r.get("other_rates", []))
+        others = f" For comparison, {others}." if others else ""
+        if r["achieved_rate"] < 0.95 * r["target_rate"]:
+            out.append(
+                f"{name}: saturated. The API answered {r['achieved_rate']:g} req/s of the {r['target_rate']:g} asked, "
+                f"its process at {cpu.get('server_pct')}% of one core ({cpu.get('server_ms_per_request')} ms of CPU "
+                f"per request; one uvicorn process runs Python on one core at a time), so the queue grew for the "
+                f"whole phase: p99 per 5 s {r['p99_ms_per_5s']} ms.{others}")
+        else:
+            out.append(
+                f"{name}: kept up ({r['achieved_rate']:g} req/s, API process at {cpu.get('server_pct')}% of a core, "
+                f"{cpu.get('server_ms_per_request')} ms of CPU per request); p50 {lat['p50']} ms against "
+                f"{r['unloaded_ms'].get('p50')} ms unloaded, p99 {lat['p99']} ms, max {lat['max']} ms; p99 per 5 s "
+                f"{r['p99_ms_per_5s']} ms.{others}")
+    b = data["endpoints"].get("burst")
+    if b:
+        ok = b["statuses"].get("200", 0)
+        out.append(f"Burst: {ok} of {b['size']} simultaneous GETs answered 200 ({b['statuses']}); "
+                   + ("the API stalled until the connection pool's 30 s checkout timeout (see Method)."
+                      if ok < b["size"] else f"max {b['latency_ms'].get('max')} ms."))
+    o = data.get("overhead")
+    if o:
+        k = o["service_breakdown_s"]
+        out.append(
+            f"Overhead: the job took {o['service_s']['mean']:.2f} s through the service against "
+            f"{o['direct_process_s']['mean']:.2f} s for a fresh process calling the engine "
+            f"({o['overhead_pct_vs_process']:+.2f} %) and {o['direct_engine_s']['mean']:.2f} s for the call alone "
+            f"({o['overhead_pct_vs_engine_call']:+.2f} %). In the worker the engine ran {k['engine']:.2f} s with its "
+            f"progress, event, round and checkpoint writes; before it, the job's fresh Celery child imported torch "
+            f"and the engine for {k['claimed_to_engine']:.2f} s (the direct process spends {o['direct_import_s']:.2f} s "
+            f"starting and importing); submit to claim {k['created_to_claimed']:.3f} s, archive and final write "
+            f"{k['done_to_finished']:.3f} s, the client's poll {k['finished_to_seen']:.3f} s.")
+    return out
+
+
 NOTES = [
     "The API is `peftsearch serve` in its own process (one uvicorn process, FastAPI's sync routes on its thread "
     "pool, the reaper thread, INFO access logs) exactly as the compose `api` service runs it, with DATABASE_URL "
@@ -957,10 +1025,12 @@ NOTES = [
     "number and queue). So POST /v1/jobs does all of its production work: authenticate, idempotency lookup, "
     "dataset lookup, SearchSpec validation, insert job + event, commit, publish to Redis, stamp enqueued_at, "
     "commit. No worker consumes the queue during the load phases; it is deleted before the worker starts.",
-    "Load: one asyncio + httpx process (this one), separate from the server, keep-alive connections (up to 256). "
+    "Load: one asyncio + httpx process (this one), separate from the server, up to 64 keep-alive connections. "
     "Requests are scheduled on a clock at the target rate whatever the responses do (open loop); latency is "
-    "from the scheduled send time, so a stalled server or a late client both show. Each phase has a warm-up "
-    "whose samples are dropped; `send lag` in the JSON is how late the client started requests.",
+    "from the scheduled send time, so a stalled server, a request waiting for a free connection and a late "
+    "client all show. Percentiles cover every request: an error at the time it failed, a request unanswered "
+    "35 s after the last send at that time (a lower bound); `latency_ok_ms` in the JSON has the successes only. "
+    "Each phase has a warm-up whose samples are dropped; `send_lag_ms` is how late the client started requests.",
     "CPU columns: share of one core during the phase, per process group (/proc via psutil); `other` is the rest "
     "of the machine's busy time (other users of the 2 cores); `unloaded p50` is 50 requests one at a time.",
     "List: the jobs are seeded for a second owner so that its list holds exactly the seeded jobs; the deep "
@@ -1006,12 +1076,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--py-spy", default=shutil.which("py-spy"),
                         help="py-spy executable: profile the server in a pass after each load phase (default: on PATH)")
     parser.add_argument("--profile-s", type=float, default=6.0)
+    parser.add_argument("--report-only", action="store_true", help="rebuild service.md from service.json")
     parser.add_argument("--keep-logs", action="store_true", help="keep the server and worker logs (path printed)")
     args = parser.parse_args(argv)
     if args.child:
         print(json.dumps(child_main(json.loads(args.child))))
         return 0
-    command = "python -m bench.service " + shlex.join(argv if argv is not None else sys.argv[1:])
+    if args.report_only:
+        data = json.loads((args.results / "service.json").read_text())
+        (args.results / "service.md").write_text(markdown(data))
+        return 0
+    command = " ".join(["python -m bench.service", shlex.join(argv if argv is not None else sys.argv[1:])]).strip()
     phases = set(args.phases.split(","))
     if "get" in phases:
         phases.add("post")
