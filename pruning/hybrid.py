@@ -23,7 +23,15 @@ PRUNEPEFT_ASSIGNMENT: dict[str, list[list[str]]] = {
     "adapter": [["activation", "weight", "taylor", "zeros"], ["taylor", "weight"], ["weight", "taylor"], ["taylor"]],
     "prefix": [["importance_ratio", "taylor"]] * 4,
 }
-DEFAULT_ASSIGNMENT = PRUNEPEFT_ASSIGNMENT
+# Ours: the same table without the two criteria that carry no information in a low-fidelity search. Adam moves
+# every weight by about the learning rate per step, so after a few steps no LoRA or adapter weight is exactly 0
+# or below 1e-6: "zeros" and "threshold" score every unit 1.0, and a partition judged by them alone is pruned by
+# tie-breaking. They are replaced by the first-order Taylor score and Light-PEFT's importance ratio.
+DEFAULT_ASSIGNMENT: dict[str, list[list[str]]] = {
+    "lora": [["activation", "taylor"], ["taylor"], ["importance_ratio"], ["gradient"]],
+    "adapter": [["activation", "weight", "taylor"], ["taylor", "weight"], ["weight", "taylor"], ["taylor"]],
+    "prefix": [["importance_ratio", "taylor"]] * 4,
+}
 FALLBACK_CRITERION = "taylor"  # the first-order loss change: meaningful for any module type and depth
 
 Partition = tuple[str, int]  # (module type, depth block)

@@ -8,6 +8,7 @@ import pytest
 
 from pruning.hybrid import (
     DEFAULT_ASSIGNMENT,
+    PRUNEPEFT_ASSIGNMENT,
     assign_from_ablation,
     block_of,
     criteria_used,
@@ -64,9 +65,31 @@ def test_uniform_assignment_and_criteria_used():
     table = uniform_assignment("taylor", ("lora", "prefix"), 3)
     assert table == {"lora": [["taylor"]] * 3, "prefix": [["taylor"]] * 3}
     assert criteria_used(table) == {"taylor"}
-    assert criteria_used(DEFAULT_ASSIGNMENT) == {"activation", "threshold", "zeros", "gradient", "weight", "taylor",
-                                                 "importance_ratio"}
-    assert all(len(per_block) == 4 for per_block in DEFAULT_ASSIGNMENT.values())
+    assert criteria_used(PRUNEPEFT_ASSIGNMENT) == {"activation", "threshold", "zeros", "gradient", "weight",
+                                                   "taylor", "importance_ratio"}
+    # ours drops the two criteria that are constant after a few Adam steps
+    assert criteria_used(DEFAULT_ASSIGNMENT) == {"activation", "gradient", "weight", "taylor", "importance_ratio"}
+    assert all(len(per_block) == 4 for table in (DEFAULT_ASSIGNMENT, PRUNEPEFT_ASSIGNMENT)
+               for per_block in table.values())
+
+
+def test_zeros_and_threshold_are_constant_after_a_few_adam_steps():
+    """Why the default leaves them out: every unit scores exactly 1.0 on both."""
+    import torch
+
+    from pruning.criteria import CRITERIA, Signals
+
+    torch.manual_seed(0)
+    a, b = torch.nn.Parameter(torch.randn(8, 64) * 0.01), torch.nn.Parameter(torch.zeros(64, 8))  # LoRA A, B
+    optimizer = torch.optim.AdamW([a, b], lr=1e-3)
+    for _ in range(3):
+        optimizer.zero_grad()
+        x, target = torch.randn(4, 64), torch.randn(4, 64)
+        (x @ a.T @ b.T - target).pow(2).sum().backward()
+        optimizer.step()
+    signals = Signals(weights=[a.detach(), b.detach()])
+    assert CRITERIA["zeros"].measure(signals) == 1.0
+    assert CRITERIA["threshold"].measure(signals) == 1.0
 
 
 def softmax_times_n(z: list[float]) -> list[float]:

@@ -73,8 +73,7 @@ def test_removed_units_carry_their_scores(searched):
         for unit in record.removed:
             assert unit.score > 0
             # the raw score of every criterion the default assignment uses
-            assert set(unit.scores) == {"activation", "gradient", "importance_ratio", "taylor", "threshold",
-                                        "weight", "zeros"}
+            assert set(unit.scores) == {"activation", "gradient", "importance_ratio", "taylor", "weight"}
 
 
 def test_pruned_layers_are_the_layers_without_units(searched):
