@@ -9,6 +9,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,8 +78,24 @@ class Store:
             f.write(json.dumps(row) + "\n")
 
 
+PAUSE = Path(__file__).parent / "results" / "PAUSE"
+
+
+def wait_while_paused() -> None:
+    """While results/PAUSE exists, start no new run: wall times mean something only on an otherwise idle machine,
+    so other heavy work (a test suite, the service benchmark) can wait for a run to end, create the file, do its
+    work and remove it."""
+    announced = False
+    while PAUSE.exists():
+        if not announced:
+            print(f"paused while {PAUSE} exists", file=sys.stderr, flush=True)
+            announced = True
+        time.sleep(5)
+
+
 def run_child(module: str, args: dict) -> dict:
     """Run `python -m <module> --child '<json args>'` and return the JSON it prints last."""
+    wait_while_paused()
     proc = subprocess.run([sys.executable, "-m", module, "--child", json.dumps(args)], capture_output=True,
                           text=True, env={**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
     if proc.returncode != 0:
