@@ -274,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(run_method(job["method"], job["task"], job["seed"], job["data_dir"], job["model"],
                                         job["out"])))
         return 0
-    command = "python -m bench.speed " + shlex.join(argv if argv is not None else sys.argv[1:])
+    command = "python -m bench.speed " + shlex.join(a for a in (argv if argv is not None else sys.argv[1:]) if a != "--report-only")
     store = Store(args.results / "speed.jsonl")
     if not args.report_only:
         for seed in [int(s) for s in args.seeds.split(",")]:
