@@ -99,13 +99,14 @@ def architecture_of(model: nn.Module) -> ArchitectureMap:
     return ARCHITECTURES[model_type]
 
 
-def get_module(root: nn.Module, path: str) -> nn.Module:
-    return root.get_submodule(path)
+def base_layer(module: nn.Module) -> nn.Module:
+    """The frozen projection itself, under a peft LoRA wrapper if there is one."""
+    return module.get_base_layer() if hasattr(module, "get_base_layer") else module
 
 
-def set_module(root: nn.Module, path: str, module: nn.Module) -> None:
-    parent, _, name = path.rpartition(".")
-    setattr(root.get_submodule(parent) if parent else root, name, module)
+def projection(model: nn.Module, arch: ArchitectureMap, layer: int, role_path: str) -> nn.Module:
+    """The (unwrapped) projection at `role_path` (e.g. arch.q) of `layer`."""
+    return base_layer(model.get_submodule(f"{arch.layers}.{layer}.{role_path}"))
 
 
 def layers_of(model: nn.Module, arch: ArchitectureMap) -> nn.ModuleList:

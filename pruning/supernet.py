@@ -14,6 +14,7 @@ from .arch import (
     head_parameters,
     layer_parameter_count,
     layers_of,
+    projection,
 )
 from .backbone import BackboneMasks, apply_backbone_record, prune_layer
 from .modules import UNIT_TYPES, Unit, inject_lora, unit_key
@@ -94,6 +95,7 @@ class Supernet(nn.Module):
         weights; prefixes follow their layer's heads; the masks are then dropped. Returns the record."""
         layers_before = layer_parameter_count(self.model, self.arch)
         backbone_before = backbone_parameter_count(self.model, self.arch)
+        pruned_heads = {layer for layer in range(self.num_layers) if len(heads[layer]) != self._query_heads(layer)}
         for layer in range(self.num_layers):
             head_scale = neuron_scale = None
             if self.masks is not None:
@@ -103,7 +105,7 @@ class Supernet(nn.Module):
                 self.backbone_scales[f"backbone.neuron_scale.{layer}"] = neuron_scale
             prune_layer(self.model, self.arch, layer, heads[layer], neurons[layer], head_scale, neuron_scale)
         for unit in list(self.units.values()):
-            if unit.kind == "prefix":
+            if unit.kind == "prefix" and unit.layer in pruned_heads:
                 unit.keep_heads(heads[unit.layer])
         self.masks = None
         self.remove([u.key for u in self.units.values() if u.num_params() == 0])  # prefixes of headless layers
@@ -117,6 +119,9 @@ class Supernet(nn.Module):
             "backbone_params_after": backbone_parameter_count(self.model, self.arch),
         }
         return self.backbone_record
+
+    def _query_heads(self, layer: int) -> int:
+        return projection(self.model, self.arch, layer, self.arch.q).out_features // self.arch.head_dim(self.model.config)
 
     def prune_ranks(self, kept: dict[tuple[str, str], list[int]]) -> None:
         for (key, role), ranks in kept.items():

@@ -8,6 +8,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..arch import base_layer
+
 
 class BackboneMasks(nn.Module):
     def __init__(self, model: nn.Module, arch):
@@ -15,9 +17,10 @@ class BackboneMasks(nn.Module):
         layers = model.get_submodule(arch.layers)
         self.head_dim = arch.head_dim(model.config)
         self.heads = nn.ParameterList(
-            [nn.Parameter(torch.ones(_in_features(layer.get_submodule(arch.o)) // self.head_dim)) for layer in layers])
+            [nn.Parameter(torch.ones(base_layer(layer.get_submodule(arch.o)).in_features // self.head_dim))
+             for layer in layers])
         self.neurons = nn.ParameterList(
-            [nn.Parameter(torch.ones(_in_features(layer.get_submodule(arch.ffn_out)))) for layer in layers])
+            [nn.Parameter(torch.ones(base_layer(layer.get_submodule(arch.ffn_out)).in_features)) for layer in layers])
         # First-order Taylor importance |m * dL/dm| of every mask, accumulated per step (a tracker's interface)
         self._taylor = [torch.zeros_like(m, requires_grad=False) for m in [*self.heads, *self.neurons]]
         self._steps = 0
@@ -63,8 +66,3 @@ class BackboneMasks(nn.Module):
             raise ValueError(f"unknown mask score {kind!r}")
         values = [v.float().cpu() for v in values]
         return values[: len(self.heads)], values[len(self.heads):]
-
-
-def _in_features(linear: nn.Module) -> int:
-    base = linear.get_base_layer() if hasattr(linear, "get_base_layer") else linear
-    return base.in_features

@@ -15,9 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-
-def _base(module: nn.Module) -> nn.Linear:
-    return module.get_base_layer() if hasattr(module, "get_base_layer") else module
+from ..arch import projection
 
 
 def _sliced_linear(linear: nn.Linear, out_index=None, in_index=None, in_scale=None) -> nn.Linear:
@@ -84,32 +82,41 @@ def prune_layer(model: nn.Module, arch, layer: int, heads: list[int], neurons: l
                 head_scale: torch.Tensor | None = None, neuron_scale: torch.Tensor | None = None) -> None:
     """Keep `heads` and `neurons` of `layer`, folding their scales into the output projections."""
     prefix = f"{arch.layers}.{layer}."
-    device = _base(model.get_submodule(prefix + arch.o)).weight.device
+    device = projection(model, arch, layer, arch.o).weight.device
     head_dim = arch.head_dim(model.config)
+    heads_now = projection(model, arch, layer, arch.q).out_features // head_dim
     head_index = torch.tensor(heads, dtype=torch.long, device=device)
     rows = (head_index[:, None] * head_dim + torch.arange(head_dim, device=device)[None, :]).flatten()
     column_scale = None if head_scale is None else head_scale.to(device).repeat_interleave(head_dim)
-    for role in ("q", "k", "v"):
-        slice_outputs(model, prefix + getattr(arch, role), rows)
-    slice_inputs(model, prefix + arch.o, rows, column_scale)
-    attention = model.get_submodule(prefix + arch.attention)
-    if not heads:
-        if arch.attention_includes_o:
-            o_name = arch.o.removeprefix(arch.attention + ".")
-            replacement = NoHeads(o_name, model.get_submodule(prefix + arch.o))
-        else:
-            replacement = NoHeads()
-        model.set_submodule(prefix + arch.attention, replacement)
-    else:
-        for attr in ("num_attention_heads", "num_heads"):
-            if hasattr(attention, attr):
-                setattr(attention, attr, len(heads))
-        if hasattr(attention, "all_head_size"):
-            attention.all_head_size = len(heads) * head_dim
+    if len(heads) != heads_now:
+        if arch.num_kv_heads(model.config) != arch.num_heads(model.config):
+            raise NotImplementedError(
+                f"removing attention heads of a grouped-query attention model ({arch.name}: "
+                f"{arch.num_heads(model.config)} query heads share {arch.num_kv_heads(model.config)} key/value "
+                "heads) is not supported; set backbone.head_ratio to 0 to prune FFN neurons only")
+        for role in ("q", "k", "v"):
+            slice_outputs(model, prefix + getattr(arch, role), rows)
+        _set_head_count(model, arch, prefix, len(heads), head_dim)
+    slice_inputs(model, prefix + arch.o, rows, column_scale)  # all heads kept: this only folds their scales
     neuron_index = torch.tensor(neurons, dtype=torch.long, device=device)
     for path in arch.ffn_in:
         slice_outputs(model, prefix + path, neuron_index)
     slice_inputs(model, prefix + arch.ffn_out, neuron_index, neuron_scale)
+
+
+def _set_head_count(model: nn.Module, arch, prefix: str, heads: int, head_dim: int) -> None:
+    """Tell the attention module its new head count; with none left, swap it for NoHeads."""
+    if heads == 0:
+        o_name = arch.o.removeprefix(arch.attention + ".") if arch.attention_includes_o else None
+        o_proj = model.get_submodule(prefix + arch.o) if o_name else None
+        model.set_submodule(prefix + arch.attention, NoHeads(o_name, o_proj))
+        return
+    attention = model.get_submodule(prefix + arch.attention)
+    for attr in ("num_attention_heads", "num_heads"):
+        if hasattr(attention, attr):
+            setattr(attention, attr, heads)
+    if hasattr(attention, "all_head_size"):
+        attention.all_head_size = heads * head_dim
 
 
 def apply_backbone_record(model: nn.Module, record: dict, scales: dict[str, torch.Tensor] | None = None) -> None:

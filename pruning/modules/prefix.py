@@ -12,6 +12,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 from transformers.modeling_utils import AttentionInterface
 
+from ..arch import projection
 from .base import Unit
 
 ATTENTION = "peftsearch"
@@ -30,7 +31,7 @@ class PrefixUnit(Unit):
     @classmethod
     def build(cls, model, arch, layer: int, spec) -> PrefixUnit:
         # Heads counted on the layer's key projection, not the config: a pruned layer has fewer.
-        key_proj, value_proj = (_base(model.get_submodule(f"{arch.layers}.{layer}.{p}")) for p in (arch.k, arch.v))
+        key_proj, value_proj = projection(model, arch, layer, arch.k), projection(model, arch, layer, arch.v)
         head_dim = arch.head_dim(model.config)
         unit = cls(layer, key_proj.out_features // head_dim, head_dim, spec.prefix.length)
         unit.init_from_vocabulary(model.get_input_embeddings().weight, key_proj, value_proj)
@@ -68,10 +69,6 @@ class PrefixUnit(Unit):
 
     def describe(self) -> dict:
         return {"length": self.keys.shape[1], "heads": self.keys.shape[0]}
-
-
-def _base(module: nn.Module) -> nn.Module:
-    return module.get_base_layer() if hasattr(module, "get_base_layer") else module
 
 
 def attention_with_prefix(module, query, key, value, attention_mask, **kwargs):
