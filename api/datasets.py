@@ -8,11 +8,11 @@ from fastapi import APIRouter, File, Form, Query, UploadFile
 
 from store.datasets import create_dataset, list_datasets
 
-from .deps import Config, Db, Owner
+from .deps import Config, CurrentCaller
 from .errors import documented, error_response
 from .schemas import DatasetOut, Page
 
-router = APIRouter(prefix="/v1/datasets", tags=["datasets"], responses=documented(401, 413, 422))
+router = APIRouter(prefix="/v1/datasets", tags=["datasets"], responses=documented(401, 413, 422, 503))
 MULTIPART_OVERHEAD = 64 * 1024  # form fields and part headers around the two files
 
 
@@ -34,8 +34,7 @@ class UploadLimit:
 
 @router.post("", status_code=201, response_model=DatasetOut, summary="Upload a dataset (train + dev files)")
 def upload_dataset(
-    owner: Owner,
-    session: Db,
+    caller: CurrentCaller,
     settings: Config,
     train: Annotated[UploadFile, File(description="Training examples: .csv, .tsv or .jsonl.")],
     dev: Annotated[UploadFile, File(description="Dev examples (the search is scored on them), same format.")],
@@ -48,16 +47,18 @@ def upload_dataset(
 ) -> DatasetOut:
     columns = {"text_column": text_column, "text_pair_column": text_pair_column or None,
                "label_column": label_column, "problem": problem}
-    dataset = create_dataset(session, settings.datasets, owner=owner, name=name, fmt=format, columns=columns,
-                             files={"train": (train.filename or "train", train.file),
-                                    "dev": (dev.filename or "dev", dev.file)},
-                             max_bytes=settings.max_upload_bytes)
-    session.commit()
+    with caller.session() as session:  # the files are checked before the first query takes a connection
+        dataset = create_dataset(session, settings.datasets, owner=caller.owner, name=name, fmt=format,
+                                 columns=columns, files={"train": (train.filename or "train", train.file),
+                                                         "dev": (dev.filename or "dev", dev.file)},
+                                 max_bytes=settings.max_upload_bytes)
+        session.commit()
     return DatasetOut.of(dataset)
 
 
 @router.get("", response_model=Page[DatasetOut], summary="List your datasets, newest first")
-def get_datasets(owner: Owner, session: Db, after: str | None = None,
+def get_datasets(caller: CurrentCaller, after: str | None = None,
                  limit: Annotated[int, Query(ge=1, le=100)] = 20) -> Page[DatasetOut]:
-    rows = list_datasets(session, owner, after=after, limit=limit + 1)
+    with caller.session() as session:
+        rows = list_datasets(session, caller.owner, after=after, limit=limit + 1)
     return Page[DatasetOut].of(rows, limit, DatasetOut.of)

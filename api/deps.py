@@ -1,43 +1,66 @@
-"""What routes receive by injection: the settings, a database session, and the caller's identity."""
+"""What routes receive by injection: the settings, a source of database sessions, and the caller (the owner of the
+bearer key, with that source).
+
+None of these runs in a thread or holds a connection: the owner of a key comes from an in-process cache (a query,
+in a thread, on a miss), and a sync route opens its session itself, `with caller.session() as session:`, in the
+one thread it runs in. So a request holds a pooled connection only while it queries, never while it waits for a
+thread: a burst of requests used to take every connection and then wait for a thread that waited for a connection.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
-from store.keys import owner_of
+from store.keys import cached_owner, owner_of
 from store.settings import Settings
 
 from .errors import ApiError
 
 bearer = HTTPBearer(auto_error=False, description="An API key made with `peftsearch keys create`.")
+SessionSource = Callable[[], AbstractContextManager[Session]]
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_session(request: Request) -> Iterator[Session]:
-    with request.app.state.sessions() as session:
-        yield session
+async def get_sessions(request: Request) -> SessionSource:
+    return request.app.state.sessions
 
 
-def current_owner(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
-                  session: Annotated[Session, Depends(get_session)]) -> str:
-    """Each key belongs to an owner; everything a route touches is scoped to that owner."""
+@dataclass(frozen=True)
+class Caller:
+    owner: str  # everything a route touches is scoped to it
+    session: SessionSource  # `with caller.session() as session:` one unit of work
+
+
+async def current_caller(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+                         sessions: Annotated[SessionSource, Depends(get_sessions)],
+                         settings: Annotated[Settings, Depends(get_settings)]) -> Caller:
+    """Each key belongs to an owner."""
     challenge = {"WWW-Authenticate": "Bearer"}
     if credentials is None:
         raise ApiError(401, "send an API key: 'Authorization: Bearer <key>'", headers=challenge)
-    owner = owner_of(session, credentials.credentials)
+    key = credentials.credentials
+    owner = cached_owner(key, settings.key_cache_s) or await run_in_threadpool(_look_up_owner, sessions, key)
     if owner is None:
         raise ApiError(401, "unknown or revoked API key", headers=challenge)
-    return owner
+    return Caller(owner, sessions)
 
 
-Owner = Annotated[str, Depends(current_owner)]
-Db = Annotated[Session, Depends(get_session)]
+def _look_up_owner(sessions: SessionSource, key: str) -> str | None:
+    with sessions() as session:
+        return owner_of(session, key)
+
+
+CurrentCaller = Annotated[Caller, Depends(current_caller)]
+Sessions = Annotated[SessionSource, Depends(get_sessions)]
 Config = Annotated[Settings, Depends(get_settings)]

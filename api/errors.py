@@ -7,6 +7,7 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException
 
 from pruning.spec import SpecError
@@ -21,7 +22,8 @@ CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method
 
 DESCRIPTIONS = {401: "Missing, unknown or revoked API key.", 404: "No such resource for this key.",
                 409: "Conflicts with the resource's state.", 413: "Upload too large.",
-                422: "Invalid request: `param` names the field.", 503: "Not ready."}
+                422: "Invalid request: `param` names the field.",
+                503: "Not ready, or `overloaded`: retry after the Retry-After header's seconds."}
 
 
 def documented(*statuses: int) -> dict:
@@ -44,6 +46,12 @@ def error_response(status: int, code: str, message: str, param: str | None = Non
     return JSONResponse({"error": {"code": code, "message": message, "param": param}}, status, headers=headers)
 
 
+def overloaded() -> JSONResponse:
+    """No capacity for this request now (the admission queue, or the database pool): fail fast, say when to retry."""
+    return error_response(503, "overloaded", "the server is busy; retry after the Retry-After header's seconds",
+                          headers={"Retry-After": "1"})
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def api_error(_: Request, e: ApiError):
@@ -64,6 +72,11 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(NotCancellable)
     async def not_cancellable(_: Request, e: NotCancellable):
         return error_response(409, "not_cancellable", str(e))
+
+    @app.exception_handler(PoolTimeout)
+    async def pool_timeout(_: Request, e: PoolTimeout):
+        log.warning("no database connection in time: %s", e)
+        return overloaded()
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_: Request, e: RequestValidationError):

@@ -10,16 +10,16 @@ from sqlalchemy import text
 
 from store.db import schema_is_current
 
-from .deps import Config, Db, Owner
+from .deps import Config, CurrentCaller, Sessions
 from .errors import ApiError, documented
 from .schemas import Health, ModelOut, Page, Readiness
 
 router = APIRouter()
 
 
-@router.get("/v1/models", response_model=Page[ModelOut], tags=["models"], responses=documented(401, 422),
+@router.get("/v1/models", response_model=Page[ModelOut], tags=["models"], responses=documented(401, 422, 503),
             summary="Base models you can search on")
-def list_models(_: Owner, settings: Config) -> Page[ModelOut]:
+def list_models(_: CurrentCaller, settings: Config) -> Page[ModelOut]:
     return Page[ModelOut](data=[describe_model(name, path) for name, path in sorted(settings.model_paths.items())])
 
 
@@ -39,13 +39,14 @@ def healthz() -> Health:
 
 @router.get("/readyz", response_model=Readiness, tags=["health"], responses=documented(503),
             summary="The database is reachable and migrated, and the broker answers")
-def readyz(session: Db, settings: Config) -> Readiness:
-    try:
-        session.execute(text("SELECT 1"))
-    except Exception as e:
-        raise ApiError(503, f"database unreachable: {type(e).__name__}") from e
-    if not schema_is_current(session):
-        raise ApiError(503, "database schema is not at the newest migration: run `alembic upgrade head`")
+def readyz(sessions: Sessions, settings: Config) -> Readiness:
+    with sessions() as session:
+        try:
+            session.execute(text("SELECT 1"))
+        except Exception as e:
+            raise ApiError(503, f"database unreachable: {type(e).__name__}") from e
+        if not schema_is_current(session):
+            raise ApiError(503, "database schema is not at the newest migration: run `alembic upgrade head`")
     if settings.embedded:
         return Readiness(database="ok", broker="embedded")
     from worker.queue import broker_reachable

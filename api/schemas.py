@@ -124,6 +124,36 @@ class JobOut(BaseModel):
                    artifact=artifact)
 
 
+class JobSummary(BaseModel):
+    """A job in a list: status, progress and outcome at a glance. GET /v1/jobs/{id} has the whole job (search
+    overrides, progress, result, error, artifact)."""
+
+    model_config = ConfigDict(protected_namespaces=())
+
+    id: str
+    status: Status
+    model: str
+    dataset_id: str
+    budget: str | int
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    updated_at: datetime
+    phase: str | None = Field(description="The progress phase: load, warmup, search, retrain, evaluate, export or "
+                                          "done; null before the job starts.")
+    round: int | None = Field(description="The search round under way (of `rounds`).")
+    rounds: int | None
+    metric_name: str | None = Field(description="The primary dev metric, once the job has succeeded.")
+    metric: float | None
+    trainable_params: int | None = Field(description="Of the chosen configuration, once the job has succeeded.")
+    has_artifact: bool = Field(description="The pruned adapter can be downloaded from /v1/jobs/{id}/artifact.")
+
+    @classmethod
+    def of(cls, row: Any) -> JobSummary:
+        """From a row of store.jobs.list_jobs."""
+        return cls(**row._mapping)
+
+
 class EventOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 

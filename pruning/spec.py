@@ -8,6 +8,7 @@ bad values with a `SpecError` that names the field.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -334,6 +335,7 @@ def _join(at: str, name: str) -> str:
     return f"{at}.{name}" if at else name
 
 
+@functools.cache  # resolving a class's annotations is costly, and a spec class's never change (read-only result)
 def _resolved_hints(cls: type) -> dict[str, Any]:
     import typing
 

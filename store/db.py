@@ -11,6 +11,10 @@ from sqlalchemy.orm import Session, sessionmaker
 import migrations
 
 MIGRATIONS_DIR = Path(migrations.__file__).parent
+# An API process serves at most Settings.max_concurrency (default POOL_SIZE) requests at once, each holding one
+# connection only while it queries; the overflow is for the reaper and the embedded worker. A request that cannot
+# get a connection within POOL_TIMEOUT_S fails with a 503 instead of queueing behind a stuck database.
+POOL_SIZE, MAX_OVERFLOW, POOL_TIMEOUT_S = 20, 5, 5.0
 
 
 def _make_sqlite_folder(url: str) -> None:
@@ -25,7 +29,8 @@ def get_engine(url: str) -> Engine:
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    return create_engine(url, pool_pre_ping=True, pool_size=POOL_SIZE, max_overflow=MAX_OVERFLOW,
+                         pool_timeout=POOL_TIMEOUT_S)
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:

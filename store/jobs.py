@@ -13,9 +13,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import Row, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, defer
+from sqlalchemy.orm.attributes import set_committed_value
 
 from pruning.spec import SpecError
 
@@ -83,28 +84,43 @@ def create_job(session: Session, *, owner: str, request: dict[str, Any], request
                idempotency_key: str | None, spec: dict[str, Any], dataset_id: str) -> Job:
     job = Job(id=new_id("job"), owner=owner, status=QUEUED, request=request, request_hash=request_hash,
               idempotency_key=idempotency_key, spec=spec, dataset_id=dataset_id)
+    set_committed_value(job, "artifact", None)  # a new job has none: reading it must not cost a query
     session.add(job)
-    session.flush()
     add_event(session, job.id, "status", QUEUED)
+    session.flush()  # here, so that a duplicate idempotency key raises inside submit's try
     return job
 
 
 def get_job(session: Session, owner: str, job_id: str) -> Job | None:
-    return session.scalar(select(Job).where(Job.id == job_id, Job.owner == owner))
+    """The job with its artifact, without the resolved spec (only the worker reads that)."""
+    return session.scalar(select(Job).options(defer(Job.spec)).where(Job.id == job_id, Job.owner == owner))
 
 
 def job_by_idempotency_key(session: Session, owner: str, key: str) -> Job | None:
     return session.scalar(select(Job).where(Job.owner == owner, Job.idempotency_key == key))
 
 
-def list_jobs(session: Session, owner: str, *, status: str | None, after: str | None, limit: int) -> list[Job]:
-    """Newest first; `after` is the last id of the previous page."""
-    query = select(Job).where(Job.owner == owner)
+# What a list of jobs shows: plain columns, a few fields the database reads out of the JSON documents (so the
+# documents themselves, kilobytes per job, are neither sent nor decoded), and whether an artifact exists.
+SUMMARY = (
+    Job.id, Job.status, Job.request["model"].as_string().label("model"), Job.dataset_id,
+    Job.request["budget"].label("budget"), Job.created_at, Job.started_at, Job.finished_at, Job.updated_at,
+    Job.progress["phase"].as_string().label("phase"), Job.progress["round"].as_integer().label("round"),
+    Job.progress["rounds"].as_integer().label("rounds"),
+    Job.result["metric_name"].as_string().label("metric_name"), Job.result["metric"].as_float().label("metric"),
+    Job.result["trainable_params"].as_integer().label("trainable_params"),
+    Artifact.id.is_not(None).label("has_artifact"),
+)
+
+
+def list_jobs(session: Session, owner: str, *, status: str | None, after: str | None, limit: int) -> list[Row]:
+    """Summaries (SUMMARY's fields), newest first; `after` is the last id of the previous page."""
+    query = select(*SUMMARY).outerjoin(Artifact, Artifact.job_id == Job.id).where(Job.owner == owner)
     if status:
         query = query.where(Job.status == status)
     if after:
         query = query.where(Job.id < after)
-    return list(session.scalars(query.order_by(Job.id.desc()).limit(limit)))
+    return list(session.execute(query.order_by(Job.id.desc()).limit(limit)))
 
 
 def cancel(session: Session, job: Job) -> None:

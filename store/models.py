@@ -105,7 +105,8 @@ class Job(Base):
     finished_at: Mapped[datetime | None]
     heartbeat_at: Mapped[datetime | None]
 
-    artifact: Mapped[Artifact | None] = relationship(lazy="selectin", viewonly=True)
+    # Loaded with the job in the same query (a LEFT JOIN on a unique key): every reader of a job shows it.
+    artifact: Mapped[Artifact | None] = relationship(lazy="joined", viewonly=True)
 
 
 class JobEvent(Base):

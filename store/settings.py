@@ -45,6 +45,13 @@ class Settings(BaseSettings):
     progress_every_s: float = 1.0  # at most one progress write per this many seconds for training steps
     poll_s: float = 1.0  # the in-process worker's wait between looks for queued jobs
 
+    # API under load (per API process): requests served at once (at most the database pool, store/db.py
+    # POOL_SIZE); how long a request beyond them waits for its turn before a 503; how long a key's owner is
+    # cached (a key revoked by another process still works here for this long).
+    max_concurrency: int = 20
+    admission_wait_s: float = 2.0
+    key_cache_s: float = 30.0
+
     @property
     def embedded(self) -> bool:
         """No broker configured: jobs run in the serving process and its database is migrated on start."""

@@ -5,16 +5,17 @@ from __future__ import annotations
 import logging
 import threading
 
-from sqlalchemy.orm import Session
-
 from store import jobs
+from store.db import session_factory
 from store.settings import Settings
 
 log = logging.getLogger("peftsearch.queue")
 job_waiting = threading.Event()  # wakes the in-process runner
 
 
-def enqueue(session: Session, settings: Settings, job_id: str) -> None:
+def enqueue(settings: Settings, job_id: str) -> None:
+    """Call only once the job's row is committed. Never raises: a job not marked enqueued_at is sent again by the
+    reaper (a duplicate message finds nothing to claim)."""
     if settings.embedded:
         job_waiting.set()
         return
@@ -22,11 +23,10 @@ def enqueue(session: Session, settings: Settings, job_id: str) -> None:
 
     try:
         app.send_task(TASK, args=[job_id])
-    except Exception:  # the job is saved; the reaper sends it once the broker is back
-        log.warning("the broker did not take job %s; it will be sent again", job_id, exc_info=True)
-        return
-    jobs.mark_enqueued(session, job_id)
-    session.commit()
+        with session_factory(settings.db_url).begin() as session:
+            jobs.mark_enqueued(session, job_id)
+    except Exception:  # the job is saved; the reaper sends it (again) later
+        log.warning("job %s was not sent, or not marked sent; the reaper will send it", job_id, exc_info=True)
 
 
 def broker_reachable(broker_url: str) -> bool:

@@ -22,9 +22,8 @@ def reap_once(settings: Settings) -> list[str]:
     cutoff = now - timedelta(seconds=settings.reap_after_s)
     with sessions.begin() as session:
         to_send = jobs.reap(session, stale_before=cutoff, max_attempts=settings.max_attempts, unsent_before=cutoff)
-    with sessions() as session:
-        for job_id in to_send:
-            enqueue(session, settings, job_id)
+    for job_id in to_send:
+        enqueue(settings, job_id)
     return to_send
 
 

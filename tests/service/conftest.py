@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
 from api.app import create_app
-from api.deps import get_session
+from api.deps import get_sessions
 from store.db import get_engine, session_factory, upgrade
 from store.keys import create_key
 from store.settings import Settings
@@ -51,7 +52,7 @@ def db(settings) -> Session:
 @pytest.fixture
 def client(settings, db) -> TestClient:
     app = create_app(settings)
-    app.dependency_overrides[get_session] = lambda: db
+    app.dependency_overrides[get_sessions] = lambda: lambda: nullcontext(db)  # routes' sessions: the test's, kept open
     with TestClient(app) as client:
         yield client
 
