@@ -47,6 +47,17 @@ def test_revoked_key_is_refused(client, db):
     assert_error(client.get("/v1/jobs", headers={"Authorization": f"Bearer {key}"}), 401, "unauthorized")
 
 
+def test_a_keys_owner_is_cached_for_at_most_key_cache_s(db):
+    from store.keys import cached_owner, create_key, owner_of, revoke_key
+
+    row, key = create_key(db, "dave")
+    assert cached_owner(key, max_age_s=30) is None  # not looked up yet
+    assert owner_of(db, key) == "dave"
+    assert cached_owner(key, max_age_s=30) == "dave" and cached_owner(key, max_age_s=0) is None
+    revoke_key(db, row.id)
+    assert cached_owner(key, max_age_s=30) is None and owner_of(db, key) is None
+
+
 def test_a_key_sees_only_its_owners_jobs_datasets_and_artifacts(client, make_key, dataset_id, auth):
     job = client.post("/v1/jobs", headers=auth, json=job_body(dataset_id)).json()
     other = make_key("mallory")
@@ -166,6 +177,29 @@ def test_list_pages_newest_first_with_a_cursor_and_filters_by_status(client, aut
     cancelled = client.get("/v1/jobs", headers=auth, params={"status": "cancelled"}).json()
     assert [j["id"] for j in cancelled["data"]] == [created[1]]
     assert len(client.get("/v1/jobs", headers=auth, params={"status": "queued"}).json()["data"]) == 4
+
+
+def test_list_shows_each_jobs_progress_and_outcome_at_a_glance(client, auth, dataset_id, db):
+    from datetime import timedelta
+
+    from store.models import utcnow
+
+    running, done = (client.post("/v1/jobs", headers=auth, json=job_body(dataset_id)).json()["id"] for _ in "ab")
+    for job_id in (running, done):
+        attempt = jobs.claim(db, job_id, "worker-1", stale_before=utcnow() - timedelta(seconds=60))
+        jobs.set_progress(db, job_id, attempt, {"phase": "search", "round": 2, "rounds": 4})
+    jobs.finish(db, done, attempt, "succeeded",
+                result={"metric_name": "accuracy", "metric": 0.75, "trainable_params": 1234, "rounds": []},
+                artifact={"path": "x.tar.gz", "sha256": "0" * 64, "size_bytes": 10})
+    listed = {j["id"]: j for j in client.get("/v1/jobs", headers=auth).json()["data"]}
+    assert listed[running] | {"id": None} == listed[running] | {
+        "id": None, "status": "running", "model": TINY, "dataset_id": dataset_id, "budget": "2%",
+        "phase": "search", "round": 2, "rounds": 4, "metric_name": None, "metric": None, "trainable_params": None,
+        "has_artifact": False}
+    assert (listed[done]["status"], listed[done]["metric_name"], listed[done]["metric"],
+            listed[done]["trainable_params"], listed[done]["has_artifact"]) == ("succeeded", "accuracy", 0.75, 1234,
+                                                                                True)
+    assert "result" not in listed[done] and "spec" not in listed[done]  # the whole job is GET /v1/jobs/{id}
 
 
 @pytest.mark.parametrize("params, param", [({"limit": 101}, "limit"), ({"limit": 0}, "limit"),
