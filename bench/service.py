@@ -8,7 +8,7 @@ What it starts, all on this host, and tears down afterwards:
               with the project's Alembic migrations (store.db.upgrade), dropped at the end
     broker    the local Redis (127.0.0.1:6379) on a dedicated, empty DB number (default 14) and a queue of this
               run's own; its keys are deleted at the end
-    API       `peftsearch serve` (uvicorn serving api.app, as the compose `api` service runs it) with that
+    API       `peftsearch serve` with the compose `api` service's arguments (its API processes too), with that
               DATABASE_URL and BROKER_URL: POST /v1/jobs commits the job and really publishes it to Redis
     worker    `peftsearch worker` (Celery, as the compose `worker` service), only for the overhead phase
 
@@ -219,7 +219,7 @@ class CpuMeter:
 
     def _group(self, proc) -> str:
         pid = proc.info["pid"]
-        if pid == self.server_pid:
+        if pid == self.server_pid or self.server_pid in _ancestors(proc):  # with its API worker processes
             return "server"
         if pid == os.getpid():
             return "client"
@@ -283,8 +283,8 @@ async def profile_server(py_spy: str, pid: int, seconds: int, load) -> dict:
     library functions by inclusive share (the function is anywhere on the stack)."""
     with tempfile.NamedTemporaryFile(suffix=".txt", delete=False) as f:
         out = Path(f.name)
-    spy = subprocess.Popen([py_spy, "record", "-p", str(pid), "-r", "100", "-f", "raw", "-o", str(out), "-d",
-                            str(seconds), "--nonblocking", "--gil"],
+    spy = subprocess.Popen([py_spy, "record", "--subprocesses", "-p", str(pid), "-r", "100", "-f", "raw", "-o",
+                            str(out), "-d", str(seconds), "--nonblocking", "--gil"],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     await asyncio.sleep(0.3)
     await load
@@ -353,6 +353,17 @@ def stop(process: subprocess.Popen | None) -> None:
 
 def tail(path: Path, chars: int = 3000) -> str:
     return path.read_text(errors="replace")[-chars:] if path.exists() else ""
+
+
+
+def compose_api_arguments(port: int) -> list[str]:
+    """`peftsearch serve`'s arguments as docker-compose.yml's api service gives them (its API processes too), on
+    loopback and this run's port."""
+    import yaml
+
+    command = yaml.safe_load((Path(__file__).parents[1] / "docker-compose.yml").read_text())["services"]["api"]["command"]
+    assert command[0] == "peftsearch", command
+    return [{"0.0.0.0": "127.0.0.1", "8000": str(port)}.get(part, part) for part in command[1:]]
 
 
 class Deployment:
@@ -439,8 +450,8 @@ class Deployment:
 
     def start_server(self) -> None:
         log = self.home / "serve.log"
-        self.server = start([sys.executable, "-m", "peftsearch.cli", "serve", "--host", "127.0.0.1",
-                             "--port", str(self.port)], self.env, log)
+        self.server = start([sys.executable, "-m", "peftsearch.cli", *compose_api_arguments(self.port)], self.env,
+                            log)
         import httpx
 
         deadline = time.monotonic() + 90

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import threading
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--workers", type=int, default=int(os.environ.get("WEB_CONCURRENCY", "1")),
+                        help="API processes (default $WEB_CONCURRENCY or 1); more than one needs a BROKER_URL")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -23,6 +26,11 @@ def run(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = get_settings()
+    if args.workers < 1:
+        raise SystemExit("--workers must be at least 1")
+    if settings.embedded and args.workers > 1:
+        raise SystemExit("the embedded default runs jobs inside its one serving process: set BROKER_URL (and "
+                         "DATABASE_URL) to serve with several API processes")
     stop = threading.Event()
     if settings.embedded:
         from worker import embedded
@@ -32,7 +40,12 @@ def run(args: argparse.Namespace) -> int:
     # Any API process may reap: each re-queue is a conditional update, so only one of several wins.
     threading.Thread(target=reaper.reap_forever, args=(settings, stop), name="reaper", daemon=True).start()
     mode = "embedded worker" if settings.embedded else f"broker {settings.broker_url}, queue {settings.queue}"
-    logging.getLogger("peftsearch").info("serving on http://%s:%d (%s)", args.host, args.port, mode)
-    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info")
+    logging.getLogger("peftsearch").info("serving on http://%s:%d (%s, %d API process%s)", args.host, args.port,
+                                         mode, args.workers, "es" if args.workers > 1 else "")
+    if args.workers == 1:
+        uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info")
+    else:  # each process builds its own app (and pool) from the same environment; this one supervises and reaps
+        uvicorn.run("api.app:create_app", factory=True, workers=args.workers, host=args.host, port=args.port,
+                    log_level="info")
     stop.set()  # a job still running in the embedded worker is resumed by the reaper after the next start
     return 0

@@ -45,3 +45,8 @@ def test_keys_create_needs_an_owner(tmp_path):
 def test_worker_needs_a_broker(tmp_path):
     run = peftsearch("worker", home=tmp_path)
     assert run.returncode == 2 and "BROKER_URL" in run.stdout
+
+
+def test_serve_refuses_several_processes_on_the_embedded_default(tmp_path):
+    run = peftsearch("serve", "--workers", "2", home=tmp_path)
+    assert run.returncode == 1 and "set BROKER_URL" in run.stderr
