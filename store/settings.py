@@ -50,7 +50,7 @@ class Settings(BaseSettings):
     # cached (a key revoked by another process still works here for this long).
     max_concurrency: int = 20
     admission_wait_s: float = 2.0
-    key_cache_s: float = 30.0
+    key_cache_s: float = 5.0
 
     @property
     def embedded(self) -> bool:
