@@ -50,3 +50,31 @@ def test_worker_needs_a_broker(tmp_path):
 def test_serve_refuses_several_processes_on_the_embedded_default(tmp_path):
     run = peftsearch("serve", "--workers", "2", home=tmp_path)
     assert run.returncode == 1 and "set BROKER_URL" in run.stderr
+
+
+def test_several_api_processes_accept_connections_with_tcp_nodelay():
+    """Without TCP_NODELAY every keep-alive response after the first waits for the client's delayed ACK (~40 ms)."""
+    import asyncio
+    import socket
+
+    import uvicorn
+
+    from peftsearch.serve import tcp_listener
+
+    async def accepted_nodelay() -> int:
+        listener = tcp_listener(uvicorn.Config("api.app:create_app", host="127.0.0.1", port=0, workers=2))
+        seen = asyncio.get_running_loop().create_future()
+
+        def on_connect(reader, writer):
+            seen.set_result(writer.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            writer.close()
+
+        server = await asyncio.start_server(on_connect, sock=listener)
+        _, writer = await asyncio.open_connection(*listener.getsockname())
+        try:
+            return await asyncio.wait_for(seen, 10)
+        finally:
+            writer.close()
+            server.close()
+
+    assert asyncio.run(accepted_nodelay()) == 1
