@@ -998,10 +998,12 @@ def reading(data: dict) -> list[str]:
         others = f" For comparison, {others}." if others else ""
         if r["achieved_rate"] < 0.95 * r["target_rate"]:
             out.append(
-                f"{name}: saturated. The API answered {r['achieved_rate']:g} req/s of the {r['target_rate']:g} asked, "
-                f"its process at {cpu.get('server_pct')}% of one core ({cpu.get('server_ms_per_request')} ms of CPU "
-                f"per request; one uvicorn process runs Python on one core at a time), so the queue grew for the "
-                f"whole phase: p99 per 5 s {r['p99_ms_per_5s']} ms.{others}")
+                f"{name}: saturated. The API answered {r['achieved_rate']:g} req/s of the {r['target_rate']:g} asked "
+                f"({cpu.get('server_ms_per_request')} ms of API CPU per request) while the machine was "
+                f"{cpu.get('machine_pct')}% busy of {100 * (os.cpu_count() or 1)}% (API processes "
+                f"{cpu.get('server_pct')}%, load generator {cpu.get('client_pct')}%, PostgreSQL "
+                f"{cpu.get('postgres_pct')}%), so the queue grew for the whole phase: p99 per 5 s "
+                f"{r['p99_ms_per_5s']} ms.{others}")
         else:
             out.append(
                 f"{name}: kept up ({r['achieved_rate']:g} req/s, API process at {cpu.get('server_pct')}% of a core, "
@@ -1012,8 +1014,7 @@ def reading(data: dict) -> list[str]:
     if b:
         ok = b["statuses"].get("200", 0)
         out.append(f"Burst: {ok} of {b['size']} simultaneous GETs answered 200 ({b['statuses']}); "
-                   + ("the API stalled until the connection pool's 30 s checkout timeout (see Method)."
-                      if ok < b["size"] else f"max {b['latency_ms'].get('max')} ms."))
+                   + f"p50 {b['latency_ms'].get('p50')} ms, max {b['latency_ms'].get('max')} ms (see Method).")
     o = data.get("overhead")
     if o:
         k = o["service_breakdown_s"]
@@ -1030,8 +1031,8 @@ def reading(data: dict) -> list[str]:
 
 
 NOTES = [
-    "The API is `peftsearch serve` in its own process (one uvicorn process, FastAPI's sync routes on its thread "
-    "pool, the reaper thread, INFO access logs) exactly as the compose `api` service runs it, with DATABASE_URL "
+    "The API is `peftsearch serve` with the compose `api` service's arguments (its uvicorn processes, FastAPI's "
+    "sync routes on each one's thread pool, the reaper thread, INFO access logs), with DATABASE_URL "
     "on a throwaway PostgreSQL database migrated by Alembic and BROKER_URL on the local Redis (a dedicated DB "
     "number and queue). So POST /v1/jobs does all of its production work: authenticate, idempotency lookup, "
     "dataset lookup, SearchSpec validation, insert job + event, commit, publish to Redis, stamp enqueued_at, "
@@ -1051,13 +1052,12 @@ NOTES = [
     "whose child imports torch per job, writes progress (at most 1/s), events, rounds, per-round checkpoints, "
     "packs the archive; all of that is the service's overhead by design. Torch threads are set by "
     "OMP_NUM_THREADS for both, to the same value.",
-    "Burst probe: many GETs at one instant (clients that poll in step, a retry storm). FastAPI runs each sync "
-    "dependency (get_session, current_owner, owned_job) and the route in separate thread-pool calls (anyio: 40 "
-    "threads); the session's transaction, and so its pooled connection (10 + 20 overflow), is open from "
-    "current_owner's query to the end of the request, including while the request waits for its next thread. "
-    "With more requests in flight than connections, all 40 threads can sit in the pool's checkout while every "
-    "connection belongs to a request waiting for a thread; nothing moves until the 30 s checkout timeout turns "
-    "them into 500s (a py-spy dump during development showed all 40 threads in QueuePool._do_get under owner_of).",
+    "Burst probe: many GETs at one instant (clients that poll in step, a retry storm). A request holds a pooled "
+    "database connection only while it queries (routes open their session themselves; a key's owner comes from "
+    "an in-process cache), and at most PEFTSEARCH_MAX_CONCURRENCY requests per API process are inside the "
+    "application at once; the others wait in the event loop and get a 503 `overloaded` after "
+    "PEFTSEARCH_ADMISSION_WAIT_S. (With the session injected as a dependency, an earlier version stalled every "
+    "thread on the pool's checkout for 30 s in this probe: 160 timeouts and 40 500s of 200.)",
 ]
 
 
