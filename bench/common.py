@@ -18,8 +18,9 @@ DEFAULT_GLUE = Path(__file__).resolve().parents[2] / "shared" / "data" / "glue"
 
 @dataclass(frozen=True)
 class TaskSetting:
-    """Step budgets chosen so that plain LoRA lands in its normal range (see docs/benchmarks.md): fewer steps
-    leave CoLA collapsed to the majority class and STS-B under-trained, which would compare nothing."""
+    """Step budgets for CPU: fewer steps leave STS-B under-trained, and CoLA collapsed to the majority class
+    (Matthews corr. 0), which compares nothing. CoLA can still collapse at 600 steps (LoRA, seed 0 did): the
+    quality report shows each run, so a collapsed task is visible rather than averaged away silently."""
 
     steps: int
     max_length: int
