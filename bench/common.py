@@ -18,9 +18,10 @@ DEFAULT_GLUE = Path(__file__).resolve().parents[2] / "shared" / "data" / "glue"
 
 @dataclass(frozen=True)
 class TaskSetting:
-    """Step budgets for CPU: fewer steps leave STS-B under-trained, and CoLA collapsed to the majority class
-    (Matthews corr. 0), which compares nothing. CoLA can still collapse at 600 steps (LoRA, seed 0 did): the
-    quality report shows each run, so a collapsed task is visible rather than averaged away silently."""
+    """Step budgets for CPU. Short runs at lr 1e-3 can degenerate (the model predicts about one value, a known
+    instability of BERT fine-tuning on small tasks): with LoRA, seed 0, STS-B reached Pearson 0.37 at 150 steps
+    and 0.79 at 400, but 0.11 at 800; CoLA stayed at the majority class (Matthews corr. 0) at 600 steps with lr
+    1e-3 and 5e-4 alike. The report shows every task, so a collapsed one is visible, not averaged away."""
 
     steps: int
     max_length: int
@@ -31,7 +32,7 @@ TASKS: dict[str, TaskSetting] = {
     "sst2": TaskSetting(steps=300, max_length=64),
     "mrpc": TaskSetting(steps=300, max_length=128),
     "cola": TaskSetting(steps=600, max_length=64),
-    "stsb": TaskSetting(steps=800, max_length=64),
+    "stsb": TaskSetting(steps=400, max_length=64),
     "rte": TaskSetting(steps=300, max_length=128),
 }
 
