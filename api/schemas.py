@@ -94,7 +94,9 @@ class ArtifactOut(BaseModel):
     size_bytes: int
 
 
-class JobOut(BaseModel):
+class JobFields(BaseModel):
+    """What a job's summary and the whole job both show."""
+
     model_config = ConfigDict(protected_namespaces=())
 
     id: str
@@ -102,12 +104,15 @@ class JobOut(BaseModel):
     model: str
     dataset_id: str
     budget: str | int
-    search: dict[str, Any]
-    attempt: int
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
     updated_at: datetime
+
+
+class JobOut(JobFields):
+    search: dict[str, Any]
+    attempt: int
     progress: Progress | None
     result: JobResult | None
     error: JobErrorOut | None
@@ -124,21 +129,10 @@ class JobOut(BaseModel):
                    artifact=artifact)
 
 
-class JobSummary(BaseModel):
+class JobSummary(JobFields):
     """A job in a list: status, progress and outcome at a glance. GET /v1/jobs/{id} has the whole job (search
     overrides, progress, result, error, artifact)."""
 
-    model_config = ConfigDict(protected_namespaces=())
-
-    id: str
-    status: Status
-    model: str
-    dataset_id: str
-    budget: str | int
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
-    updated_at: datetime
     phase: str | None = Field(description="The progress phase: load, warmup, search, retrain, evaluate, export or "
                                           "done; null before the job starts.")
     round: int | None = Field(description="The search round under way (of `rounds`).")
