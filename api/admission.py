@@ -1,4 +1,10 @@
-"""Admission control: at most `limit` requests inside the application at once.
+"""What gets into the application: no NUL character in a request's path, query or headers (`NulGuard`), and at
+most `limit` requests inside it at once (`Admission`).
+
+PostgreSQL text cannot hold NUL, so a NUL reaching a query failed there as a 500; it is a 422 at the door instead
+(JSON bodies and form fields are checked where they are read: store/specs.py, api/datasets.py).
+
+Admission control: at most `limit` requests inside the application at once.
 
 The others wait here, in the event loop, holding no thread and no database connection, in arrival order; one that
 has not got in after `wait_s` is answered 503 (`overloaded`, the error envelope, Retry-After), so an overload
@@ -10,8 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import weakref
+from urllib.parse import parse_qsl
 
-from .errors import overloaded
+from .errors import error_response, overloaded
 
 NOT_HELD_BACK = ("/healthz",)
 
@@ -44,3 +51,27 @@ class Admission:
         if slots is None:
             slots = self._slots[loop] = asyncio.Semaphore(self.limit)
         return slots
+
+
+class NulGuard:
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and (param := _nul_in(scope)) is not None:
+            response = error_response(422, "invalid_request", "NUL characters are not allowed", param or None)
+            return await response(scope, receive, send)
+        return await self.app(scope, receive, send)
+
+
+def _nul_in(scope) -> str | None:
+    """Where a NUL is: '' for the path, a query parameter's or a header's name; None when there is none."""
+    if "\x00" in scope["path"]:
+        return ""
+    for name, value in parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True):
+        if "\x00" in name or "\x00" in value:
+            return name.replace("\x00", "") or ""
+    for name, value in scope["headers"]:
+        if b"\x00" in name or b"\x00" in value:
+            return name.decode("latin-1").replace("\x00", "")
+    return None

@@ -8,7 +8,7 @@ from store.db import session_factory
 from store.settings import Settings, get_settings
 
 from . import datasets, errors, jobs, meta
-from .admission import Admission
+from .admission import Admission, NulGuard
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -22,5 +22,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (jobs, datasets, meta):
         app.include_router(module.router)
     app.add_middleware(datasets.UploadLimit, max_upload_bytes=settings.max_upload_bytes)
+    app.add_middleware(NulGuard)
     app.add_middleware(Admission, limit=settings.max_concurrency, wait_s=settings.admission_wait_s)  # outermost
     return app

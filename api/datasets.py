@@ -6,30 +6,60 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, File, Form, Query, UploadFile
 
-from store.datasets import create_dataset, list_datasets
+from store.datasets import DatasetError, create_dataset, list_datasets
 
 from .deps import Config, CurrentCaller
 from .errors import documented, error_response
 from .schemas import DatasetOut, Page
 
-router = APIRouter(prefix="/v1/datasets", tags=["datasets"], responses=documented(401, 413, 422, 503))
+router = APIRouter(prefix="/v1/datasets", tags=["datasets"], responses=documented(400, 401, 413, 422, 503))
 MULTIPART_OVERHEAD = 64 * 1024  # form fields and part headers around the two files
 
 
 class UploadLimit:
-    """Refuse an upload whose Content-Length is over the limit before its body is read (FastAPI reads a form
-    before running any dependency). A plain ASGI wrapper: no cost on other routes."""
+    """Refuse an upload over the limit before more than the limit is read, whatever its framing: at once when
+    Content-Length says so, otherwise as soon as the streamed (chunked) body passes it. FastAPI reads and spools
+    the whole form before any dependency runs, so the bytes are counted here, beneath it. A plain ASGI wrapper:
+    no cost on other routes."""
 
     def __init__(self, app, max_upload_bytes: int):
         self.app, self.max_body = app, 2 * max_upload_bytes + MULTIPART_OVERHEAD
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] == router.prefix:
-            length = dict(scope["headers"]).get(b"content-length", b"")
-            if length.isdigit() and int(length) > self.max_body:
-                response = error_response(413, "payload_too_large", f"upload larger than {self.max_body} bytes")
-                return await response(scope, receive, send)
-        return await self.app(scope, receive, send)
+        if not (scope["type"] == "http" and scope["method"] == "POST" and scope["path"] == router.prefix):
+            return await self.app(scope, receive, send)
+        refusal = error_response(413, "payload_too_large", f"upload larger than {self.max_body} bytes")
+        length = dict(scope["headers"]).get(b"content-length", b"")
+        if length.isdigit() and int(length) > self.max_body:
+            return await refusal(scope, receive, send)
+        received, refused, started = 0, False, False
+
+        async def counting_receive():
+            nonlocal received, refused
+            if refused:
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body:
+                    refused = True
+                    if not started:
+                        await refusal(scope, receive, send)
+                    return {"type": "http.disconnect"}  # the app stops reading; nothing more is spooled
+            return message
+
+        async def guarded_send(message):
+            nonlocal started
+            if refused:
+                return  # the 413 is the answer: drop whatever the app makes of the cut-off body
+            started = True
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, guarded_send)
+        except Exception:
+            if not refused:
+                raise
 
 
 @router.post("", status_code=201, response_model=DatasetOut, summary="Upload a dataset (train + dev files)")
@@ -47,6 +77,9 @@ def upload_dataset(
 ) -> DatasetOut:
     columns = {"text_column": text_column, "text_pair_column": text_pair_column or None,
                "label_column": label_column, "problem": problem}
+    for param, value in {"name": name, **columns}.items():
+        if value is not None and "\x00" in value:
+            raise DatasetError(param, "must not contain NUL characters")
     with caller.session() as session:  # the files are checked before the first query takes a connection
         dataset = create_dataset(session, settings.datasets, owner=caller.owner, name=name, fmt=format,
                                  columns=columns, files={"train": (train.filename or "train", train.file),

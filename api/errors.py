@@ -7,6 +7,7 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException
 
@@ -20,17 +21,22 @@ CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method
          409: "conflict", 413: "payload_too_large", 422: "invalid_request", 503: "not_ready"}
 
 
-DESCRIPTIONS = {401: "Missing, unknown or revoked API key.", 404: "No such resource for this key.",
+DESCRIPTIONS = {400: "A body that cannot be parsed (e.g. malformed multipart).",
+                401: "Missing, unknown or revoked API key.", 404: "No such resource for this key.",
                 409: "Conflicts with the resource's state.", 413: "Upload too large.",
                 422: "Invalid request: `param` names the field.",
-                503: "Not ready, or `overloaded`: retry after the Retry-After header's seconds."}
+                503: "`unavailable` (the database is down), `overloaded`, or not ready: retry after the "
+                     "Retry-After header's seconds."}
+RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before retrying.", "schema": {"type": "integer"}}}
+UNAVAILABLE_RETRY_S = 5  # a database restart takes seconds; sooner retries would find it still down
 
 
 def documented(*statuses: int) -> dict:
     """OpenAPI `responses` for routes that can answer these errors, all with the envelope."""
     from .schemas import ErrorOut
 
-    return {status: {"model": ErrorOut, "description": DESCRIPTIONS[status]} for status in statuses}
+    return {status: {"model": ErrorOut, "description": DESCRIPTIONS[status],
+                     **({"headers": RETRY_AFTER} if status == 503 else {})} for status in statuses}
 
 
 class ApiError(Exception):
@@ -50,6 +56,17 @@ def overloaded() -> JSONResponse:
     """No capacity for this request now (the admission queue, or the database pool): fail fast, say when to retry."""
     return error_response(503, "overloaded", "the server is busy; retry after the Retry-After header's seconds",
                           headers={"Retry-After": "1"})
+
+
+def allowed_methods(app: FastAPI, request: Request) -> list[str]:
+    """Every method the API serves on this path, from its OpenAPI document (built once, then cached)."""
+    from starlette.routing import compile_path
+
+    methods = set()
+    for path, operations in app.openapi()["paths"].items():
+        if compile_path(path)[0].match(request.url.path):
+            methods |= {method.upper() for method in operations}
+    return sorted(methods | ({"HEAD"} if "GET" in methods else set()))
 
 
 def install(app: FastAPI) -> None:
@@ -78,6 +95,13 @@ def install(app: FastAPI) -> None:
         log.warning("no database connection in time: %s", e)
         return overloaded()
 
+    @app.exception_handler(OperationalError)
+    @app.exception_handler(InterfaceError)
+    async def database_unavailable(_: Request, e: Exception):
+        log.warning("database unavailable: %s", e)
+        return error_response(503, "unavailable", "the database is unavailable; retry after the Retry-After "
+                              "header's seconds", headers={"Retry-After": str(UNAVAILABLE_RETRY_S)})
+
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_: Request, e: RequestValidationError):
         first = e.errors()[0]
@@ -87,8 +111,11 @@ def install(app: FastAPI) -> None:
         return error_response(422, "invalid_request", first["msg"], ".".join(where) or None)
 
     @app.exception_handler(HTTPException)
-    async def http_error(_: Request, e: HTTPException):
-        return error_response(e.status_code, CODES.get(e.status_code, "error"), str(e.detail))
+    async def http_error(request: Request, e: HTTPException):
+        headers = e.headers
+        if e.status_code == 405:  # Starlette's Allow names the first route on the path only
+            headers = {**(headers or {}), "Allow": ", ".join(allowed_methods(app, request))}
+        return error_response(e.status_code, CODES.get(e.status_code, "error"), str(e.detail), headers=headers)
 
     @app.exception_handler(Exception)
     async def internal_error(_: Request, e: Exception):

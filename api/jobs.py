@@ -13,13 +13,14 @@ from sqlalchemy.orm import Session
 
 from store import jobs
 from store.models import SUCCEEDED, Job
+from store.specs import INT64
 from worker.queue import enqueue
 
 from .deps import Config, CurrentCaller
 from .errors import ApiError, documented
 from .schemas import EventOut, JobCreate, JobOut, JobSummary, Page, RoundOut, Status
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=documented(401, 404, 409, 422, 503))
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=documented(400, 401, 404, 409, 422, 503))
 Limit = Annotated[int, Query(ge=1, le=100, description="Page size, at most 100.")]
 
 
@@ -37,8 +38,7 @@ def submit_job(body: JobCreate, response: Response, background: BackgroundTasks,
                    "the same key with another body is a 409."))] = None) -> JobOut:
     with caller.session() as session:
         job, replayed = jobs.submit(session, owner=caller.owner, request=body.model_dump(mode="json"),
-                                    idempotency_key=idempotency_key, models=settings.model_paths,
-                                    dataset_root=settings.datasets)
+                                    idempotency_key=idempotency_key, settings=settings)
         session.commit()
     if replayed:
         response.headers["Idempotent-Replayed"] = "true"
@@ -72,7 +72,9 @@ def cancel_job(job_id: str, caller: CurrentCaller) -> JobOut:
 
 
 @router.get("/{job_id}/events", response_model=Page[EventOut], summary="A job's events, oldest first")
-def list_events(job_id: str, caller: CurrentCaller, after: int | None = None, limit: Limit = 100) -> Page[EventOut]:
+def list_events(job_id: str, caller: CurrentCaller,
+                after: Annotated[int | None, Query(ge=0, le=INT64, description="The previous page's `next`.")] = None,
+                limit: Limit = 100) -> Page[EventOut]:
     with caller.session() as session:
         owned_job(session, caller.owner, job_id)
         rows = jobs.list_events(session, job_id, after=after, limit=limit + 1)

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 from fastapi import APIRouter
 from sqlalchemy import text
 
 from store.db import schema_is_current
+from store.specs import model_config
 
 from .deps import Config, CurrentCaller, Sessions
 from .errors import ApiError, documented
@@ -24,10 +22,7 @@ def list_models(_: CurrentCaller, settings: Config) -> Page[ModelOut]:
 
 
 def describe_model(name: str, path: str) -> ModelOut:
-    try:
-        config = json.loads((Path(path) / "config.json").read_text())
-    except (OSError, ValueError):
-        return ModelOut(name=name)
+    config = model_config(path)
     return ModelOut(name=name, model_type=config.get("model_type"), layers=config.get("num_hidden_layers"),
                     hidden_size=config.get("hidden_size"))
 

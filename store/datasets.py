@@ -19,7 +19,7 @@ FORMATS = ("csv", "tsv", "jsonl")
 
 
 class DatasetError(ValueError):
-    def __init__(self, param: str, message: str, status: int = 422):
+    def __init__(self, param: str | None, message: str, status: int = 422):
         super().__init__(message)
         self.param, self.message, self.status = param, message, status
 
@@ -41,7 +41,8 @@ def create_dataset(session: Session, root: Path, *, owner: str, name: str | None
     folder.mkdir(parents=True)
     try:
         size = sum(_save(source, folder / f"{split}.{fmt}", split, max_bytes) for split, (_, source) in files.items())
-        dataset = Dataset(id=dataset_id, owner=owner, name=name or files["train"][0], format=fmt, columns=columns,
+        dataset = Dataset(id=dataset_id, owner=owner, name=name or _stored_name(files["train"][0]), format=fmt,
+                          columns=columns,
                           train_path=f"{dataset_id}/train.{fmt}", dev_path=f"{dataset_id}/dev.{fmt}",
                           size_bytes=size, labels=None, metric_name="", train_rows=0, dev_rows=0)
         try:
@@ -51,6 +52,11 @@ def create_dataset(session: Session, root: Path, *, owner: str, name: str | None
         except DataError as e:
             split = "train" if Path(e.path).name.startswith("train.") else "dev"
             raise DatasetError(split, f"{files[split][0]}:{e.line}: {e.reason}") from e
+        except (ValueError, RecursionError) as e:  # the JSON parser's own limits: huge integers, deep nesting
+            raise DatasetError(None, "the train or dev file holds a record the JSON parser refuses: "
+                                     f"{type(e).__name__}: {str(e)[:200]}") from e
+        if any("\x00" in label for label in data.labels or []):
+            raise DatasetError("train", "a label contains a NUL character")
         if not data.train or not data.dev:
             raise DatasetError("train" if not data.train else "dev", "the file holds no examples")
         dataset.labels, dataset.metric_name = data.labels, data.primary_metric
@@ -72,6 +78,11 @@ def list_datasets(session: Session, owner: str, *, after: str | None, limit: int
     if after:
         query = query.where(Dataset.id < after)
     return list(session.scalars(query.order_by(Dataset.id.desc()).limit(limit)))
+
+
+def _stored_name(filename: str) -> str:
+    """An uploaded file's name as a dataset name: what the column holds (200 characters, no NUL)."""
+    return filename.replace("\x00", "")[:200] or "dataset"
 
 
 def _format_of(filename: str) -> str | None:

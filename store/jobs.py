@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from datetime import datetime
-from pathlib import Path
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Row, select, update
@@ -36,7 +35,8 @@ from .models import (
     new_id,
     utcnow,
 )
-from .specs import build_spec
+from .settings import Settings
+from .specs import build_spec, check_values
 
 
 class NotCancellable(Exception):
@@ -55,17 +55,19 @@ def add_event(session: Session, job_id: str, kind: str, message: str, data: dict
 
 
 def submit(session: Session, *, owner: str, request: dict[str, Any], idempotency_key: str | None,
-           models: dict[str, str], dataset_root: Path) -> tuple[Job, bool]:
+           settings: Settings) -> tuple[Job, bool]:
     """Create a queued job from a request body, or return the job an earlier request with the same idempotency
     key created (True: a replay). Raises SpecError for a bad body, IdempotencyConflict for a reused key."""
+    check_values(request, "")
     request_hash = hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()
     if idempotency_key and (earlier := job_by_idempotency_key(session, owner, idempotency_key)):
         return _replay(earlier, request_hash), True
     dataset = get_dataset(session, owner, request["dataset_id"])
     if dataset is None:
         raise SpecError("dataset_id", f"no dataset {request['dataset_id']!r}; upload one with POST /v1/datasets")
-    spec = build_spec(models=models, model=request["model"], dataset=dataset, dataset_root=dataset_root,
-                      budget=request["budget"], search=request["search"])
+    spec = build_spec(models=settings.model_paths, model=request["model"], dataset=dataset,
+                      dataset_root=settings.datasets, budget=request["budget"], search=request["search"],
+                      settings=settings)
     try:
         return create_job(session, owner=owner, request=request, request_hash=request_hash,
                           idempotency_key=idempotency_key, spec=spec, dataset_id=dataset.id), False
@@ -216,10 +218,13 @@ def next_queued(session: Session) -> str | None:
     return session.scalar(select(Job.id).where(Job.status == QUEUED).order_by(Job.id).limit(1))
 
 
-def reap(session: Session, *, stale_before: datetime, max_attempts: int, unsent_before: datetime) -> list[str]:
+def reap(session: Session, *, stale_before: datetime, max_attempts: int, unsent_before: datetime,
+         resend_after_s: float, resend_max_s: float) -> list[str]:
     """Deal with jobs whose worker died (no heartbeat since `stale_before`): re-queue them, or fail them after
-    `max_attempts`; a dead worker's cancelling job is cancelled. Returns the queued jobs the broker never
-    accepted (re-queued ones included): the caller sends them after committing."""
+    `max_attempts`; a dead worker's cancelling job is cancelled. Returns the queued jobs to send (again) once the
+    caller has committed: re-queued ones, ones the broker never accepted (`enqueued_at` unset, unchanged since
+    `unsent_before`), and ones sent but not claimed by any worker in time (see `resend_due`). Each is taken with
+    a conditional UPDATE, so two reapers never both send one."""
     requeued = []
     stale = select(Job.id, Job.status, Job.attempt).where(Job.status.in_(ACTIVE), Job.heartbeat_at < stale_before)
     for job_id, status, attempt in session.execute(stale).all():
@@ -235,8 +240,30 @@ def reap(session: Session, *, stale_before: datetime, max_attempts: int, unsent_
         if session.execute(update(Job).where(still_stale).values(updated_at=now, **values)).rowcount:
             add_event(session, job_id, "status", message, {"reason": "no heartbeat from the worker"})
             requeued += [job_id] if message == QUEUED else []
-    unsent = select(Job.id).where(Job.status == QUEUED, Job.enqueued_at.is_(None), Job.updated_at < unsent_before)
-    return sorted(set(requeued) | set(session.scalars(unsent)))
+    unsent = (Job.status == QUEUED) & Job.enqueued_at.is_(None) & (Job.updated_at < unsent_before)
+    to_send = set(requeued)
+    for job_id in session.scalars(select(Job.id).where(unsent)).all():
+        if session.execute(update(Job).where(Job.id == job_id, unsent).values(updated_at=utcnow())).rowcount:
+            to_send.add(job_id)
+    now = utcnow()
+    sent = select(Job.id, Job.enqueued_at, Job.created_at).where(
+        Job.status == QUEUED, Job.enqueued_at < now - timedelta(seconds=resend_after_s))
+    for job_id, enqueued_at, created_at in session.execute(sent).all():
+        if not resend_due(now, enqueued_at, created_at, resend_after_s, resend_max_s):
+            continue
+        same_send = (Job.id == job_id) & (Job.status == QUEUED) & (Job.enqueued_at == enqueued_at)
+        if session.execute(update(Job).where(same_send).values(enqueued_at=None)).rowcount:
+            to_send.add(job_id)
+    return sorted(to_send)
+
+
+def resend_due(now: datetime, enqueued_at: datetime, created_at: datetime, resend_after_s: float,
+               resend_max_s: float) -> bool:
+    """A sent job still queued is sent again once it has waited as long as it had existed when it was last sent
+    (at least resend_after_s, at most resend_max_s): the waits double, so a job queued behind hours of work costs
+    a handful of duplicate messages, not one per reaper pass."""
+    wait = min(max(resend_after_s, (enqueued_at - created_at).total_seconds()), resend_max_s)
+    return (now - enqueued_at).total_seconds() >= wait
 
 
 def _move(session: Session, job_id: str, from_statuses: tuple[str, ...], **values: Any) -> bool:

@@ -37,11 +37,26 @@ class Settings(BaseSettings):
     queue: str = "gpu"
 
     max_upload_bytes: int = 50 * 2**20  # per dataset file
+    # What one job may ask of a worker (a 422 names the limit): rounds, training steps of any phase, batch size,
+    # and LoRA rank / adapter width / prefix length (also capped by the model's hidden size and positions).
+    max_rounds: int = 64
+    max_steps: int = 100_000
+    max_batch_size: int = 1024
+    max_module_size: int = 1024
     job_time_limit_s: int = 24 * 3600  # hard limit of one attempt; the soft limit is 95% of it
     max_attempts: int = 3  # a job whose worker died this many times fails
     heartbeat_s: float = 10.0  # the worker touches the job this often, and re-reads its cancellation flag
     reap_after_s: float = 120.0  # a running job without a heartbeat for this long is re-queued
     reap_every_s: float = 30.0
+    # A queued job no worker has claimed this long after it was sent is sent again (a message lost by the broker,
+    # or acked by a worker that could not reach the database); the wait doubles with the job's age, up to
+    # resend_max_s, so a long backlog does not flood the queue with duplicates.
+    resend_after_s: float = 300.0
+    resend_max_s: float = 3600.0
+    # A task that cannot reach the database before its claim commits is retried with backoff (first wait
+    # claim_retry_s, doubling, at most claim_retries times); after that the resend above takes over.
+    claim_retry_s: float = 2.0
+    claim_retries: int = 8
     progress_every_s: float = 1.0  # at most one progress write per this many seconds for training steps
     poll_s: float = 1.0  # the in-process worker's wait between looks for queued jobs
 
