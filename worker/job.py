@@ -11,38 +11,67 @@ import socket
 import threading
 import time
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+
 from store import jobs
-from store.artifacts import write_archive
+from store.artifacts import remove_attempt_files, write_archive
 from store.db import session_factory
 from store.models import CANCELLED, CANCELLING, FAILED, SUCCEEDED, Job, utcnow
 from store.settings import Settings
 
 log = logging.getLogger("peftsearch.worker")
+DATABASE_DOWN = (OperationalError, InterfaceError, PoolTimeout)  # worth retrying: the database may come back
+FINISH_RETRY_MAX_S = 30.0  # the longest wait between tries to record an outcome while the database is down
+
+
+class ClaimFailed(Exception):
+    """The database could not be reached before the claim committed: nothing was done, retry the message."""
 
 
 def run_job(job_id: str, settings: Settings) -> str:
-    """Returns what became of the job: succeeded, failed, cancelled, or skipped (not ours to run)."""
+    """Returns what became of the job: succeeded, failed, cancelled, or skipped (not ours to run). Raises
+    ClaimFailed when the database is unreachable before the job is claimed."""
     sessions = session_factory(settings.db_url)
-    with sessions.begin() as session:
-        stale_before = utcnow() - timedelta(seconds=settings.reap_after_s)
-        attempt = jobs.claim(session, job_id, f"{socket.gethostname()}:{os.getpid()}", stale_before)
-        spec = session.get(Job, job_id).spec if attempt else None
+    try:
+        with sessions.begin() as session:
+            stale_before = utcnow() - timedelta(seconds=settings.reap_after_s)
+            attempt = jobs.claim(session, job_id, f"{socket.gethostname()}:{os.getpid()}", stale_before)
+            job = session.get(Job, job_id) if attempt else None
+            spec, model = (job.spec, job.request.get("model", "model")) if job else (None, None)
+    except DATABASE_DOWN as e:
+        raise ClaimFailed(f"job {job_id}: {type(e).__name__}") from e
     if attempt is None:
         log.info("job %s is not claimable (taken, finished or cancelled); skipping", job_id)
         return "skipped"
-    return JobRun(job_id, attempt, spec, settings).execute()
+    return JobRun(job_id, attempt, spec, settings, model_name=model).execute()
 
 
 class JobRun:
-    def __init__(self, job_id: str, attempt: int, spec: dict[str, Any], settings: Settings):
+    def __init__(self, job_id: str, attempt: int, spec: dict[str, Any], settings: Settings,
+                 model_name: str = "model"):
         self.job_id, self.attempt, self.spec, self.settings = job_id, attempt, spec, settings
         self.sessions = session_factory(settings.db_url)
         self.stop = threading.Event()  # the engine polls it between steps: cancelled, or the job was taken away
         self.done = threading.Event()
         self.last_step_write = 0.0
         self.work = settings.work / job_id
+        self.unwritten_rounds: list[dict[str, Any]] = []  # reported while the database was down
+        # Callers see names, never this server's paths: the model's, the dataset files', the work directory.
+        task = spec.get("task", {})
+        self.redactions = sorted(((str(path), label) for path, label in (
+            (spec.get("model"), model_name), (task.get("train"), Path(task.get("train") or "train").name),
+            (task.get("dev"), Path(task.get("dev") or "dev").name),
+            (self.work, job_id), (settings.work, "work"), (settings.datasets, "datasets"),
+            (settings.artifacts, "artifacts")) if path), key=lambda pair: -len(pair[0]))
+
+    def redact(self, text: str) -> str:
+        for path, label in self.redactions:
+            text = text.replace(path, label)
+        return text
 
     def execute(self) -> str:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never download at run time: models are local paths
@@ -68,22 +97,42 @@ class JobRun:
             outcome = self.fail("time_limit", f"the job ran past its {self.settings.job_time_limit_s} s limit")
         except Exception as e:
             log.exception("job %s failed", self.job_id)
-            outcome = self.fail(error_code(e), f"{type(e).__name__}: {e}")
+            outcome = self.fail(error_code(e), self.redact(f"{type(e).__name__}: {e}"))
         finally:
             self.done.set()
             heart.join()
         if outcome != "lost":
             shutil.rmtree(self.work, ignore_errors=True)
+        if outcome in (FAILED, CANCELLED):
+            remove_attempt_files(self.settings.artifacts, self.job_id)
         return outcome
 
     def fail(self, code: str, message: str) -> str:
         return self.finish(FAILED, error={"code": code, "message": message})
 
     def finish(self, status: str, **fields: Any) -> str:
-        with self.sessions.begin() as session:
-            if jobs.finish(session, self.job_id, self.attempt, status, **fields):
-                return status
-        return "lost"  # another attempt owns the job now: leave everything to it
+        """Record the outcome, with any round the database missed, waiting out a database outage (the work is
+        done; the Celery time limit bounds the wait)."""
+        wait = 1.0
+        while True:
+            try:
+                with self.sessions.begin() as session:
+                    finished = jobs.finish(session, self.job_id, self.attempt, status, **fields)
+                    if finished:
+                        self.write_rounds(session)
+                self.unwritten_rounds = []
+                return status if finished else "lost"  # lost: another attempt owns the job; leave it all to it
+            except DATABASE_DOWN:
+                log.warning("job %s: database unreachable, outcome %s not recorded yet; retrying in %.0f s",
+                            self.job_id, status, wait)
+                time.sleep(wait)
+                wait = min(2 * wait, FINISH_RETRY_MAX_S)
+
+    def write_rounds(self, session) -> None:
+        for record in self.unwritten_rounds:
+            jobs.add_round(session, self.job_id, record)
+            jobs.add_event(session, self.job_id, "round", round_message(record),
+                           {k: record[k] for k in ("round", "trainable_params", "metric", "metric_name")})
 
     def beat(self) -> None:
         """Prove this worker is alive, and pick up a cancellation, every heartbeat_s."""
@@ -105,26 +154,29 @@ class JobRun:
                 return
             self.last_step_write = time.monotonic()
         progress = {k: v for k, v in event.to_dict().items() if k not in ("kind", "record")}
+        progress["message"] = self.redact(progress.get("message") or "")
         progress["eta_s"] = eta_s(self.spec, event)
-        with self.sessions.begin() as session:
-            if not jobs.set_progress(session, self.job_id, self.attempt, progress):  # not ours any more
-                self.stop.set()
-                return
-            if event.kind == "phase":
-                message = f"{event.phase}: {event.message}" if event.message else event.phase
-                jobs.add_event(session, self.job_id, "phase", message, {"elapsed_s": event.elapsed_s})
-            elif event.kind == "round":
-                record = dataclasses.asdict(event.record)
-                jobs.add_round(session, self.job_id, record)
-                jobs.add_event(session, self.job_id, "round", round_message(event.record),
-                               {k: record[k] for k in ("round", "trainable_params", "metric", "metric_name")})
+        if event.kind == "round":
+            self.unwritten_rounds.append(dataclasses.asdict(event.record))
+        try:
+            with self.sessions.begin() as session:
+                if not jobs.set_progress(session, self.job_id, self.attempt, progress):  # not ours any more
+                    self.stop.set()
+                    return
+                if event.kind == "phase":
+                    message = f"{event.phase}: {progress['message']}" if progress["message"] else event.phase
+                    jobs.add_event(session, self.job_id, "phase", message, {"elapsed_s": event.elapsed_s})
+                self.write_rounds(session)
+            self.unwritten_rounds = []
+        except DATABASE_DOWN:  # the search goes on; its rounds are written with the next write that succeeds
+            log.warning("job %s: database unreachable, %s progress not written", self.job_id, event.kind)
 
 
-def round_message(record) -> str:
-    metric = "n/a" if record.metric is None else f"{record.metric:.4f}"
-    removed = ", ".join(unit.unit for unit in record.removed) or "nothing"
-    return (f"round {record.round}: {record.metric_name} {metric}; removed {removed}; "
-            f"{record.trainable_params:,} trainable params left (target {record.target_params:,})")
+def round_message(record: dict[str, Any]) -> str:
+    metric = "n/a" if record["metric"] is None else f"{record['metric']:.4f}"
+    removed = ", ".join(unit["unit"] for unit in record["removed"]) or "nothing"
+    return (f"round {record['round']}: {record['metric_name']} {metric}; removed {removed}; "
+            f"{record['trainable_params']:,} trainable params left (target {record['target_params']:,})")
 
 
 def eta_s(spec: dict[str, Any], event) -> float | None:

@@ -1,4 +1,5 @@
-"""Re-queue jobs whose worker died (no heartbeat), and send queued jobs the broker never took."""
+"""Re-queue jobs whose worker died (no heartbeat), and send queued jobs the broker never took, or that no worker
+claimed in time (store.jobs.reap)."""
 
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ def reap_once(settings: Settings) -> list[str]:
     now = utcnow()
     cutoff = now - timedelta(seconds=settings.reap_after_s)
     with sessions.begin() as session:
-        to_send = jobs.reap(session, stale_before=cutoff, max_attempts=settings.max_attempts, unsent_before=cutoff)
+        to_send = jobs.reap(session, stale_before=cutoff, max_attempts=settings.max_attempts, unsent_before=cutoff,
+                            resend_after_s=settings.resend_after_s, resend_max_s=settings.resend_max_s)
     for job_id in to_send:
         enqueue(settings, job_id)
     return to_send

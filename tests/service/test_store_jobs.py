@@ -27,6 +27,11 @@ def new_job(db):
     return make
 
 
+def reap(db, cutoff, resend_after_s: float = 3600.0, resend_max_s: float = 7200.0) -> list[str]:
+    return jobs.reap(db, stale_before=cutoff, max_attempts=3, unsent_before=cutoff, resend_after_s=resend_after_s,
+                     resend_max_s=resend_max_s)
+
+
 def status(db, job_id: str) -> str:
     return db.get(Job, job_id, populate_existing=True).status
 
@@ -107,7 +112,7 @@ def test_reaper_requeues_fails_and_cancels_jobs_of_dead_workers(db, new_job):
     db.flush()
 
     cutoff = utcnow() - timedelta(minutes=1)
-    to_send = jobs.reap(db, stale_before=cutoff, max_attempts=3, unsent_before=cutoff)
+    to_send = reap(db, cutoff)
     assert to_send == [dead]
     assert [status(db, j) for j in (alive, dead, dead_too_often, dead_cancelling)] == [
         "running", "queued", "failed", "cancelled"]
@@ -116,7 +121,7 @@ def test_reaper_requeues_fails_and_cancels_jobs_of_dead_workers(db, new_job):
     assert events(db, dead)[-1] == "queued"
     # The re-queued job resumes as attempt 2; the reaper then leaves it alone.
     assert jobs.claim(db, dead, "w2", cutoff) == 2
-    assert jobs.reap(db, stale_before=cutoff, max_attempts=3, unsent_before=cutoff) == []
+    assert reap(db, cutoff) == []
 
 
 def test_reaper_sends_queued_jobs_the_broker_never_took(db, new_job):
@@ -126,4 +131,34 @@ def test_reaper_sends_queued_jobs_the_broker_never_took(db, new_job):
         db.get(Job, job_id).updated_at = utcnow() - LONG_AGO
     db.flush()
     cutoff = utcnow() - timedelta(minutes=1)
-    assert jobs.reap(db, stale_before=cutoff, max_attempts=3, unsent_before=cutoff) == [unsent]  # not fresh
+    assert reap(db, cutoff) == [unsent]  # not fresh
+
+
+def test_reaper_resends_queued_jobs_no_worker_claimed(db, new_job):
+    """A message lost by the broker, or acked by a worker that could not reach the database, must not strand the
+    job: once sent and still queued past the deadline, it is sent again, and only once per deadline."""
+    lost, recent, claimed = new_job(), new_job(), new_job()
+    for job_id in (lost, recent, claimed):
+        jobs.mark_enqueued(db, job_id)
+    jobs.claim(db, claimed, "w", utcnow())
+    db.get(Job, lost).enqueued_at = utcnow() - timedelta(minutes=10)
+    db.get(Job, claimed).enqueued_at = utcnow() - timedelta(minutes=10)
+    db.flush()
+    cutoff = utcnow() - timedelta(minutes=1)
+    assert reap(db, cutoff, resend_after_s=300) == [lost]
+    assert db.get(Job, lost, populate_existing=True).enqueued_at is None  # sending it stamps it again
+    assert reap(db, cutoff, resend_after_s=300) == []  # taken: a second reaper does not send it too
+    jobs.mark_enqueued(db, lost)
+    assert reap(db, cutoff, resend_after_s=300) == []  # just sent again: wait for the next deadline
+
+
+def test_resend_waits_double_with_the_jobs_age():
+    created = utcnow()
+    first_send = created + timedelta(seconds=1)
+    assert not jobs.resend_due(first_send + timedelta(seconds=299), first_send, created, 300, 3600)
+    assert jobs.resend_due(first_send + timedelta(seconds=300), first_send, created, 300, 3600)
+    resent = created + timedelta(seconds=1000)  # it had existed 1000 s: wait that long now
+    assert not jobs.resend_due(resent + timedelta(seconds=999), resent, created, 300, 3600)
+    assert jobs.resend_due(resent + timedelta(seconds=1000), resent, created, 300, 3600)
+    old = created + timedelta(days=1)  # never more than resend_max_s
+    assert jobs.resend_due(old + timedelta(seconds=3600), old, created, 300, 3600)
