@@ -7,7 +7,7 @@ from fastapi import FastAPI
 from store.db import session_factory
 from store.settings import Settings, get_settings
 
-from . import datasets, errors, jobs, meta
+from . import dashboard, datasets, errors, jobs, meta
 from .admission import Admission, NulGuard
 
 
@@ -21,6 +21,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install(app)
     for module in (jobs, datasets, meta):
         app.include_router(module.router)
+    dashboard.install(app)  # `/` and offline /docs, from files in the package
     app.add_middleware(datasets.UploadLimit, max_upload_bytes=settings.max_upload_bytes)
     app.add_middleware(NulGuard)
     app.add_middleware(Admission, limit=settings.max_concurrency, wait_s=settings.admission_wait_s)  # outermost
