@@ -284,6 +284,7 @@ def test_a_job_through_the_dashboard(served, browser, toy_files, tmp_path):
     driver.get(base + "/docs")
     wait(lambda: "peftsearch" in text(".swagger-ui .info .title"), 60, "Swagger UI to render")
     assert len(driver.find_elements(By.CSS_SELECTOR, ".opblock")) >= 10
+    shot(driver, "openapi")
 
     errors = [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"
               and "Failed to load resource" not in e["message"]]  # the refused upload and submission log those
