@@ -116,8 +116,9 @@ function poll(task, everyMs, status) {
       delay = everyMs;
       if (status) status.textContent = "";
     } catch (e) {
+      again = e.status !== 401 && e.status !== 404; // a new key re-renders the view; a missing job stays missing
       delay = Math.min(delay * 2, 15000);
-      if (status) status.textContent = `${e.message}; retrying in ${Math.round(delay / 1000)} s`;
+      if (status) status.textContent = again ? `${e.message}; retrying in ${Math.round(delay / 1000)} s` : e.message;
     }
     if (again && mine === view) setTimeout(tick, delay);
   };
@@ -221,10 +222,14 @@ function jobsView(params) {
 
   more.addEventListener("click", async () => {
     paused = true; // later pages are not refreshed: reload to resume
-    const page = await api(query(next));
-    body.append(...rows(page.data));
-    next = page.next;
-    more.hidden = !next;
+    try {
+      const page = await api(query(next));
+      body.append(...rows(page.data));
+      next = page.next;
+      more.hidden = !next;
+    } catch (e) {
+      state.textContent = e.message;
+    }
   });
 
   poll(async () => {
