@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 from celery import Celery
 
 from store.settings import Settings, get_settings
@@ -35,4 +37,18 @@ def make_celery(settings: Settings) -> Celery:
     return app
 
 
-app = make_celery(get_settings())
+def producer(settings: Settings) -> Celery:
+    """The app that sends to the broker these settings name (the module's `app` follows the environment only)."""
+    return _producer(settings.broker_url, settings.queue, settings.job_time_limit_s)
+
+
+@functools.cache
+def _producer(broker_url: str | None, queue: str, job_time_limit_s: int) -> Celery:
+    if (broker_url, queue, job_time_limit_s) == (app_settings.broker_url, app_settings.queue,
+                                                 app_settings.job_time_limit_s):
+        return app
+    return make_celery(Settings(broker_url=broker_url, queue=queue, job_time_limit_s=job_time_limit_s))
+
+
+app_settings = get_settings()
+app = make_celery(app_settings)
