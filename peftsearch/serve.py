@@ -9,12 +9,19 @@ import os
 import socket
 import threading
 
+# uvicorn's default is 5 s: on a loaded 2-core host, API processes that were alive and serving missed it and were
+# killed and restarted (issue 11). A process that is really hung is still replaced, a minute later.
+WORKER_HEALTHCHECK_S = 60
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--workers", type=int, default=int(os.environ.get("WEB_CONCURRENCY", "1")),
                         help="API processes (default $WEB_CONCURRENCY or 1); more than one needs a BROKER_URL")
+    parser.add_argument("--timeout-worker-healthcheck", type=int, default=WORKER_HEALTHCHECK_S, metavar="S",
+                        help="with --workers > 1: seconds an API process may take to answer the supervisor's "
+                             f"health check before it is killed and replaced (default {WORKER_HEALTHCHECK_S})")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -29,6 +36,8 @@ def run(args: argparse.Namespace) -> int:
     settings = get_settings()
     if args.workers < 1:
         raise SystemExit("--workers must be at least 1")
+    if args.timeout_worker_healthcheck < 1:
+        raise SystemExit("--timeout-worker-healthcheck must be at least 1 second")
     if settings.embedded and args.workers > 1:
         raise SystemExit("the embedded default runs jobs inside its one serving process: set BROKER_URL (and "
                          "DATABASE_URL) to serve with several API processes")
@@ -48,11 +57,17 @@ def run(args: argparse.Namespace) -> int:
     else:  # each process builds its own app (and pool) from the same environment; this one supervises and reaps
         from uvicorn.supervisors import Multiprocess
 
-        config = uvicorn.Config("api.app:create_app", factory=True, workers=args.workers, host=args.host,
-                                port=args.port, log_level="info")
+        config = multiprocess_config(args)
         Multiprocess(config, sockets=[tcp_listener(config)]).run()
     stop.set()  # a job still running in the embedded worker is resumed by the reaper after the next start
     return 0
+
+
+def multiprocess_config(args: argparse.Namespace):
+    import uvicorn
+
+    return uvicorn.Config("api.app:create_app", factory=True, workers=args.workers, host=args.host, port=args.port,
+                          log_level="info", timeout_worker_healthcheck=args.timeout_worker_healthcheck)
 
 
 def tcp_listener(config) -> socket.socket:
