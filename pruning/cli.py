@@ -4,6 +4,9 @@
         --budget 0.3% --out runs/sst2 --seed 0
     peftsearch search --model path/to/model --train train.csv --dev dev.csv --text-column review \\
         --label-column stars --budget 50k --out runs/reviews
+
+The defaults are the engine's (pruning/spec.py). README's quality numbers come from `python -m bench.quality`,
+which sets steps, max length and the schedule per task (bench/quality.py, bench/common.py).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import json
 import sys
 from pathlib import Path
 
+from .result import format_metrics, format_round, format_unit, stock_peft_warning
 from .spec import GLUE_TASKS, SearchSpec, SpecError
 
 
@@ -25,24 +29,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", help="folder holding the GLUE task folders (SST-2/, MRPC/, ...)")
     p.add_argument("--train", help="train file (.csv, .tsv, .jsonl)")
     p.add_argument("--dev", help="dev file (.csv, .tsv, .jsonl)")
-    p.add_argument("--text-column")
-    p.add_argument("--text-pair-column")
-    p.add_argument("--label-column")
-    p.add_argument("--problem", choices=["classification", "regression"])
+    p.add_argument("--text-column", help="column holding the text")
+    p.add_argument("--text-pair-column", help="column holding the second text of a pair task")
+    p.add_argument("--label-column", help="column holding the label")
+    p.add_argument("--problem", choices=["classification", "regression"], help="what the label is")
     p.add_argument("--max-train-examples", type=int, help="subsample train (seeded)")
     p.add_argument("--budget", help="trainable PEFT parameters: a count (70000, 70k) or a share of the backbone "
                                     "(0.5%%)")
     p.add_argument("--out", type=Path, required=True, help="result directory")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--types", help="module types of the supernet, comma-separated (lora,adapter,prefix)")
+    p.add_argument("--seed", type=int, help="seed of sampling, initialisation and batches")
+    p.add_argument("--types", help="module types of the supernet, comma-separated")
     p.add_argument("--rounds", type=int, help="pruning rounds")
-    p.add_argument("--steps-per-round", type=int)
+    p.add_argument("--steps-per-round", type=int, help="supernet training steps per round")
     p.add_argument("--steps", type=int, help="training steps of the final configuration")
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--max-length", type=int)
-    p.add_argument("--assignment", help="default | prunepeft | warmup | random | <criterion name>")
-    p.add_argument("--retrain", choices=["fresh", "warm"])
+    p.add_argument("--batch-size", type=int, help="training batch size")
+    p.add_argument("--lr", type=float, help="learning rate of the final training")
+    p.add_argument("--max-length", type=int, help="tokens per example (longer ones are truncated)")
+    p.add_argument("--assignment", help="criteria per partition: default | prunepeft | warmup | random | "
+                                        "<criterion name>")
+    p.add_argument("--retrain", choices=["fresh", "warm"], help="retrain the survivors from scratch or go on")
     p.add_argument("--device", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
     p.add_argument("--checkpoint-dir", type=Path, help="checkpoint every round here; rerun to resume")
     backbone = p.add_argument_group("backbone pruning (Light-PEFT speed mode)")
@@ -56,6 +61,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     backbone.add_argument("--mask-rounds", type=int, help="search rounds the masks learn before pruning")
     backbone.add_argument("--rank-ratio", type=float, help="share of LoRA ranks removed globally")
     backbone.add_argument("--save-backbone", action="store_true", help="also save the pruned backbone")
+    show_defaults(p)
 
 
 # flag (argparse dest) -> spec field, for the flags that map one to one; store_true flags set True or nothing
@@ -71,6 +77,43 @@ FLAG_FIELDS = {
 }
 
 
+# flags that set the task's field of the same name
+TASK_FLAGS = ("text_column", "text_pair_column", "label_column", "problem", "max_train_examples")
+
+
+def spec_default(dotted: str, root: type = SearchSpec):
+    """The engine's default for a spec field ('train.steps' -> 300), read from the dataclasses; MISSING where
+    the field is required."""
+    import dataclasses
+
+    cls, value = root, dataclasses.MISSING
+    for name in dotted.split("."):
+        field = next(f for f in dataclasses.fields(cls) if f.name == name)
+        value = field.default if field.default_factory is dataclasses.MISSING else field.default_factory()
+        cls = type(value)
+    return value
+
+
+def show_defaults(parser: argparse.ArgumentParser) -> None:
+    """Append each flag's engine default to its help, so `--help` says what an omitted flag means."""
+    import dataclasses
+
+    from .spec import TaskSpec
+
+    fields = {flag: (field, SearchSpec) for flag, field in {**FLAG_FIELDS, "budget": "budget",
+                                                              "types": "space.types"}.items()}
+    fields.update({flag: (flag, TaskSpec) for flag in TASK_FLAGS})
+    for action in parser._actions:
+        if action.dest not in fields or isinstance(action, argparse._StoreTrueAction):
+            continue
+        default = spec_default(*fields[action.dest])
+        if default is dataclasses.MISSING:
+            continue
+        shown = ",".join(default) if isinstance(default, tuple) else f"{default:g}" if isinstance(default, float) \
+            else "none" if default is None else default
+        action.help = (f"{action.help} " if action.help else "") + f"(default: {shown})".replace("%", "%%")
+
+
 def spec_from_args(args: argparse.Namespace) -> SearchSpec:
     data = _read_spec_file(args.spec) if args.spec else {}
     task = dict(data.get("task", {}))
@@ -81,11 +124,9 @@ def spec_from_args(args: argparse.Namespace) -> SearchSpec:
         task = {"glue": name, "data_dir": args.data_dir or task.get("data_dir")}
     elif args.train or args.dev:
         task = {"train": args.train, "dev": args.dev}
-    for flag, key in [("text_column", "text_column"), ("text_pair_column", "text_pair_column"),
-                      ("label_column", "label_column"), ("problem", "problem"),
-                      ("max_train_examples", "max_train_examples")]:
+    for flag in TASK_FLAGS:
         if getattr(args, flag) is not None:
-            task[key] = getattr(args, flag)
+            task[flag] = getattr(args, flag)
     data["task"] = task
     _set(data, "budget", int(args.budget) if args.budget and args.budget.isdigit() else args.budget)
     _set(data, "space.types", args.types.split(",") if args.types else None)
@@ -142,11 +183,7 @@ class ProgressBar:
             self.bar.set_postfix(loss=f"{event.loss:.4f}", params=f"{event.trainable_params:,}")
         elif event.kind == "round":
             self.close()
-            r = event.record
-            removed = ", ".join(u.unit for u in r.removed) or "nothing"
-            metric = "n/a" if r.metric is None else f"{r.metric:.4f}"
-            self.tqdm.write(f"round {r.round}/{event.rounds}: {r.metric_name} {metric}, removed {removed}; "
-                            f"{r.trainable_params:,} parameters left", file=sys.stderr)
+            self.tqdm.write(format_round(event.record, event.rounds), file=sys.stderr)
 
     def close(self) -> None:
         if self.bar is not None:
@@ -155,27 +192,18 @@ class ProgressBar:
 
 
 def summary(result) -> str:
+    from .export import describe_task
+
     config = result.configuration
-    lines = [f"{'layer':>5}  {'lora':<10}{'adapter':<10}{'prefix':<10}"]
+    types = config["space"]["types"]
+    lines = [f"{'layer':>5}  " + "".join(f"{kind:<10}" for kind in types)]
     for entry in config["layers"]:
-        modules = entry["modules"]
-        cells = []
-        for kind in ("lora", "adapter", "prefix"):
-            desc = modules.get(kind)
-            if desc is None:
-                cells.append("-")
-            elif kind == "lora":
-                cells.append("r=" + "/".join(str(r) for r in desc["ranks"].values()))
-            elif kind == "adapter":
-                cells.append(f"d={desc['size']}")
-            else:
-                cells.append(f"p={desc['length']}")
+        cells = [format_unit(kind, entry["modules"].get(kind)) for kind in types]
         lines.append(f"{entry['layer']:>5}  " + "".join(f"{c:<10}" for c in cells))
-    metrics = ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items())
     lines += [
         "",
-        f"task               {result.task}",
-        f"dev metrics        {metrics}",
+        f"task               {describe_task(config)}",
+        f"dev metrics        {format_metrics(result.metrics, config['labels'])}",
         f"PEFT parameters    {result.trainable_params:,} (budget {result.budget_params:,}; head "
         f"{result.head_params:,})",
         f"backbone           {result.backbone_params:,} parameters (was {result.backbone_params_before:,})",
@@ -185,6 +213,9 @@ def summary(result) -> str:
         f"peak memory        {result.peak_memory_mb:.0f} MiB",
         f"result             {result.out_dir}",
     ]
+    warning = stock_peft_warning(config.get("stock_peft"))
+    if warning:
+        lines += ["", f"WARNING: {warning}"]
     return "\n".join(lines)
 
 

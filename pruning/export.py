@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .arch import architecture_of
+from .models import portable_name
 from .spec import SearchSpec, SpaceSpec, TaskSpec, _from_dict
 
 FORMAT_VERSION = 1
@@ -35,7 +35,8 @@ WEIGHTS = "peftsearch_weights.safetensors"
 BACKBONE = "backbone.safetensors"
 
 
-def configuration_of(model, spec: SearchSpec, task, metrics: dict[str, float]) -> dict[str, Any]:
+def configuration_of(model, spec: SearchSpec, task, metrics: dict[str, float],
+                     stock_peft: dict[str, Any] | None = None) -> dict[str, Any]:
     units = model.unit_keys()
     layers = []
     for layer in range(model.num_layers):
@@ -43,7 +44,8 @@ def configuration_of(model, spec: SearchSpec, task, metrics: dict[str, float]) -
         layers.append({"layer": layer, "modules": here})
     return {
         "format_version": FORMAT_VERSION,
-        "base_model": spec.model,
+        "base_model": portable_name(spec.model),
+        "base_model_path": spec.model,  # where it was on the machine that searched
         "architecture": model.arch.name,
         "task": dataclasses.asdict(spec.task),
         "problem": task.problem,
@@ -58,14 +60,15 @@ def configuration_of(model, spec: SearchSpec, task, metrics: dict[str, float]) -
         "backbone": getattr(model, "backbone_record", None),
         "trainable_params": model.peft_params(),
         "metrics": metrics,
+        "stock_peft": stock_peft,
     }
 
 
 def save(out_dir: str | Path, model, *, spec: SearchSpec, task, metrics: dict[str, float], records,
-         trace_extra: dict) -> dict[str, Any]:
+         trace_extra: dict, stock_peft: dict[str, Any] | None = None) -> dict[str, Any]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    config = configuration_of(model, spec, task, metrics)
+    config = configuration_of(model, spec, task, metrics, stock_peft)
     (out / CONFIG).write_text(json.dumps(config, indent=2))
     save_file({k: v.contiguous().cpu() for k, v in model.trained_state().items()}, out / WEIGHTS,
               metadata={"format": "peftsearch", "format_version": str(FORMAT_VERSION)})
@@ -97,15 +100,15 @@ def _save_peft_lora(out: Path, model, spec: SearchSpec, config: dict) -> None:
         from .backbone import apply_backbone_record
 
         apply_backbone_record(base, config["backbone"], model.backbone_scales)
+    base.name_or_path = config["base_model"]  # peft records this, not the config's base_model_name_or_path
     lora = spec.space.lora
     peft_config = LoraConfig(
         r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=sorted(ranks),
         rank_pattern={p: r for p, r in ranks.items() if r != lora.rank},
         alpha_pattern={p: lora.alpha * r / lora.rank for p, r in ranks.items() if r != lora.rank},
-        modules_to_save=list(model.arch.head), base_model_name_or_path=spec.model)
-    with warnings.catch_warnings():  # peft notes the resolved base path differs from the name we give it
-        warnings.simplefilter("ignore")
-        peft_model = get_peft_model(base, peft_config)
+        modules_to_save=list(model.arch.head) + sorted({name.rsplit(".", 1)[0] for name in model.initialised}),
+        base_model_name_or_path=config["base_model"])
+    peft_model = get_peft_model(base, peft_config)
     ours = dict(model.model.named_parameters())
     with torch.no_grad():
         for name, param in peft_model.named_parameters():
@@ -148,7 +151,7 @@ def load(out_dir: str | Path, base_model: str | None = None, device: str = "cpu"
         supernet.backbone_record = config["backbone"]
         supernet.backbone_scales = {k: v for k, v in tensors.items() if k.startswith("backbone.")}
     else:
-        base_model = base_model or config["base_model"]
+        base_model = base_model or recorded_base(config)
         tokenizer = load_tokenizer(base_model)
         num_labels = len(config["labels"]) if config["labels"] else 1
         model = load_model(base_model, num_labels, config["problem"], tokenizer.pad_token_id)
@@ -192,6 +195,17 @@ def evaluate(out_dir: str | Path, base_model: str | None = None, task: TaskSpec 
     return evaluate_model(model, dev, data.metric_names, 128, model.tokenizer.pad_token_id, resolve_device(device))
 
 
+def recorded_base(config: dict[str, Any]) -> str:
+    """The base model a result names: its portable name where that resolves here (a bundled model, a hub id, a
+    folder in the working directory), else the path it had where it was searched."""
+    from .models import resolve_model
+
+    name, path = config["base_model"], config.get("base_model_path")
+    if Path(resolve_model(name)).exists() or not path or not Path(path).exists():
+        return name
+    return path
+
+
 def read_config(out: Path) -> dict[str, Any]:
     path = out / CONFIG
     if not path.exists():
@@ -203,36 +217,49 @@ def read_config(out: Path) -> dict[str, Any]:
 
 
 def _model_card(config: dict, records) -> str:
-    metrics = ", ".join(f"{k} {v:.4f}" for k, v in config["metrics"].items())
+    from .result import format_metrics, format_unit, stock_peft_warning
+
+    warning = stock_peft_warning(config.get("stock_peft"))
     rows = "\n".join(
-        f"| {e['layer']} | " + " | ".join(_cell(e["modules"].get(kind)) for kind in ("lora", "adapter", "prefix"))
+        f"| {e['layer']} | " + " | ".join(format_unit(kind, e["modules"].get(kind)) for kind in config["space"]["types"])
         + " |" for e in config["layers"])
+    types = config["space"]["types"]
     rounds = "\n".join(f"- round {r.round}: removed {', '.join(u.unit for u in r.removed) or 'nothing'}; "
                        f"{r.trainable_params:,} parameters left" for r in records)
+    if warning:
+        loading = f"**Warning: {warning}**"
+    else:
+        loading = "`peft.PeftModel.from_pretrained(base_model, dir)` loads it all (LoRA and the task head)."
     return f"""# peftsearch result
 
+{loading}
+
 - base model: `{config['base_model']}` ({config['architecture']})
-- task: {config['task'].get('glue') or config['task'].get('train')} ({config['problem']})
-- dev metrics: {metrics}
+- task: {describe_task(config)}
+- dev metrics: {format_metrics(config['metrics'], config['labels'])}
 - trainable PEFT parameters: {config['trainable_params']:,}
 - layers without any PEFT module: {config['pruned_layers'] or 'none'}
 
-| layer | LoRA | adapter | prefix |
-|---|---|---|---|
+| layer | {' | '.join(types)} |
+|---|{'---|' * len(types)}
 {rows}
 
 {rounds}
 
-Load it with `pruning.load(dir, base_model)`; the LoRA part alone with
-`peft.PeftModel.from_pretrained(base_model, dir)`.
+`pruning.load(dir)` rebuilds the whole model (give the base model's path as a second argument if
+`{config['base_model']}` is not found on this machine).
 """
 
 
-def _cell(description: dict | None) -> str:
-    if description is None:
-        return "-"
-    if "ranks" in description:
-        return "r=" + "/".join(str(r) for r in description["ranks"].values())
-    if "size" in description:
-        return f"d={description['size']}"
-    return f"p={description['length']}"
+def describe_task(config: dict) -> str:
+    """"glue:sst2 (classification: negative, positive)" or "train.csv / dev.csv, text column ... (regression)"."""
+    task = config["task"]
+    if task.get("glue"):
+        where = f"glue:{task['glue']}"
+    else:
+        columns = ", ".join(f"{name} {task[key]!r}" for key, name in [
+            ("text_column", "text"), ("text_pair_column", "pair"), ("label_column", "label")] if task.get(key))
+        where = f"{Path(task['train']).name} / {Path(task['dev']).name} ({columns})"
+    labels = config.get("labels")
+    kind = f"{config['problem']}: {', '.join(map(str, labels))}" if labels else config["problem"]
+    return f"{where}, {kind}"

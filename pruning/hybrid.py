@@ -1,20 +1,27 @@
 """The hybrid policy (PrunePEFT): units are partitioned by (module type x depth block), each partition is scored
-by its own criteria, and the per-partition scores are fused into one ranking.
+by its own criteria, and the scores are fused into one importance per unit that compares across partitions and
+module types.
 
-Fusion follows the paper's Eq. 1 as its released code implements it: within a partition each assigned
-criterion is max-normalised and weighted by its position r in the partition's list, w_r = 5 / (1 + e^(r - 3)),
-and the weighted sum goes through a softmax over the partition's units. One change: the softmax output is
-multiplied by the partition's size, so every partition has mean importance 1. Without it a partition of one unit
-(common on a 6-layer model) gets probability 1 and is never pruned, and small partitions always win over big
-ones regardless of their scores.
+Fusion. PrunePEFT's code max-normalises each criterion within a partition, weights it by its position r in the
+partition's list (w_r = 5 / (1 + e^(r - 3))) and takes a softmax within the partition. Within-partition
+normalisation makes a unit alone in its partition (common: a 6-layer model cut at 20/50/80% has partitions
+{0,1}, {2}, {3,4}, {5}) score the same whatever its criteria say, so the search decided by unit size. Here a
+criterion's score becomes the unit's percentile among *all units of its type* (every depth block), the
+partition's criteria are blended with the same rank weights, and each type is scaled to its measured worth
+(calibration.py: the validation-loss increase when one of its units is switched off). So a unit is ranked
+against its whole type by the criteria its block trusts, and types are weighed by what they do for the loss.
 """
 
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Iterable
 
 import numpy as np
+
+from .calibration import sample_per_type, type_values
+from .data.metrics import average_ranks, spearman
 
 # PrunePEFT's released code (its warm-up switched off): criteria per depth block [0-20%, 20-50%, 50-80%, 80-100%].
 # Prefix is not in PrunePEFT's search space; Light-PEFT's importance ratio and the Taylor score are used there.
@@ -65,18 +72,33 @@ def rank_weight(position: int) -> float:
 
 
 def fuse(scores: dict[str, dict[str, float]], partitions: dict[Partition, list[str]],
-         assignment: Assignment) -> dict[str, float]:
-    """One importance per unit, comparable across partitions (mean 1 within each partition)."""
-    fused: dict[str, float] = {}
+         assignment: Assignment, type_value: dict[str, float] | None = None) -> dict[str, float]:
+    """One importance per unit: the rank-weighted blend of its partition's criteria, each as the unit's
+    percentile within its module type, rescaled so that each type's mean is `type_value[type]` (default 1)."""
+    by_type: dict[str, list[str]] = {}
+    for (kind, _), keys in partitions.items():
+        by_type.setdefault(kind, []).extend(keys)
+    percentile: dict[tuple[str, str], dict[str, float]] = {}  # (criterion, type) -> unit -> (0, 1]
+
+    def percentiles(name: str, kind: str) -> dict[str, float]:
+        if (name, kind) not in percentile:
+            keys = by_type[kind]
+            ranks = average_ranks(np.array([scores[name][k] for k in keys], dtype=float))
+            percentile[name, kind] = dict(zip(keys, (ranks / len(keys)).tolist(), strict=True))
+        return percentile[name, kind]
+
+    blended: dict[str, float] = {}
     for (kind, block), keys in partitions.items():
-        z = np.zeros(len(keys))
-        for position, name in enumerate(assignment[kind][block]):
-            s = np.array([scores[name][k] for k in keys], dtype=float)
-            top = np.abs(s).max()
-            z += rank_weight(position) * (s / top if top > 0 else 0.0)
-        p = np.exp(z - z.max())
-        p = p / p.sum() * len(keys)
-        fused.update(zip(keys, p.tolist(), strict=True))
+        names = assignment[kind][block]
+        weights = [rank_weight(position) for position in range(len(names))]
+        for key in keys:
+            blended[key] = sum(w * percentiles(name, kind)[key] for w, name in zip(weights, names, strict=True)
+                               ) / sum(weights)
+    fused: dict[str, float] = {}
+    for kind, keys in by_type.items():
+        mean = sum(blended[k] for k in keys) / len(keys)
+        value = 1.0 if type_value is None else type_value[kind]
+        fused.update({k: blended[k] / mean * value for k in keys})
     return fused
 
 
@@ -107,8 +129,32 @@ def assign_from_ablation(scores: dict[str, dict[str, float]], ablation: dict[str
 
 
 def _spearman(a: list[float], b: list[float]) -> float:
-    from .data.metrics import spearman
 
     if len(a) < 2:
         return 0.0
     return float(spearman(np.array(a), np.array(b)))
+
+
+class ImportancePolicy:
+    """How a round's criterion scores become one importance per unit; decided once per search from
+    `policy.assignment` ("random": a random importance, the benchmark's baseline; otherwise the hybrid fusion of
+    `assignment`'s criteria, with module types weighed by measured ablation unless `calibration_units` is 0)."""
+
+    def __init__(self, policy, assignment: Assignment, seed: int):
+        self.random = policy.assignment == "random"
+        self.assignment = assignment
+        self.block_cuts = tuple(policy.block_cuts)
+        self.calibration_units = policy.calibration_units
+        self.rng = random.Random(seed)
+        self.criteria = set() if self.random else criteria_used(assignment)
+
+    def importance(self, keys: list[str], num_layers: int, scores: dict[str, dict[str, float]],
+                   ablate) -> tuple[dict[str, float], dict[str, float] | None]:
+        """unit -> importance, and the measured worth of each type (None when not measured). `ablate(keys)`
+        returns each listed unit's validation-loss increase when switched off, or None without a validation
+        split."""
+        if self.random:
+            return {key: self.rng.random() for key in keys}, None
+        measured = ablate(sample_per_type(keys, self.calibration_units)) if self.calibration_units else None
+        worth = type_values(measured) if measured else None
+        return fuse(scores, partition_units(keys, num_layers, self.block_cuts), self.assignment, worth), worth

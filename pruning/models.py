@@ -52,6 +52,23 @@ def resolve_model(model_id: str) -> str:
     return model_id
 
 
+def portable_name(model_id: str) -> str:
+    """What a result records as its base model: a bundled model's name rather than where it is installed on this
+    machine, a hub id as is, a local folder by its name (its absolute path means nothing elsewhere)."""
+    import importlib
+
+    path = Path(model_id)
+    if not path.exists():
+        return model_id
+    for name, package in BUNDLED_MODELS.items():
+        try:
+            if Path(importlib.import_module(package).get_model_path()).resolve() == path.resolve():
+                return name
+        except ImportError:
+            continue
+    return path.resolve().name
+
+
 def load_tokenizer(model_id: str):
     with quiet_transformers():
         tokenizer = AutoTokenizer.from_pretrained(resolve_model(model_id))
@@ -61,13 +78,17 @@ def load_tokenizer(model_id: str):
 
 
 def load_model(model_id: str, num_labels: int, problem: str, pad_token_id: int | None = None) -> torch.nn.Module:
+    """The backbone with a task head. `model.newly_initialised` names the tensors the checkpoint did not hold
+    (the head, and e.g. a pooler the checkpoint lacks): randomly initialised here, so a result must save them."""
     with quiet_transformers():
-        model = AutoModelForSequenceClassification.from_pretrained(
+        model, info = AutoModelForSequenceClassification.from_pretrained(
             resolve_model(model_id),
             num_labels=num_labels,
             problem_type="regression" if problem == "regression" else "single_label_classification",
             ignore_mismatched_sizes=True,  # a checkpoint's own head may have another label count
+            output_loading_info=True,
         )
+    model.newly_initialised = sorted(set(info["missing_keys"]) | {name for name, *_ in info["mismatched_keys"]})
     if model.config.pad_token_id is None and pad_token_id is not None:
         model.config.pad_token_id = pad_token_id
     return model.eval()

@@ -8,26 +8,28 @@ and evaluating the surviving configuration.
 
 from __future__ import annotations
 
+import contextlib
+import math
 import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from . import export
 from .arch import backbone_parameter_count, layer_parameter_count
 from .backbone import RankTracker, choose_ranks, plan_pruning
-from .checkpoint import Checkpoint
-from .data import TaskData, load_task
+from .calibration import unit_ablation
+from .checkpoint import Checkpoint, SearchState
+from .data import TaskData, compute_metrics, load_task
 from .hybrid import (
     DEFAULT_ASSIGNMENT,
     PRUNEPEFT_ASSIGNMENT,
     Assignment,
-    criteria_used,
-    fuse,
-    partition_units,
+    ImportancePolicy,
     uniform_assignment,
 )
 from .importance import ImportanceTracker
@@ -36,7 +38,7 @@ from .result import ProgressEvent, RemovedUnit, RoundRecord, SearchResult
 from .schedule import choose_removals, round_targets
 from .spec import SearchSpec, budget_params
 from .supernet import Supernet
-from .train import Encoded, encode, evaluate, shuffled_batches, train
+from .train import Encoded, chance_loss, encode, evaluate, mean_loss, shuffled_batches, train
 from .warmup import derive_assignment
 
 ProgressCallback = Callable[[ProgressEvent], None]
@@ -61,6 +63,10 @@ class _Reporter:
         self.phase_name = name
         self.emit(kind="phase", message=message)
 
+    def round(self, record: RoundRecord) -> None:
+        self.emit(kind="round", round=record.round, trainable_params=record.trainable_params,
+                  metric=record.metric, loss=record.train_loss, record=record)
+
     def steps(self, round: int | None, params: int) -> Callable[[int, int, float], None]:
         def on_step(step: int, steps: int, loss: float) -> None:
             self.emit(kind="step", round=round, step=step, steps=steps, loss=loss, trainable_params=params)
@@ -70,12 +76,17 @@ class _Reporter:
 
 @dataclass
 class _Context:
-    """What every phase needs: the task, tokenised data, device, and a way to build a fresh supernet."""
+    """What every phase needs: the task, tokenised data, device, and a way to build a fresh supernet.
+
+    The search never sees the dev set: it trains on `search_train` and measures on `validation`, both carved
+    from train (disjoint). The retrain uses all of train; dev is scored once, at the end."""
 
     spec: SearchSpec
     task: TaskData
     train_data: Encoded
     dev_data: Encoded
+    search_train: Encoded
+    validation: Encoded
     pad_id: int
     device: torch.device
 
@@ -88,7 +99,12 @@ class _Context:
         def enc(examples):
             return encode(tokenizer, examples, spec.train.max_length, task.problem)
 
-        return cls(spec, task, enc(task.train), enc(task.dev), tokenizer.pad_token_id, device)
+        train_data = enc(task.train)
+        held_out = _sample(len(train_data), min(spec.schedule.eval_examples, len(train_data) // 4), spec.seed)
+        rest = sorted(set(range(len(train_data))) - set(held_out))
+        search_rows = [rest[i] for i in _sample(len(rest), spec.schedule.max_train_examples, spec.seed)]
+        return cls(spec, task, train_data, enc(task.dev), train_data.subset(search_rows),
+                   train_data.subset(held_out), tokenizer.pad_token_id, device)
 
     def supernet(self, units: list[str] | None = None, lora_ranks: dict[str, int] | None = None,
                  masks: bool = False, backbone: dict | None = None,
@@ -104,6 +120,35 @@ class _Context:
         return evaluate(model, data, self.task.metric_names, self.spec.train.eval_batch_size, self.pad_id,
                         self.device)
 
+    def validation_metric(self, model) -> float | None:
+        return self.evaluate(model, self.validation)[self.task.primary_metric] if len(self.validation) else None
+
+    def chance_metric(self) -> float | None:
+        """The validation metric of a constant prediction: the search train's majority class (or mean)."""
+        if not len(self.validation):
+            return None
+        labels = np.asarray(self.search_train.labels)
+        if self.task.problem == "regression":
+            constant = float(labels.mean())
+        else:
+            constant = int(np.bincount(labels.astype(int)).argmax())
+        predictions = np.full(len(self.validation), constant)
+        return compute_metrics([self.task.primary_metric], predictions, np.asarray(self.validation.labels))[
+            self.task.primary_metric]
+
+    def validation_loss(self, model) -> float:
+        return mean_loss(model, self.validation, self.spec.train.eval_batch_size, self.pad_id, self.device)
+
+    def ablate(self, model: Supernet):
+        """The policy's measurement: keys -> validation-loss increase per unit switched off (None: no split)."""
+        def measure(keys: list[str]) -> dict[str, float] | None:
+            if not len(self.validation):
+                return None
+            return unit_ablation(model, self.validation, keys, self.spec.train.eval_batch_size, self.pad_id,
+                                 self.device)
+
+        return measure
+
 
 def search(spec: SearchSpec, out_dir: str | Path, *, on_progress: ProgressCallback | None = None,
            should_stop: StopCheck | None = None, checkpoint_dir: str | Path | None = None) -> SearchResult:
@@ -111,107 +156,152 @@ def search(spec: SearchSpec, out_dir: str | Path, *, on_progress: ProgressCallba
 
     `on_progress` receives every phase change, training step and finished round; `should_stop` is polled between
     steps and raises `Cancelled` when true; with `checkpoint_dir`, every round is checkpointed there and a new
-    call with the same spec resumes after the last completed round."""
+    call with the same spec resumes after the last completed round (re-reporting the rounds it holds)."""
     spec = spec.validate()
-    schedule, policy = spec.schedule, spec.policy
+    schedule, speed = spec.schedule, spec.backbone
     report = _Reporter(on_progress, schedule.rounds)
     report.phase("load", f"loading {spec.model} and {spec.task.name}")
     seed_everything(spec.seed)
     ctx = _Context.prepare(spec)
-    search_train = ctx.train_data.subset(_sample(len(ctx.train_data), schedule.max_train_examples, spec.seed))
-    search_dev = ctx.dev_data.subset(_sample(len(ctx.dev_data), schedule.eval_examples, spec.seed))
-
     checkpoint = Checkpoint(checkpoint_dir, spec)
-    saved = checkpoint.load()
-    search_start = time.monotonic()
-    speed = spec.backbone
-    if saved is None:
-        supernet = ctx.supernet(masks=speed.enabled)
-        state = {"round": 0, "records": [], "start_params": supernet.peft_params(), "assignment": None,
-                 "warmup": None, "search_wall_s": 0.0, "backbone": None, "lora_ranks": None}
-        if policy.assignment == "warmup":
-            report.phase("warmup", f"deriving the criteria per partition on {policy.warmup_examples} examples")
-            probe = ctx.supernet()
-            state["assignment"], state["warmup"] = derive_assignment(
-                probe, search_train, spec, ctx.pad_id, ctx.device, len(policy.block_cuts) + 1,
-                on_step=report.steps(None, probe.peft_params()), should_stop=should_stop)
-            del probe
-    else:
-        state, tensors = saved
-        supernet = ctx.supernet(state["units"], state["lora_ranks"], masks=speed.enabled and not state["backbone"],
-                                backbone=state["backbone"], scales=tensors)
-        supernet.load_trained_state(tensors)
-        report.emit(kind="phase", message=f"resuming after round {state['round']} of {schedule.rounds}")
-    prior_wall = state["search_wall_s"]  # spent before a resume
-    assignment = state["assignment"] or _resolve_assignment(policy.assignment, spec)
+    clock = time.monotonic()
+    state, supernet = _start_or_resume(ctx, checkpoint, report, should_stop)
+    batches = ctx.batches(ctx.search_train, spec.seed + state.round)
+    ranks = RankTracker(supernet.units.values()) if supernet.masks is not None and speed.rank_ratio else None
+    if state.learn is None:  # train until the supernet has learned; only then are units scored
+        state.learn = _learn(ctx, supernet, batches, ranks, report, should_stop)
+        checkpoint.save(state, supernet.trained_state())
+
+    policy = ImportancePolicy(spec.policy, state.assignment, spec.seed + state.round)
     backbone_before = backbone_parameter_count(supernet.model, supernet.arch)
     budget = budget_params(spec.budget, backbone_before)
-    targets = round_targets(state["start_params"], budget, schedule.rounds)
-    records = [RoundRecord.from_dict(r) for r in state["records"]]
-    rng = random.Random(spec.seed)
-
-    report.phase("search", f"{schedule.rounds} rounds from {state['start_params']:,} to {budget:,} parameters")
-    batches = ctx.batches(search_train, spec.seed + state["round"])
-    rank_tracker = RankTracker(supernet.units.values()) if supernet.masks is not None and speed.rank_ratio else None
-    for index in range(state["round"], schedule.rounds):
-        round_start = time.monotonic()
-        units = list(supernet.units.values())
-        tracker = ImportanceTracker(units, criteria_used(assignment), policy.accumulate, policy.ema_beta)
-        masks = supernet.masks
-        with tracker:
-            loss = train(supernet, supernet.param_groups(schedule.lr, speed.mask_lr), batches, steps=schedule.steps_per_round,
-                         lr=schedule.lr, problem=ctx.task.problem, device=ctx.device, warmup_ratio=0.1,
-                         weight_decay=spec.train.weight_decay, decay=False,
-                         trackers=[t for t in (tracker, rank_tracker, masks) if t is not None],
-                         extra_loss=_mask_penalty(masks, speed.mask_penalty),
-                         on_step=report.steps(index + 1, supernet.peft_params()), should_stop=should_stop)
-        metric = ctx.evaluate(supernet, search_dev)[ctx.task.primary_metric] if len(search_dev) else None
-        scores = tracker.scores()
-        if policy.assignment == "random":
-            importance = {u.key: rng.random() for u in units}
-        else:
-            parts = partition_units(supernet.unit_keys(), supernet.num_layers, policy.block_cuts)
-            importance = fuse(scores, parts, assignment)
-        backbone_params = None
-        if masks is not None and index + 1 == speed.mask_rounds:
-            _prune_backbone(supernet, speed, rank_tracker)
-            rank_tracker = None
-            backbone_params = backbone_parameter_count(supernet.model, supernet.arch)
-        params = supernet.unit_params()
-        removed = choose_removals(importance, params, targets[index])
-        supernet.remove(removed)
-        record = RoundRecord(
-            round=index + 1, units_left=supernet.unit_keys(), trainable_params=supernet.peft_params(),
-            target_params=targets[index], metric_name=ctx.task.primary_metric, metric=metric, train_loss=loss,
-            removed=[RemovedUnit(key, params[key], importance[key],
-                                 {name: per_unit[key] for name, per_unit in scores.items()}) for key in removed],
-            wall_s=time.monotonic() - round_start, backbone_params=backbone_params)
-        records.append(record)
-        state.update(round=index + 1, records=[_record_dict(r) for r in records], units=supernet.unit_keys(),
-                     assignment=assignment, search_wall_s=prior_wall + time.monotonic() - search_start,
-                     backbone=supernet.backbone_record, lora_ranks=supernet.lora_ranks())
+    targets = round_targets(state.start_params, budget, schedule.rounds)
+    report.phase("search", f"{schedule.rounds} rounds from {state.start_params:,} to {budget:,} parameters")
+    for index in range(state.round, schedule.rounds):
+        record = _run_round(ctx, supernet, policy, index, targets[index], batches, ranks, report, should_stop)
+        if record.backbone_params is not None:
+            ranks = None  # the ranks were pruned with the backbone
+        state.round, state.records = index + 1, [*state.records, record]
+        state.units, state.lora_ranks, state.backbone = (supernet.unit_keys(), supernet.lora_ranks(),
+                                                         supernet.backbone_record)
+        state.search_wall_s += time.monotonic() - clock
+        clock = time.monotonic()
         checkpoint.save(state, supernet.trained_state())
-        report.emit(kind="round", round=index + 1, trainable_params=record.trainable_params, metric=metric,
-                    loss=loss, record=record)
-    search_wall = prior_wall + time.monotonic() - search_start
+        report.round(record)
+    state.search_wall_s += time.monotonic() - clock
 
-    survivors = supernet.unit_keys()
     if spec.retrain == "fresh":
-        rebuild = {"lora_ranks": supernet.lora_ranks(), "backbone": supernet.backbone_record,
-                   "scales": supernet.backbone_scales}
+        survivors, rebuild = supernet.unit_keys(), {"lora_ranks": supernet.lora_ranks(),
+                                                    "backbone": supernet.backbone_record,
+                                                    "scales": supernet.backbone_scales}
         del supernet
         seed_everything(spec.seed)
-        final = ctx.supernet(survivors, **rebuild)
-    else:
-        final = supernet
-    result = _retrain_evaluate_export(ctx, final, out_dir, report, should_stop, budget=budget,
-                                      backbone_before=backbone_before, records=records,
-                                      trace_extra={"assignment": assignment, "warmup": state["warmup"],
-                                                   "start_params": state["start_params"], "targets": targets})
-    result.search_wall_s = search_wall
+        supernet = ctx.supernet(survivors, **rebuild)
+    result = _retrain_evaluate_export(ctx, supernet, out_dir, report, should_stop, budget=budget,
+                                      backbone_before=backbone_before, records=state.records,
+                                      trace_extra={"assignment": state.assignment, "warmup": state.warmup,
+                                                   "learn": state.learn, "start_params": state.start_params,
+                                                   "targets": targets})
+    result.search_wall_s = state.search_wall_s
     export.write_result(out_dir, result)
     report.phase("done", f"{result.metric_name} {result.metric:.4f} with {result.trainable_params:,} parameters")
     return result
+
+
+def _start_or_resume(ctx: _Context, checkpoint: Checkpoint, report: _Reporter,
+                     should_stop) -> tuple[SearchState, Supernet]:
+    """A fresh supernet (and, with `assignment: warmup`, the derived criteria), or the checkpointed one."""
+    spec, speed = ctx.spec, ctx.spec.backbone
+    saved = checkpoint.load()
+    if saved is not None:
+        state, tensors = saved
+        supernet = ctx.supernet(state.units, state.lora_ranks, masks=speed.enabled and not state.backbone,
+                                backbone=state.backbone, scales=tensors)
+        supernet.load_trained_state(tensors)
+        report.emit(kind="phase", message=f"resuming after round {state.round} of {spec.schedule.rounds}")
+        for record in state.records:  # a kill between checkpoint and report must not lose a round
+            report.round(record)
+        return state, supernet
+    supernet = ctx.supernet(masks=speed.enabled)
+    state = SearchState(start_params=supernet.peft_params(), assignment=_resolve_assignment(spec))
+    if spec.policy.assignment == "warmup":
+        report.phase("warmup", f"deriving the criteria per partition on {spec.policy.warmup_examples} examples")
+        probe = ctx.supernet()
+        state.assignment, state.warmup = derive_assignment(
+            probe, ctx.search_train, spec, ctx.pad_id, ctx.device, len(spec.policy.block_cuts) + 1,
+            on_step=report.steps(None, probe.peft_params()), should_stop=should_stop)
+    return state, supernet
+
+
+def _learn(ctx: _Context, supernet: Supernet, batches, ranks: RankTracker | None, report: _Reporter,
+           should_stop) -> dict:
+    """Train the supernet until its validation loss is below chance by the margin, for at most
+    learn_max_share x train.steps steps. Returns when scoring began and what the supernet had learned then."""
+    spec, schedule = ctx.spec, ctx.spec.schedule
+    if not len(ctx.validation):
+        return {"step": 0, "learned": None, "reason": "no validation split (schedule.eval_examples is 0)"}
+    limit = math.ceil(schedule.learn_max_share * spec.train.steps)
+    chance = chance_loss(ctx.search_train.labels, ctx.validation)
+    threshold = (1 - schedule.learn_margin) * chance
+    seen: dict = {}
+
+    def learned(step: int) -> bool:
+        seen.update(step=step, validation_loss=ctx.validation_loss(supernet))
+        return seen["validation_loss"] < threshold
+
+    if limit:
+        report.phase("learn", f"training the supernet until its validation loss is below {threshold:.4f} "
+                              f"(chance {chance:.4f}), at most {limit} steps")
+        _train_supernet(ctx, supernet, batches, limit, ranks, report.steps(None, supernet.peft_params()),
+                        should_stop, until=learned)
+    else:
+        learned(0)
+    return {**seen, "chance_loss": chance, "threshold": threshold, "max_steps": limit,
+            "learned": seen["validation_loss"] < threshold, "metric_name": ctx.task.primary_metric,
+            "metric": ctx.validation_metric(supernet), "chance_metric": ctx.chance_metric()}
+
+
+def _run_round(ctx: _Context, supernet: Supernet, policy: ImportancePolicy, index: int, target: int, batches,
+               ranks: RankTracker | None, report: _Reporter, should_stop) -> RoundRecord:
+    """Train with the criteria tracked, score, (prune the backbone when its masks are done), remove units."""
+    spec, speed = ctx.spec, ctx.spec.backbone
+    start = time.monotonic()
+    tracker = ImportanceTracker(supernet.units.values(), policy.criteria, spec.policy.accumulate,
+                                spec.policy.ema_beta)
+    with tracker:
+        loss = _train_supernet(ctx, supernet, batches, spec.schedule.steps_per_round, ranks,
+                               report.steps(index + 1, supernet.peft_params()), should_stop, tracker=tracker)
+    metric = ctx.validation_metric(supernet)
+    scores = tracker.scores()
+    importance, type_values = policy.importance(supernet.unit_keys(), supernet.num_layers, scores,
+                                                ctx.ablate(supernet))
+    backbone_params = None
+    if supernet.masks is not None and index + 1 == speed.mask_rounds:
+        _prune_backbone(supernet, speed, ranks)
+        backbone_params = backbone_parameter_count(supernet.model, supernet.arch)
+    params = supernet.unit_params()
+    removed = choose_removals(importance, params, target)
+    supernet.remove(removed)
+    return RoundRecord(
+        round=index + 1, units_left=supernet.unit_keys(), trainable_params=supernet.peft_params(),
+        target_params=target, metric_name=ctx.task.primary_metric, metric=metric, train_loss=loss,
+        removed=[RemovedUnit(key, params[key], importance[key],
+                             {name: per_unit[key] for name, per_unit in scores.items()}) for key in removed],
+        wall_s=time.monotonic() - start, backbone_params=backbone_params, chance_metric=ctx.chance_metric(),
+        type_values=type_values)
+
+
+def _train_supernet(ctx: _Context, supernet: Supernet, batches, steps: int, ranks: RankTracker | None, on_step,
+                    should_stop, tracker: ImportanceTracker | None = None, until=None) -> float:
+    """The search's training: constant learning rate after a short warm-up; the masks (speed mode) learn
+    under their L1 penalty, and the trackers see every step."""
+    spec, speed, masks = ctx.spec, ctx.spec.backbone, supernet.masks
+    return train(supernet, supernet.param_groups(spec.schedule.lr, speed.mask_lr), batches, steps=steps,
+                 lr=spec.schedule.lr, problem=ctx.task.problem, device=ctx.device, warmup_ratio=0.1,
+                 weight_decay=spec.train.weight_decay, decay=False,
+                 trackers=[t for t in (tracker, ranks, masks) if t is not None],
+                 extra_loss=_mask_penalty(masks, speed.mask_penalty), on_step=on_step, should_stop=should_stop,
+                 until=until, check_every=spec.schedule.learn_check_every)
 
 
 def fit(spec: SearchSpec, out_dir: str | Path, units: list[str] | None = None, *,
@@ -245,9 +335,10 @@ def _retrain_evaluate_export(ctx: _Context, model: Supernet, out_dir, report: _R
     retrain_wall = time.monotonic() - start
     report.phase("evaluate", f"{len(ctx.dev_data)} dev examples")
     metrics = ctx.evaluate(model, ctx.dev_data)
+    stock_peft = _stock_peft_part(ctx, model, metrics)
     report.phase("export", str(out_dir))
     configuration = export.save(out_dir, model, spec=spec, task=ctx.task, metrics=metrics, records=records,
-                                trace_extra=trace_extra)
+                                trace_extra=trace_extra, stock_peft=stock_peft)
     return SearchResult(
         out_dir=str(out_dir), task=ctx.task.name, metric_name=ctx.task.primary_metric,
         metric=metrics[ctx.task.primary_metric], metrics=metrics, trainable_params=model.peft_params(),
@@ -256,6 +347,31 @@ def _retrain_evaluate_export(ctx: _Context, model: Supernet, out_dir, report: _R
         configuration=configuration, pruned_layers=configuration["pruned_layers"], rounds=records,
         search_wall_s=0.0, retrain_wall_s=retrain_wall, peak_memory_mb=peak_memory_mb(ctx.device),
         device=str(ctx.device))
+
+
+def _stock_peft_part(ctx: _Context, model: Supernet, metrics: dict[str, float]) -> dict:
+    """What stock peft loads from the result (`PeftModel.from_pretrained(base, dir)`: the LoRA part and the
+    head), and what that part alone scores on dev: anything else the search kept is dropped by it."""
+    lora = [u.key for u in model.units.values() if u.kind == "lora"]
+    dropped = [u.key for u in model.units.values() if u.kind != "lora"]
+    primary = ctx.task.primary_metric
+    part = {"dropped_units": dropped, "metric_name": primary, "full_metric": metrics[primary]}
+    if not lora:
+        return {**part, "loads": False, "complete": False, "metric": None,
+                "why": "no LoRA unit survived: there is no peft adapter; use pruning.load"}
+    if model.backbone_record:
+        return {**part, "loads": False, "complete": False, "metric": None,
+                "why": "the backbone was pruned: the adapter fits only the pruned backbone that pruning.load "
+                       "rebuilds, not the base model"}
+    if not dropped:
+        return {**part, "loads": True, "complete": True, "metric": metrics[primary], "why": None}
+    with contextlib.ExitStack() as stack:
+        for key in dropped:
+            stack.enter_context(model.unit(key).switched_off())
+        alone = ctx.evaluate(model, ctx.dev_data)[primary]
+    return {**part, "loads": True, "complete": False, "metric": alone,
+            "why": f"stock peft loads only the LoRA part: the {len(dropped)} other units the search kept "
+                   f"({', '.join(dropped)}) are dropped"}
 
 
 def _mask_penalty(masks, coefficient: float):
@@ -275,12 +391,15 @@ def _prune_backbone(supernet: Supernet, speed, rank_tracker: RankTracker | None)
         supernet.prune_ranks(choose_ranks(rank_tracker.importance(), speed.rank_ratio))
 
 
-def _resolve_assignment(name: str, spec: SearchSpec) -> Assignment:
-    """A validated `policy.assignment` other than "warmup" as a table (random needs none)."""
+def _resolve_assignment(spec: SearchSpec) -> Assignment:
+    """`policy.assignment` as a table ("warmup" starts from the default and derives its own; random needs none)."""
+    name = spec.policy.assignment
     if name == "random":
         return {}
-    if name in ("default", "prunepeft"):
-        return DEFAULT_ASSIGNMENT if name == "default" else PRUNEPEFT_ASSIGNMENT
+    if name in ("default", "warmup"):
+        return DEFAULT_ASSIGNMENT
+    if name == "prunepeft":
+        return PRUNEPEFT_ASSIGNMENT
     return uniform_assignment(name, spec.space.types, len(spec.policy.block_cuts) + 1)
 
 
@@ -288,9 +407,3 @@ def _sample(n: int, limit: int | None, seed: int) -> list[int]:
     if limit is None or limit >= n:
         return list(range(n))
     return sorted(random.Random(seed).sample(range(n), limit))
-
-
-def _record_dict(record: RoundRecord) -> dict:
-    import dataclasses
-
-    return dataclasses.asdict(record)

@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-PHASES = ("load", "warmup", "search", "retrain", "evaluate", "export", "done")
+PHASES = ("load", "warmup", "learn", "search", "retrain", "evaluate", "export", "done")
 
 
 class Cancelled(Exception):
@@ -28,11 +28,16 @@ class RoundRecord:
     trainable_params: int  # PEFT parameters left after this round's removals
     target_params: int
     metric_name: str
-    metric: float | None  # on the search's dev subset, before this round's removals
+    metric: float | None  # on the validation split (carved from train), before this round's removals
     train_loss: float | None
     removed: list[RemovedUnit]
     wall_s: float
     backbone_params: int | None = None  # when the backbone was pruned this round
+    # the same metric for a constant prediction (the train majority class, or mean): what "learned nothing" scores
+    chance_metric: float | None = None
+    # what one unit of each module type was worth this round: the mean validation-loss increase when one of its
+    # units is switched off (calibration.py); None when not measured
+    type_values: dict[str, float] | None = None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RoundRecord:
@@ -84,3 +89,49 @@ class SearchResult:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SearchResult:
         return cls(**{**data, "rounds": [RoundRecord.from_dict(r) for r in data["rounds"]]})
+
+
+# --- how results read to a person: one formatter each, used by the CLI, the model card and the service -----------
+
+
+def format_unit(kind: str, description: dict | None) -> str:
+    """A unit's sizes in a table cell: "r=8/8" (LoRA ranks per projection), "d=16" (adapter), "p=8" (prefix)."""
+    if description is None:
+        return "-"
+    if "ranks" in description:
+        return "r=" + "/".join(str(r) for r in description["ranks"].values())
+    if "size" in description:
+        return f"d={description['size']}"
+    return f"p={description['length']}"
+
+
+def format_metrics(metrics: dict[str, float], labels: list[str] | None = None) -> str:
+    """"accuracy 0.8125, f1 0.7000 (positive class 'pos')": binary F1 names the class it is the F1 of."""
+    def one(name: str, value: float) -> str:
+        text = f"{name} {value:.4f}"
+        if name == "f1" and labels and len(labels) == 2:
+            text += f" (positive class {labels[1]!r})"
+        return text
+
+    return ", ".join(one(name, value) for name, value in metrics.items())
+
+
+def format_round(record: RoundRecord, rounds: int) -> str:
+    """One line per finished round, for logs and the CLI."""
+    metric = "n/a" if record.metric is None else f"{record.metric:.4f}"
+    if record.metric is not None and record.chance_metric is not None:
+        metric += f" (constant prediction: {record.chance_metric:.4f})"
+    removed = ", ".join(u.unit for u in record.removed) or "nothing"
+    return (f"round {record.round}/{rounds}: validation {record.metric_name} {metric} before removing {removed}; "
+            f"{record.trainable_params:,} parameters left (target {record.target_params:,})")
+
+
+def stock_peft_warning(stock_peft: dict | None) -> str | None:
+    """The sentence a user must not miss when stock peft does not reproduce the searched model."""
+    if not stock_peft or stock_peft.get("complete"):
+        return None
+    if not stock_peft["loads"]:
+        return f"Stock peft cannot reproduce this model: {stock_peft['why']}."
+    return (f"Stock peft reproduces only part of this model: {stock_peft['why']}; that part alone scores "
+            f"{stock_peft['metric_name']} {stock_peft['metric']:.4f} on dev against {stock_peft['full_metric']:.4f} "
+            f"for the searched model. Use pruning.load(dir) for the whole model.")

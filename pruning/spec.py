@@ -122,6 +122,10 @@ class PolicySpec:
     block_cuts: tuple[float, ...] = (0.2, 0.5, 0.8)
     accumulate: Literal["mean", "ema"] = "mean"
     ema_beta: float = 0.9
+    # Criteria rank units within a module type; what one type is worth against another is measured: the
+    # validation-loss increase when a unit is switched off, averaged over up to this many units per type (spread
+    # over depth). 0: no measurement, every type weighs the same.
+    calibration_units: int = 8
 
 
 @dataclass(frozen=True)
@@ -129,8 +133,17 @@ class ScheduleSpec:
     rounds: int = 4
     steps_per_round: int = 30
     lr: float = 1e-3
-    eval_examples: int = 256  # dev examples scored after each round (the trace's metric), 0 to skip
+    # The validation split, carved from train (the dev set is scored once, at the end): it gates the start of
+    # scoring, calibrates the module types and gives each round's metric. 0: no split (no gate, no calibration).
+    eval_examples: int = 256
     max_train_examples: int | None = 2000  # the search trains on at most this many train examples
+    # Units are scored only once the supernet has learned: its validation loss must be below (1 - learn_margin)
+    # x the loss of always predicting the train labels' prior (mean, for regression). It trains for that at most
+    # learn_max_share x train.steps steps, checking every learn_check_every steps; the trace says when scoring
+    # began and whether the supernet had learned by then.
+    learn_max_share: float = 0.2
+    learn_margin: float = 0.05
+    learn_check_every: int = 10
 
 
 @dataclass(frozen=True)
@@ -202,6 +215,9 @@ class SearchSpec:
         _integer("schedule.steps_per_round", schedule.steps_per_round, low=1)
         _number("schedule.lr", schedule.lr, low=0, low_open=True)
         _integer("schedule.eval_examples", schedule.eval_examples, low=0)
+        _number("schedule.learn_max_share", schedule.learn_max_share, low=0, high=1)
+        _number("schedule.learn_margin", schedule.learn_margin, low=0, high=1)
+        _integer("schedule.learn_check_every", schedule.learn_check_every, low=1)
         if schedule.max_train_examples is not None:
             _integer("schedule.max_train_examples", schedule.max_train_examples, low=1)
         backbone = self.backbone
@@ -238,6 +254,7 @@ class SearchSpec:
         _number("policy.ema_beta", policy.ema_beta, low=0, high=1, low_open=True)
         _integer("policy.warmup_examples", policy.warmup_examples, low=2)
         _integer("policy.warmup_steps", policy.warmup_steps, low=1)
+        _integer("policy.calibration_units", policy.calibration_units, low=0)
 
     def to_dict(self) -> dict[str, Any]:
         return _to_jsonable(self)

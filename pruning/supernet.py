@@ -49,6 +49,12 @@ class Supernet(nn.Module):
         if backbone is not None:  # rebuild a pruned backbone from its record (before LoRA wraps anything)
             apply_backbone_record(model, backbone, scales)
         self.model = model
+        # Frozen tensors the base checkpoint lacks (e.g. a pooler): random at every load, so they are saved with
+        # the trained ones, or a reloaded result would not compute what was measured.
+        head = {id(p) for p in head_parameters(model, self.arch)}
+        tensors = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+        self.initialised = [name for name in getattr(model, "newly_initialised", ())
+                            if name in tensors and id(tensors[name]) not in head]
         keys = all_unit_keys(self.num_layers, space.types) if units is None else list(units)
         wanted = [parse_unit_key(k) for k in keys]
         for kind, layer in wanted:
@@ -176,12 +182,16 @@ class Supernet(nn.Module):
         pruned backbone: what export and checkpoints save."""
         wanted = {id(p) for p in self.trainable_parameters()}
         state = {name: p.detach() for name, p in self.named_parameters() if id(p) in wanted}
-        return {**state, **self.backbone_scales}
+        return {**state, **self._initialised_tensors(), **self.backbone_scales}
+
+    def _initialised_tensors(self) -> dict[str, torch.Tensor]:
+        tensors = {**dict(self.model.named_parameters()), **dict(self.model.named_buffers())}
+        return {f"model.{name}": tensors[name].detach() for name in self.initialised}
 
     def load_trained_state(self, state: dict[str, torch.Tensor]) -> None:
         """The inverse of trained_state (the folded backbone scales are applied when the backbone is built)."""
         state = {k: v for k, v in state.items() if k not in self.backbone_scales}
-        params = dict(self.named_parameters())
+        params = {**dict(self.named_parameters()), **dict(self.named_buffers())}
         missing = sorted(set(self.trained_state()) - set(self.backbone_scales) - set(state))
         if missing:
             raise ValueError(f"saved state lacks {len(missing)} tensors, e.g. {missing[0]}")

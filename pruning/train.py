@@ -99,12 +99,14 @@ StepCallback = Callable[[int, int, float], None]  # (step, steps, loss)
 def train(model: torch.nn.Module, params: list, batches: Iterator[dict], *, steps: int,
           lr: float, problem: str, device: torch.device, warmup_ratio: float = 0.06, weight_decay: float = 0.0,
           decay: bool = True, trackers: Sequence = (), extra_loss: Callable[[], torch.Tensor] | None = None,
-          on_step: StepCallback | None = None, should_stop: Callable[[], bool] | None = None) -> float:
+          on_step: StepCallback | None = None, should_stop: Callable[[], bool] | None = None,
+          until: Callable[[int], bool] | None = None, check_every: int = 1) -> float:
     """AdamW with linear warm-up (and linear decay unless `decay` is False); returns the mean training loss.
 
     `params` is a list of parameters, or of optimizer groups (dicts) whose own "lr" overrides `lr`.
     `trackers` (ImportanceTracker, RankTracker) see each batch's mask before the forward and the gradients after
-    the backward; `extra_loss` adds a regulariser (the backbone masks' L1 penalty)."""
+    the backward; `extra_loss` adds a regulariser (the backbone masks' L1 penalty). `until(steps_done)`, called
+    before the first step and then every `check_every` steps, ends training early when it returns True."""
     from .result import Cancelled
 
     groups = params if params and isinstance(params[0], dict) else [{"params": params}]
@@ -113,8 +115,12 @@ def train(model: torch.nn.Module, params: list, batches: Iterator[dict], *, step
     optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
     warmup = math.ceil(steps * warmup_ratio)
     model.train()
-    total = 0.0
+    total, done = 0.0, 0
     for step in range(steps):
+        if until is not None and step % check_every == 0:
+            if until(step):
+                break
+            model.train()  # `until` may have evaluated the model
         if should_stop is not None and should_stop():
             raise Cancelled()
         for group in optimizer.param_groups:
@@ -137,10 +143,40 @@ def train(model: torch.nn.Module, params: list, batches: Iterator[dict], *, step
         if not math.isfinite(value):
             raise FloatingPointError(f"training loss became {value} at step {step + 1}; try a lower learning rate")
         total += value
+        done += 1
         if on_step is not None:
             on_step(step + 1, steps, value)
+    else:
+        if until is not None:
+            until(steps)  # the last word on the finished model
     model.eval()
-    return total / max(steps, 1)
+    return total / max(done, 1)
+
+
+@torch.no_grad()
+def mean_loss(model: torch.nn.Module, data: Encoded, batch_size: int, pad_id: int, device: torch.device) -> float:
+    """The training loss (without regularisers) averaged over `data`, in eval mode."""
+    model.eval()
+    total = 0.0
+    for start in range(0, len(data), batch_size):
+        batch = collate(data, list(range(start, min(start + batch_size, len(data)))), pad_id, device)
+        labels = batch.pop("labels")
+        with autocast(device):
+            logits = model(**batch)
+        total += float(loss_of(logits, labels, data.problem)) * len(labels)
+    return total / len(data)
+
+
+def chance_loss(train_labels: Sequence[float], data: Encoded) -> float:
+    """The loss on `data` of a model that has learned nothing but the train labels' prior: the cross-entropy of
+    the label frequencies (add-one smoothed), or for regression the squared error of the train mean."""
+    labels = np.asarray(data.labels, dtype=float)
+    if data.problem == "regression":
+        return float(np.mean((labels - float(np.mean(train_labels))) ** 2))
+    classes = int(max(max(train_labels), labels.max())) + 1
+    counts = np.bincount(np.asarray(train_labels, dtype=int), minlength=classes) + 1.0
+    prior = counts / counts.sum()
+    return float(-np.mean(np.log(prior[labels.astype(int)])))
 
 
 @torch.no_grad()

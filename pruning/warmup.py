@@ -11,12 +11,11 @@ from __future__ import annotations
 import random
 from collections import defaultdict
 
-import torch
-
+from .calibration import unit_ablation
 from .criteria import CRITERIA
 from .hybrid import Assignment, assign_from_ablation, partition_units
 from .importance import ImportanceTracker
-from .train import Encoded, collate, loss_of, shuffled_batches, train
+from .train import Encoded, shuffled_batches, train
 
 
 def label_preserving_subset(data: Encoded, size: int, seed: int) -> Encoded:
@@ -36,17 +35,6 @@ def label_preserving_subset(data: Encoded, size: int, seed: int) -> Encoded:
     return data.subset(sorted(chosen))
 
 
-@torch.no_grad()
-def mean_loss(model, data: Encoded, batch_size: int, pad_id: int, device) -> float:
-    model.eval()
-    total = 0.0
-    for start in range(0, len(data), batch_size):
-        batch = collate(data, list(range(start, min(start + batch_size, len(data)))), pad_id, device)
-        labels = batch.pop("labels")
-        total += float(loss_of(model(**batch), labels, data.problem)) * len(labels)
-    return total / len(data)
-
-
 def derive_assignment(supernet, train_data: Encoded, spec, pad_id: int, device, blocks: int, *,
                       on_step=None, should_stop=None) -> tuple[Assignment, dict]:
     policy = spec.policy
@@ -58,12 +46,7 @@ def derive_assignment(supernet, train_data: Encoded, spec, pad_id: int, device, 
               steps=policy.warmup_steps, lr=spec.schedule.lr, problem=subset.problem, device=device,
               warmup_ratio=0.1, decay=False, trackers=[tracker], on_step=on_step, should_stop=should_stop)
     scores = tracker.scores()
-    batch_size = spec.train.eval_batch_size
-    reference = mean_loss(supernet, subset, batch_size, pad_id, device)
-    ablation = {}
-    for unit in supernet.units.values():
-        with unit.switched_off():
-            ablation[unit.key] = mean_loss(supernet, subset, batch_size, pad_id, device) - reference
+    ablation = unit_ablation(supernet, subset, supernet.unit_keys(), spec.train.eval_batch_size, pad_id, device)
     parts = partition_units(supernet.unit_keys(), supernet.num_layers, policy.block_cuts)
     assignment, report = assign_from_ablation(scores, ablation, parts, blocks)
     return assignment, {"examples": len(subset), "steps": policy.warmup_steps, "ablation": ablation,

@@ -96,7 +96,7 @@ def make_spec(tiny_model, toy_task):
     def make(**overrides) -> SearchSpec:
         spec = SearchSpec(
             model=tiny_model, task=TaskSpec(train=toy_task[0], dev=toy_task[1]), budget=8000,
-            schedule=ScheduleSpec(rounds=3, steps_per_round=3, eval_examples=16),
+            schedule=ScheduleSpec(rounds=3, steps_per_round=3, eval_examples=16, learn_max_share=0),
             train=TrainSpec(steps=4, batch_size=8, lr=3e-3, eval_batch_size=32))
         nested: dict[str, dict] = {}
         for key, value in overrides.items():

@@ -184,3 +184,103 @@ def test_read_config_errors(tmp_path, searched):
     (tmp_path / CONFIG).write_text(json.dumps({**config, "format_version": 99}))
     with pytest.raises(ValueError, match="format version 99 is not 1"):
         read_config(tmp_path)
+
+
+# --- a base checkpoint that lacks weights; what stock peft loads, and says ---------------------------------------
+
+
+@pytest.fixture(scope="module")
+def poolerless(tiny_model, tmp_path_factory):
+    """The tiny model without its pooler weights: transformers initialises the pooler randomly at every load."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    path = tmp_path_factory.mktemp("poolerless") / "model"
+    shutil.copytree(tiny_model, path)
+    state = load_file(path / "model.safetensors")
+    save_file({k: v for k, v in state.items() if "pooler" not in k}, path / "model.safetensors",
+              metadata={"format": "pt"})
+    return str(path)
+
+
+def test_a_result_on_a_checkpoint_missing_weights_reloads_exactly(poolerless, make_spec, tmp_path, batch):
+    import dataclasses
+
+    spec = dataclasses.replace(make_spec(space=SpaceSpec(types=("lora",)), budget=5000, schedule__rounds=2),
+                               model=poolerless)
+    out = tmp_path / "out"
+    result = search(spec, out)
+    assert {"model.bert.pooler.dense.weight", "model.bert.pooler.dense.bias"} <= set(load_file(out / WEIGHTS))
+    # no seeding between the calls: the pooler comes from the result, not from the random state
+    torch.manual_seed(1)
+    first = pruning.evaluate(out)
+    torch.manual_seed(2)
+    second = pruning.evaluate(out)
+    assert first == second == result.metrics
+    torch.manual_seed(3)
+    ours = pruning.load(out)
+    assert torch.equal(logits(ours, batch), logits(pruning.load(out), batch))
+    # stock peft gets the pooler too (modules_to_save), so it reproduces the searched model
+    adapter_config = json.loads((out / "adapter_config.json").read_text())
+    assert adapter_config["modules_to_save"] == ["classifier", "bert.pooler.dense"]
+    torch.testing.assert_close(logits(stock_peft(poolerless, out), batch), logits(ours, batch), rtol=0, atol=1e-6)
+
+
+class _Logits(torch.nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, **batch):
+        return self.model(**batch).logits
+
+
+def test_the_stock_peft_part_and_its_score_are_stated(searched, tiny_model, toy_task, tokenizer):
+    from pruning import TaskSpec
+    from pruning.data import load_task
+    from pruning.train import encode, evaluate
+
+    stock = searched.result.configuration["stock_peft"]
+    units = searched.result.configuration["units"]
+    dropped = [k for k in units if not k.startswith("lora.")]
+    assert dropped and any(k.startswith("lora.") for k in units), units  # this search keeps a mix
+    assert stock["loads"] is True and stock["complete"] is False and stock["dropped_units"] == dropped
+    assert stock["full_metric"] == searched.result.metric
+    # the stated score is what stock peft's model really scores on dev
+    task = load_task(TaskSpec(train=toy_task[0], dev=toy_task[1]))
+    dev = encode(tokenizer, task.dev, searched.spec.train.max_length, "classification")
+    scored = evaluate(_Logits(stock_peft(tiny_model, searched.out)), dev, task.metric_names, 32,
+                      tokenizer.pad_token_id, torch.device("cpu"))
+    assert stock["metric"] == scored["accuracy"]
+    readme = (searched.out / "README.md").read_text()
+    assert readme.splitlines()[2].startswith("**Warning: Stock peft reproduces only part of this model")
+    assert f"alone scores accuracy {stock['metric']:.4f} on dev" in readme
+
+
+def test_a_lora_only_result_says_stock_peft_loads_it_all(lora_only):
+    _, result, out = lora_only
+    stock = result.configuration["stock_peft"]
+    assert stock["complete"] is True and stock["metric"] == result.metric and stock["dropped_units"] == []
+    assert "Warning" not in (out / "README.md").read_text()
+
+
+def test_the_result_records_a_portable_base_model_name(searched, tiny_model):
+    config = read_config(searched.out)
+    assert config["base_model"] == "tiny-model0" and config["base_model_path"] == tiny_model
+    adapter_config = json.loads((searched.out / "adapter_config.json").read_text())
+    assert adapter_config["base_model_name_or_path"] == "tiny-model0"
+
+
+def test_a_bundled_model_is_recorded_by_its_name(monkeypatch, tiny_model):
+    import sys
+    import types
+
+    from pruning.models import BUNDLED_MODELS, portable_name
+
+    package = types.ModuleType("fake_bundle")
+    package.get_model_path = lambda: tiny_model
+    monkeypatch.setitem(sys.modules, "fake_bundle", package)
+    monkeypatch.setitem(BUNDLED_MODELS, "tiny-bundled", "fake_bundle")
+    assert portable_name(tiny_model) == "tiny-bundled"
+    assert portable_name("some-org/some-model") == "some-org/some-model"

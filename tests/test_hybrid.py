@@ -17,6 +17,7 @@ from pruning.hybrid import (
     rank_weight,
     uniform_assignment,
 )
+from pruning.schedule import choose_removals
 
 CUTS = (0.2, 0.5, 0.8)
 
@@ -92,11 +93,6 @@ def test_zeros_and_threshold_are_constant_after_a_few_adam_steps():
     assert CRITERIA["threshold"].measure(signals) == 1.0
 
 
-def softmax_times_n(z: list[float]) -> list[float]:
-    e = [math.exp(v) for v in z]
-    return [len(z) * v / sum(e) for v in e]
-
-
 def test_fuse_by_hand():
     scores = {
         "weight": {"adapter.0": 2.0, "adapter.1": 4.0, "adapter.2": -8.0, "lora.0": 3.0, "lora.1": 0.5},
@@ -106,31 +102,57 @@ def test_fuse_by_hand():
     partitions = {("adapter", 0): ["adapter.0", "adapter.1", "adapter.2"], ("lora", 0): ["lora.0"],
                   ("lora", 3): ["lora.1"]}
     assignment = {"adapter": [["weight", "taylor"]], "lora": [["zeros"], [], [], ["taylor", "zeros"]]}
-    w0, w1 = 5 / (1 + math.exp(-3)), 5 / (1 + math.exp(-2))
-    # adapter partition: weight / max|weight| = [.25, .5, -1]; taylor / 3 = [1, 1/3, 0]
-    z = [w0 * 0.25 + w1 * 1, w0 * 0.5 + w1 / 3, w0 * -1 + w1 * 0]
-    expected = dict(zip(["adapter.0", "adapter.1", "adapter.2"], softmax_times_n(z), strict=True))
+    w0, w1 = rank_weight(0), rank_weight(1)
+    # adapters: percentiles within the type, weight [2/3, 1, 1/3], taylor [1, 2/3, 1/3]
+    blend = [(w0 * 2 / 3 + w1 * 1) / (w0 + w1), (w0 * 1 + w1 * 2 / 3) / (w0 + w1), 1 / 3]
+    mean = sum(blend) / 3
+    # lora.0 (alone in block 0, judged by zeros): zeros among all LoRA units [1.0, 0.25] -> percentile 1
+    # lora.1 (alone in block 3, by taylor then zeros): taylor ties [0, 0] -> 0.75 each; zeros -> 0.5
+    lora = [1.0, (w0 * 0.75 + w1 * 0.5) / (w0 + w1)]
     fused = fuse(scores, partitions, assignment)
     assert set(fused) == {"adapter.0", "adapter.1", "adapter.2", "lora.0", "lora.1"}
-    for key, value in expected.items():
-        assert fused[key] == pytest.approx(value, rel=1e-12)
-    assert sum(fused[k] for k in expected) / 3 == pytest.approx(1.0)  # each partition's mean is 1
-    assert fused["adapter.0"] > fused["adapter.1"] > fused["adapter.2"]
-    # a partition of one unit gets exactly 1.0, the mean of every partition (not a softmax probability of 1)
-    assert fused["lora.0"] == 1.0 and fused["lora.1"] == 1.0
+    for key, value in zip(["adapter.0", "adapter.1", "adapter.2"], blend, strict=True):
+        assert fused[key] == pytest.approx(value / mean, rel=1e-12)
+    assert fused["lora.0"] == pytest.approx(lora[0] / (sum(lora) / 2), rel=1e-12)
+    assert fused["lora.1"] == pytest.approx(lora[1] / (sum(lora) / 2), rel=1e-12)
+    assert sum(fused[k] for k in ("adapter.0", "adapter.1", "adapter.2")) / 3 == pytest.approx(1.0)
+    assert fused["adapter.1"] > fused["adapter.0"] > fused["adapter.2"]  # weight, the first criterion, leads
+    assert fused["lora.0"] > 1 > fused["lora.1"]  # singletons are ranked against their type, not fixed at 1
 
 
-def test_fuse_two_unit_partition_and_all_zero_scores():
+def test_a_unit_alone_in_its_partition_is_not_immune():
+    """6 layers cut at 20/50/80%: layer 2 and layer 5 are alone in their blocks. When their criteria say they
+    are the least important LoRA units, they are the first LoRA units removed."""
+    keys = [f"lora.{layer}" for layer in range(6)]
+    partitions = partition_units(keys, 6, (0.2, 0.5, 0.8))
+    assert partitions[("lora", 1)] == ["lora.2"] and partitions[("lora", 3)] == ["lora.5"]
+    taylor = {"lora.0": 5.0, "lora.1": 4.0, "lora.2": 0.1, "lora.3": 3.0, "lora.4": 2.0, "lora.5": 1.0}
+    fused = fuse({"taylor": taylor}, partitions, uniform_assignment("taylor", ["lora"], 4))
+    assert min(fused, key=fused.get) == "lora.2"
+    assert sorted(fused, key=fused.get)[:2] == ["lora.2", "lora.5"]
+    removed = choose_removals(fused, dict.fromkeys(keys, 100), 400)
+    assert removed == ["lora.2", "lora.5"]
+
+
+def test_fuse_weighs_types_by_their_measured_worth():
+    scores = {"taylor": {"lora.0": 1.0, "lora.1": 2.0, "adapter.0": 1.0, "adapter.1": 2.0}}
+    parts = {("lora", 0): ["lora.0", "lora.1"], ("adapter", 0): ["adapter.0", "adapter.1"]}
+    assignment = {"lora": [["taylor"]], "adapter": [["taylor"]]}
+    equal = fuse(scores, parts, assignment)
+    assert equal["lora.0"] == equal["adapter.0"] and equal["lora.1"] == equal["adapter.1"]
+    weighed = fuse(scores, parts, assignment, {"lora": 0.3, "adapter": 0.1})
+    assert (weighed["lora.0"] + weighed["lora.1"]) / 2 == pytest.approx(0.3)
+    assert (weighed["adapter.0"] + weighed["adapter.1"]) / 2 == pytest.approx(0.1)
+    assert weighed["adapter.1"] < weighed["lora.0"]  # the worse type's best unit is below the better type's worst
+    assert weighed["lora.1"] / weighed["lora.0"] == pytest.approx(equal["lora.1"] / equal["lora.0"])
+
+
+def test_fuse_all_tied_scores():
     scores = {"taylor": {"prefix.0": 0.0, "prefix.1": 0.0}, "gradient": {"prefix.0": 1.0, "prefix.1": 3.0}}
     parts = {("prefix", 0): ["prefix.0", "prefix.1"]}
-    # taylor is all zero: it contributes nothing (no division by zero); gradient is max-normalised to [1/3, 1]
-    fused = fuse(scores, parts, {"prefix": [["taylor", "gradient"]]})
-    w1 = rank_weight(1)
-    expected = softmax_times_n([w1 / 3, w1])
-    assert [fused["prefix.0"], fused["prefix.1"]] == pytest.approx(expected, rel=1e-12)
-    assert fused["prefix.0"] + fused["prefix.1"] == pytest.approx(2.0)
-    only_zero = fuse(scores, parts, {"prefix": [["taylor"]]})
-    assert only_zero == {"prefix.0": 1.0, "prefix.1": 1.0}
+    assert fuse(scores, parts, {"prefix": [["taylor"]]}) == {"prefix.0": 1.0, "prefix.1": 1.0}
+    both = fuse(scores, parts, {"prefix": [["taylor", "gradient"]]})
+    assert both["prefix.1"] > 1 > both["prefix.0"]  # the tie of taylor leaves gradient to decide
 
 
 def test_fuse_uses_the_criteria_of_each_block():
@@ -138,8 +160,20 @@ def test_fuse_uses_the_criteria_of_each_block():
               "taylor": {"adapter.0": 1.0, "adapter.3": 2.0, "adapter.1": 1.0, "adapter.2": 1.0}}
     parts = {("adapter", 0): ["adapter.0", "adapter.1"], ("adapter", 2): ["adapter.2", "adapter.3"]}
     fused = fuse(scores, parts, {"adapter": [["weight"], [], ["taylor"], []]})
-    assert fused["adapter.1"] > 1 > fused["adapter.0"]  # weight decides block 0
-    assert fused["adapter.3"] > 1 > fused["adapter.2"]  # taylor decides block 2
+    assert fused["adapter.1"] > fused["adapter.0"]  # weight decides block 0
+    assert fused["adapter.3"] > fused["adapter.2"]  # taylor decides block 2
+
+
+def test_type_values_and_sampling():
+    from pruning.calibration import FLOOR, sample_per_type, type_values
+
+    keys = [f"{kind}.{layer}" for layer in range(10) for kind in ("lora", "prefix")]
+    chosen = sample_per_type(keys, 4)
+    assert [k for k in chosen if k.startswith("lora")] == ["lora.0", "lora.3", "lora.6", "lora.9"]
+    assert len(chosen) == 8
+    assert sample_per_type(keys[:6], 4) == sorted(keys[:6], key=lambda k: (k.split(".")[0] != "lora", k))
+    values = type_values({"lora.0": 0.2, "lora.1": 0.0, "prefix.0": -0.1, "prefix.1": -0.3})
+    assert values == {"lora": pytest.approx(0.1), "prefix": FLOOR}
 
 
 ABLATION_KEYS = ["adapter.0", "adapter.1", "adapter.2"]

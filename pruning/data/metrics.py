@@ -62,10 +62,10 @@ def pearson(predictions: np.ndarray, labels: np.ndarray) -> float:
 
 
 def spearman(predictions: np.ndarray, labels: np.ndarray) -> float:
-    return pearson(_average_ranks(predictions), _average_ranks(labels))
+    return pearson(average_ranks(predictions), average_ranks(labels))
 
 
-def _average_ranks(values: np.ndarray) -> np.ndarray:
+def average_ranks(values: np.ndarray) -> np.ndarray:
     """1-based ranks; tied values share the mean of the ranks they span ([10, 20, 20, 30] -> [1, 2.5, 2.5, 4])."""
     _, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
     last_rank = np.cumsum(counts)  # rank of each distinct value's last occurrence

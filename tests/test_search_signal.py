@@ -1,0 +1,115 @@
+"""The search's signal (issue: the search decided by unit size, on an untrained supernet): units are scored only
+once the supernet has learned, on a validation split carved from train, and the configuration it keeps depends on
+the data, on models whose depth blocks hold a single layer each."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import random
+
+import pytest
+
+from pruning import search
+from pruning.tiny import NEUTRAL, make_tiny_model, toy_examples
+
+
+def write_task(directory, rows_train, rows_dev):
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for split, rows in (("train", rows_train), ("dev", rows_dev)):
+        path = directory / f"{split}.csv"
+        with path.open("w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["text", "label"])
+            writer.writerows(rows)
+        paths.append(str(path))
+    return paths
+
+
+def length_examples(n: int, seed: int) -> list[tuple[str, int]]:
+    """Label 1 for long sentences: a task about length, not about which words occur."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        label = rng.randint(0, 1)
+        rows.append((" ".join(rng.choices(NEUTRAL, k=rng.randint(10, 14) if label else rng.randint(2, 5))), label))
+    return rows
+
+
+@pytest.fixture(scope="module")
+def tasks(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tasks")
+    sentiment = write_task(root / "sentiment", toy_examples(256, 0), toy_examples(64, 1))
+    length = write_task(root / "length", length_examples(256, 0), length_examples(64, 1))
+    noise_rng = random.Random(3)
+    noise = write_task(root / "noise", [(t, noise_rng.randint(0, 1)) for t, _ in toy_examples(256, 0)],
+                       [(t, noise_rng.randint(0, 1)) for t, _ in toy_examples(64, 1)])
+    return {"sentiment": sentiment, "length": length, "noise": noise}
+
+
+def spec_for(make_spec, model, task, **overrides):
+    from pruning import TaskSpec
+
+    spec = make_spec(**overrides)
+    return dataclasses.replace(spec, model=model, task=TaskSpec(train=task[0], dev=task[1]))
+
+
+def test_scoring_begins_once_the_supernet_has_learned(make_spec, tiny_model, tasks, tmp_path):
+    # the random tiny BERT needs about 150 steps at 3e-3 to beat chance on the toy task
+    spec = spec_for(make_spec, tiny_model, tasks["sentiment"], train__steps=400, schedule__learn_max_share=0.5,
+                    schedule__learn_check_every=5, schedule__eval_examples=48, schedule__lr=3e-3)
+    events = []
+    result = search(spec, tmp_path / "out", on_progress=events.append)
+    learn = json.loads((tmp_path / "out" / "trace.json").read_text())["learn"]
+    assert learn["learned"] is True
+    assert 0 < learn["step"] < learn["max_steps"] == 200 and learn["step"] % 5 == 0
+    assert learn["validation_loss"] < learn["threshold"] == pytest.approx(0.95 * learn["chance_loss"])
+    assert learn["chance_loss"] == pytest.approx(0.693, abs=0.05)  # two balanced classes
+    assert learn["metric_name"] == "accuracy" and learn["metric"] > 0.6
+    phases = [e.phase for e in events if e.kind == "phase"]
+    assert phases[:3] == ["load", "learn", "search"]
+    learn_steps = [e for e in events if e.kind == "step" and e.phase == "learn"]
+    assert len(learn_steps) == learn["step"]  # it stopped as soon as the check passed
+    assert result.rounds[0].removed  # and only then did it score and remove
+
+
+def test_a_supernet_that_cannot_learn_is_reported_as_such(make_spec, tiny_model, tasks, tmp_path):
+    spec = spec_for(make_spec, tiny_model, tasks["noise"], train__steps=40, schedule__learn_max_share=0.5,
+                    schedule__learn_check_every=5, schedule__eval_examples=48)
+    search(spec, tmp_path / "out")
+    learn = json.loads((tmp_path / "out" / "trace.json").read_text())["learn"]
+    assert learn["learned"] is False and learn["step"] == learn["max_steps"] == 20
+    assert learn["validation_loss"] >= learn["threshold"]
+
+
+def test_the_validation_split_comes_from_train_and_is_held_out(make_spec, tasks):
+    from pruning.pipeline import _Context
+
+    spec = spec_for(make_spec, make_spec().model, tasks["sentiment"], schedule__eval_examples=40,
+                    schedule__max_train_examples=100)
+    ctx = _Context.prepare(spec)
+    as_rows = lambda data: {tuple(ids) for ids in data.input_ids}  # noqa: E731
+    train, dev = as_rows(ctx.train_data), as_rows(ctx.dev_data)
+    assert len(ctx.validation) == 40 and len(ctx.search_train) == 100
+    assert as_rows(ctx.validation) <= train and as_rows(ctx.search_train) <= train
+    assert not as_rows(ctx.validation) & as_rows(ctx.search_train)
+    assert not (as_rows(ctx.validation) - train) & dev  # nothing of dev is used by the search
+
+
+@pytest.mark.parametrize("layers", [3, 6])
+def test_the_survivors_depend_on_the_data(make_spec, tasks, tmp_path, layers):
+    """With 3 layers every depth block holds one layer and with 6 most do: fusion within a partition made every
+    unit score 1.0 there, and the configuration followed unit sizes whatever the task."""
+    model = str(make_tiny_model(tmp_path / f"model{layers}", layers=layers))
+    configurations = {}
+    for name in ("sentiment", "length"):
+        spec = spec_for(make_spec, model, tasks[name], budget=3 * layers * 1000, train__steps=100,
+                        schedule__learn_max_share=0.5, schedule__learn_check_every=5, schedule__eval_examples=48,
+                        schedule__steps_per_round=5)
+        result = search(spec, tmp_path / name)
+        configurations[name] = result.configuration["units"]
+        scores = [u.score for r in result.rounds for u in r.removed]
+        assert scores and 1.0 not in scores  # no unit got the constant of a one-unit partition
+    assert configurations["sentiment"] != configurations["length"], configurations
