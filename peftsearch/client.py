@@ -22,7 +22,6 @@ import hashlib
 import logging
 import os
 import random
-import shutil
 import tarfile
 import tempfile
 import time
@@ -85,15 +84,16 @@ class Snapshot(NamedTuple):
 
 
 class Client:
-    """A connection to one peftsearch server with one API key. Thread-safe as httpx.Client is; close it, or use
-    it as a context manager. `http` replaces the HTTP client (tests pass FastAPI's in-process TestClient)."""
+    """A connection to one peftsearch server with one API key (None: PEFTSEARCH_URL, PEFTSEARCH_API_KEY).
+    `timeout`: seconds to wait for one answer; `retry_for_s`: how long one call keeps retrying (see above).
+    Close it, or use it as a context manager."""
 
     def __init__(self, url: str | None = None, api_key: str | None = None, *, timeout: float = 30.0,
-                 retry_for_s: float = 120.0, http: httpx.Client | None = None):
+                 retry_for_s: float = 120.0):
         self.url = (url or os.environ.get("PEFTSEARCH_URL") or DEFAULT_URL).rstrip("/")
         self.api_key = api_key if api_key is not None else os.environ.get("PEFTSEARCH_API_KEY")
         self.retry_for_s = retry_for_s
-        self._http = http or httpx.Client(base_url=self.url, timeout=timeout)
+        self._http = httpx.Client(base_url=self.url, timeout=timeout)
 
     def close(self) -> None:
         self._http.close()
@@ -223,7 +223,7 @@ class Client:
                 tar.extractall(unpacked, filter="data")
             if [p.name for p in unpacked.iterdir()] != [job_id]:
                 raise PeftsearchError(f"job {job_id}'s archive does not hold one directory named after the job")
-            shutil.move(unpacked / job_id, target)
+            (unpacked / job_id).rename(target)  # same file system; refuses a target that appeared meanwhile
         return target
 
     # --- HTTP ---------------------------------------------------------------------------------------------------

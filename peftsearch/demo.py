@@ -82,8 +82,8 @@ def _demo(url: str, key: str, args: argparse.Namespace, home: Path, server: subp
         search = {"schedule": {"rounds": args.rounds, "steps_per_round": args.steps_per_round, "eval_examples": 200},
                   "train": {"steps": args.train_steps, "batch_size": 32, "max_length": 64, "lr": 2e-3}}
         job = client.submit(args.model, dataset, budget=args.budget, search=search)
-        say(f"submitted job {job.id} ({args.model}, budget {args.budget}, {args.rounds} rounds); the same through "
-            f"the client: .venv/bin/peftsearch jobs watch {job.id} --url {url}")
+        say(f"submitted job {job.id} ({args.model}, budget {args.budget}, {args.rounds} rounds); to watch it from "
+            f"another shell: PEFTSEARCH_API_KEY={key} .venv/bin/peftsearch jobs watch {job.id} --url {url}")
         job = follow(job, stop=server_gone)
         downloaded = job.download(home) if job.succeeded else None
         say("done" if job.succeeded else f"job {job.status}")
