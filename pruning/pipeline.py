@@ -46,18 +46,36 @@ StopCheck = Callable[[], bool]
 
 
 class _Reporter:
-    """Turns the engine's phases, steps and rounds into ProgressEvents for the caller."""
+    """Turns the engine's phases, steps and rounds into ProgressEvents for the caller, with the steps done and
+    planned in the whole run and the time left at the pace of the steps so far (evaluations included)."""
 
-    def __init__(self, on_progress: ProgressCallback | None, rounds: int):
+    def __init__(self, on_progress: ProgressCallback | None, rounds: int, total_steps: int):
         self.on_progress = on_progress
         self.rounds = rounds
         self.start = time.monotonic()
         self.phase_name = "load"
+        self.total, self.done = total_steps, 0
+        self.first_step: tuple[float, int] | None = None  # (when, done) after this process's first step
 
     def emit(self, **fields) -> None:
         if self.on_progress is not None:
             self.on_progress(ProgressEvent(phase=self.phase_name, rounds=self.rounds,
-                                           elapsed_s=time.monotonic() - self.start, **fields))
+                                           elapsed_s=time.monotonic() - self.start, done_steps=self.done,
+                                           total_steps=self.total, eta_s=self.eta_s(), **fields))
+
+    def eta_s(self) -> float | None:
+        if self.first_step is None or self.done <= self.first_step[1]:
+            return None
+        since, done_then = self.first_step
+        pace = (time.monotonic() - since) / (self.done - done_then)
+        return round(pace * max(self.total - self.done, 0), 1)
+
+    def skip(self, steps: int) -> None:
+        """Planned steps that will not run (rounds done before a resume, a learning phase that ended early)."""
+        self.done += steps
+
+    def replan(self, unused: int) -> None:
+        self.total -= unused
 
     def phase(self, name: str, message: str = "") -> None:
         self.phase_name = name
@@ -69,6 +87,9 @@ class _Reporter:
 
     def steps(self, round: int | None, params: int) -> Callable[[int, int, float], None]:
         def on_step(step: int, steps: int, loss: float) -> None:
+            self.done += 1
+            if self.first_step is None:  # the pace is measured from the end of the first step on
+                self.first_step = (time.monotonic(), self.done)
             self.emit(kind="step", round=round, step=step, steps=steps, loss=loss, trainable_params=params)
 
         return on_step
@@ -159,7 +180,7 @@ def search(spec: SearchSpec, out_dir: str | Path, *, on_progress: ProgressCallba
     call with the same spec resumes after the last completed round (re-reporting the rounds it holds)."""
     spec = spec.validate()
     schedule, speed = spec.schedule, spec.backbone
-    report = _Reporter(on_progress, schedule.rounds)
+    report = _Reporter(on_progress, schedule.rounds, planned_steps(spec))
     report.phase("load", f"loading {spec.model} and {spec.task.name}")
     seed_everything(spec.seed)
     ctx = _Context.prepare(spec)
@@ -218,6 +239,10 @@ def _start_or_resume(ctx: _Context, checkpoint: Checkpoint, report: _Reporter,
         supernet = ctx.supernet(state.units, state.lora_ranks, masks=speed.enabled and not state.backbone,
                                 backbone=state.backbone, scales=tensors)
         supernet.load_trained_state(tensors)
+        learned = state.learn["step"] if state.learn else 0
+        report.replan(learn_limit(spec) - learned if state.learn else 0)
+        report.skip(learned + state.round * spec.schedule.steps_per_round
+                    + (spec.policy.warmup_steps if spec.policy.assignment == "warmup" else 0))
         report.emit(kind="phase", message=f"resuming after round {state.round} of {spec.schedule.rounds}")
         for record in state.records:  # a kill between checkpoint and report must not lose a round
             report.round(record)
@@ -238,9 +263,10 @@ def _learn(ctx: _Context, supernet: Supernet, batches, ranks: RankTracker | None
     """Train the supernet until its validation loss is below chance by the margin, for at most
     learn_max_share x train.steps steps. Returns when scoring began and what the supernet had learned then."""
     spec, schedule = ctx.spec, ctx.spec.schedule
+    limit = learn_limit(spec)
     if not len(ctx.validation):
+        report.replan(limit)
         return {"step": 0, "learned": None, "reason": "no validation split (schedule.eval_examples is 0)"}
-    limit = math.ceil(schedule.learn_max_share * spec.train.steps)
     chance = chance_loss(ctx.search_train.labels, ctx.validation)
     threshold = (1 - schedule.learn_margin) * chance
     seen: dict = {}
@@ -256,9 +282,21 @@ def _learn(ctx: _Context, supernet: Supernet, batches, ranks: RankTracker | None
                         should_stop, until=learned)
     else:
         learned(0)
+    report.replan(limit - seen["step"])
     return {**seen, "chance_loss": chance, "threshold": threshold, "max_steps": limit,
             "learned": seen["validation_loss"] < threshold, "metric_name": ctx.task.primary_metric,
             "metric": ctx.validation_metric(supernet), "chance_metric": ctx.chance_metric()}
+
+
+def learn_limit(spec: SearchSpec) -> int:
+    """The most steps the learning phase may take."""
+    return math.ceil(spec.schedule.learn_max_share * spec.train.steps) if spec.schedule.eval_examples else 0
+
+
+def planned_steps(spec: SearchSpec) -> int:
+    """Every training step a search plans: warm-up, learning (at most), rounds, retraining."""
+    warmup = spec.policy.warmup_steps if spec.policy.assignment == "warmup" else 0
+    return warmup + learn_limit(spec) + spec.schedule.rounds * spec.schedule.steps_per_round + spec.train.steps
 
 
 def _run_round(ctx: _Context, supernet: Supernet, policy: ImportancePolicy, index: int, target: int, batches,
@@ -308,7 +346,7 @@ def fit(spec: SearchSpec, out_dir: str | Path, units: list[str] | None = None, *
         on_progress: ProgressCallback | None = None, should_stop: StopCheck | None = None) -> SearchResult:
     """Train and evaluate one fixed configuration (default: the whole supernet of `spec.space`), no search."""
     spec = spec.validate()
-    report = _Reporter(on_progress, 0)
+    report = _Reporter(on_progress, 0, spec.train.steps)
     report.phase("load", f"loading {spec.model} and {spec.task.name}")
     seed_everything(spec.seed)
     ctx = _Context.prepare(spec)

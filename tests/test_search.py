@@ -279,3 +279,26 @@ def test_pruning_search_stays_the_function_after_the_submodule_is_imported():
     run = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent.parent, capture_output=True,
                          text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert run.returncode == 0, run.stderr[-500:]
+
+
+def test_progress_counts_the_steps_of_the_whole_run(searched):
+    spec, events = searched.spec, searched.events
+    planned = spec.schedule.rounds * spec.schedule.steps_per_round + spec.train.steps  # no warm-up, no learning
+    assert all(e.total_steps == planned for e in events)
+    steps = [e for e in events if e.kind == "step"]
+    assert [e.done_steps for e in steps] == list(range(1, planned + 1))
+    assert events[-1].done_steps == planned
+    assert steps[0].eta_s is None  # no pace yet
+    assert all(e.eta_s is not None and e.eta_s >= 0 for e in steps[1:])
+    assert steps[-1].eta_s == 0
+
+
+def test_a_learning_phase_that_ends_early_shrinks_the_plan(make_spec, tmp_path):
+    spec = make_spec(train__steps=20, schedule__learn_max_share=0.5, schedule__learn_check_every=2,
+                     schedule__learn_margin=0.99, schedule__rounds=1, schedule__steps_per_round=1)
+    events = []
+    search(spec, tmp_path / "out", on_progress=events.append)
+    learn = json.loads((tmp_path / "out" / "trace.json").read_text())["learn"]
+    assert learn["learned"] is False and learn["step"] == learn["max_steps"] == 10  # a 99% margin is not met
+    assert events[0].total_steps == 10 + 1 + 20
+    assert events[-1].done_steps == events[-1].total_steps == 31
