@@ -1,8 +1,10 @@
-"""What a search is asked to do: plain dataclasses that round-trip through JSON.
+"""What a search is asked to do: frozen dataclasses that round-trip through JSON.
 
-A `SearchSpec` is the whole input of `pruning.search`. The service stores it as the job's spec; the CLI builds it
-from flags. `SearchSpec.from_dict(spec.to_dict()) == spec` always holds, and `from_dict` rejects unknown keys and
-bad values with a `SpecError` that names the field.
+A `SearchSpec` is the whole input of `pruning.search`. The service stores it as the job's spec (and derives its
+request body from these classes); the CLI builds it from flags. Each field's type, bounds and description live in
+its annotation; `pydantic.TypeAdapter` validates and dumps them, and the checks that span fields are the classes'
+`cross_checks` validators. `SearchSpec.from_dict(spec.to_dict()) == spec` always holds, and `from_dict` rejects
+unknown keys and bad values with a `SpecError` that names the field.
 """
 
 from __future__ import annotations
@@ -10,13 +12,25 @@ from __future__ import annotations
 import dataclasses
 import functools
 import re
+import typing
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, Strict, TypeAdapter, \
+    ValidationError, model_validator
 
 GLUE_TASKS = ("sst2", "mrpc", "cola", "stsb", "rte", "qnli")
 MODULE_TYPES = ("lora", "adapter", "prefix")
 ROLES = ("q", "k", "v", "o", "ffn_in", "ffn_out")  # projections of a layer, as architecture maps name them
 ADAPTER_ACTIVATIONS = ("relu", "gelu", "silu", "tanh")
+ASSIGNMENT_PRESETS = ("default", "prunepeft", "warmup", "random")
+
+# JSON's numbers as the engine takes them: no booleans or numeric strings for integers, no NaN or infinity.
+Int = Annotated[int, Strict()]
+Real = Annotated[float, Strict(), Field(allow_inf_nan=False)]
+Share = Annotated[Real, Field(ge=0, lt=1)]  # a fraction in [0, 1)
+# Each class: unknown keys are errors; a dataclass built in Python is checked again by validate().
+SPEC_CONFIG = ConfigDict(extra="forbid", revalidate_instances="always")
 
 
 class SpecError(ValueError):
@@ -28,6 +42,35 @@ class SpecError(ValueError):
         self.message = message
 
 
+def _distinct_types(types: tuple[str, ...]) -> tuple[str, ...]:
+    if not types or set(types) - set(MODULE_TYPES) or len(set(types)) != len(types):
+        raise ValueError(f"choose one or more of {', '.join(MODULE_TYPES)}, each once")
+    return types
+
+
+def _increasing(cuts: tuple[float, ...]) -> tuple[float, ...]:
+    if list(cuts) != sorted(set(cuts)):
+        raise ValueError("increasing fractions of depth strictly between 0 and 1")
+    return cuts
+
+
+def _known_assignment(name: str) -> str:
+    from .criteria import CRITERIA  # no torch: the registry imports without it
+
+    if name not in ASSIGNMENT_PRESETS and name not in CRITERIA:
+        raise ValueError(f"{name!r} is not one of {', '.join(ASSIGNMENT_PRESETS)} or a criterion "
+                         f"({', '.join(sorted(CRITERIA))})")
+    return name
+
+
+def _budget(value: Any) -> Any:
+    try:
+        parse_budget(value)
+    except SpecError as e:
+        raise ValueError(e.message) from None
+    return value
+
+
 @dataclass(frozen=True)
 class TaskSpec:
     """A task: where its train/dev data live and how to read them.
@@ -36,30 +79,35 @@ class TaskSpec:
     Otherwise `train`/`dev` are local CSV, TSV or JSONL files and the columns say which fields to read.
     """
 
-    glue: str | None = None
-    data_dir: str | None = None
-    train: str | None = None
-    dev: str | None = None
-    format: Literal["csv", "tsv", "jsonl"] | None = None  # None: from the file extension
-    text_column: str = "text"
-    text_pair_column: str | None = None
-    label_column: str = "label"
-    problem: Literal["classification", "regression"] = "classification"
-    max_train_examples: int | None = None  # subsample train (seeded) to keep CPU time sane
+    __pydantic_config__ = SPEC_CONFIG
+
+    glue: Annotated[Literal[GLUE_TASKS] | None, Field(  # type: ignore[valid-type]
+        description="A GLUE task, read from data_dir; null: the train and dev files.")] = None
+    data_dir: Annotated[str | None, Field(description="The folder holding SST-2/, MRPC/, ... (GLUE tasks).")] = None
+    train: Annotated[str | None, Field(description="Training examples: a CSV, TSV or JSONL file.")] = None
+    dev: Annotated[str | None, Field(description="Dev examples, scored once at the end.")] = None
+    format: Annotated[Literal["csv", "tsv", "jsonl"] | None, Field(
+        description="The files' format; null: from the file extension.")] = None
+    text_column: Annotated[str, Field(description="The column holding the text.")] = "text"
+    text_pair_column: Annotated[str | None, Field(
+        description="The second text of sentence-pair tasks.")] = None
+    label_column: Annotated[str, Field(description="The column holding the label.")] = "label"
+    problem: Annotated[Literal["classification", "regression"], Field(
+        description="Classes, or a real-valued target.")] = "classification"
+    max_train_examples: Annotated[Int | None, Field(ge=1, description=(
+        "Subsample train (seeded) to this many examples, to keep CPU time sane; null: all."))] = None
+
+    @model_validator(mode="after")
+    def cross_checks(self) -> TaskSpec:
+        if self.glue is not None:
+            if not self.data_dir:
+                raise SpecError("data_dir", "a GLUE task needs data_dir (the folder holding SST-2/, MRPC/, ...)")
+        elif not (self.train and self.dev):
+            raise SpecError("", "give either glue (+ data_dir) or both train and dev file paths")
+        return self
 
     def validate(self, at: str = "task") -> None:
-        if self.glue is not None:
-            if self.glue not in GLUE_TASKS:
-                raise SpecError(f"{at}.glue", f"unknown GLUE task {self.glue!r}; known: {', '.join(GLUE_TASKS)}")
-            if not self.data_dir:
-                raise SpecError(f"{at}.data_dir", "a GLUE task needs data_dir (the folder holding SST-2/, MRPC/, ...)")
-        elif not (self.train and self.dev):
-            raise SpecError(f"{at}", "give either glue (+ data_dir) or both train and dev file paths")
-        _choice(f"{at}.problem", self.problem, ("classification", "regression"))
-        if self.format is not None:
-            _choice(f"{at}.format", self.format, ("csv", "tsv", "jsonl"))
-        if self.max_train_examples is not None:
-            _integer(f"{at}.max_train_examples", self.max_train_examples, low=1)
+        _validated(TaskSpec, self, at)
 
     @property
     def name(self) -> str:
@@ -68,222 +116,190 @@ class TaskSpec:
 
 @dataclass(frozen=True)
 class LoraSpec:
-    rank: int = 8
-    alpha: float = 16.0
-    dropout: float = 0.1
-    targets: tuple[str, ...] = ("q", "v")  # roles of the architecture map: q, k, v, o, ffn_in, ffn_out
+    __pydantic_config__ = SPEC_CONFIG
+
+    rank: Annotated[Int, Field(ge=1, description="LoRA rank r of every adapted projection.")] = 8
+    alpha: Annotated[Real, Field(gt=0, description="LoRA scaling alpha (the update is scaled by alpha / r).")] = 16.0
+    dropout: Annotated[Share, Field(description="Dropout on the LoRA branch's input.")] = 0.1
+    targets: Annotated[tuple[Literal[ROLES], ...], Field(  # type: ignore[valid-type]
+        min_length=1, description="Roles of the architecture map to adapt: q, k, v, o, ffn_in, ffn_out.")] = ("q", "v")
 
 
 @dataclass(frozen=True)
 class AdapterSpec:
-    size: int = 16  # bottleneck width
-    activation: str = "relu"
+    __pydantic_config__ = SPEC_CONFIG
+
+    size: Annotated[Int, Field(ge=1, description="Bottleneck width.")] = 16
+    activation: Annotated[Literal[ADAPTER_ACTIVATIONS], Field(  # type: ignore[valid-type]
+        description="Non-linearity between the down and up projections.")] = "relu"
 
 
 @dataclass(frozen=True)
 class PrefixSpec:
-    length: int = 8  # learned key/value vectors per layer
-    # Prefixes learn far slower than LoRA at the same step size (P-tuning v2 trains them at ~1e-2): their
-    # learning rate is the run's times this. Measured on SST-2/MiniLM: at 1e-3 a prefix-only model stays at
-    # chance after 300 steps, at 3e-2 it learns.
-    lr_scale: float = 30.0
+    __pydantic_config__ = SPEC_CONFIG
+
+    length: Annotated[Int, Field(ge=1, description="Learned key/value vectors per layer.")] = 8
+    # Measured on SST-2/MiniLM: at 1e-3 a prefix-only model stays at chance after 300 steps, at 3e-2 it learns.
+    lr_scale: Annotated[Real, Field(gt=0, description=(
+        "Prefixes learn far slower than LoRA at the same step size (P-tuning v2 trains them at ~1e-2): their "
+        "learning rate is the run's times this."))] = 30.0
 
 
 @dataclass(frozen=True)
 class SpaceSpec:
     """The supernet: which module types sit in every layer, and their sizes."""
 
-    types: tuple[str, ...] = ("lora", "adapter", "prefix")
-    lora: LoraSpec = field(default_factory=LoraSpec)
-    adapter: AdapterSpec = field(default_factory=AdapterSpec)
-    prefix: PrefixSpec = field(default_factory=PrefixSpec)
+    __pydantic_config__ = SPEC_CONFIG
+
+    types: Annotated[tuple[str, ...], AfterValidator(_distinct_types), Field(
+        description="The module types in every layer: one or more of lora, adapter, prefix, each once."),
+    ] = ("lora", "adapter", "prefix")
+    lora: Annotated[LoraSpec, Field(description="The LoRA units.")] = field(default_factory=LoraSpec)
+    adapter: Annotated[AdapterSpec, Field(description="The bottleneck adapters.")] = field(
+        default_factory=AdapterSpec)
+    prefix: Annotated[PrefixSpec, Field(description="The prefixes.")] = field(default_factory=PrefixSpec)
 
 
 @dataclass(frozen=True)
 class TrainSpec:
-    steps: int = 300
-    batch_size: int = 32
-    lr: float = 1e-3
-    warmup_ratio: float = 0.06
-    weight_decay: float = 0.0
-    max_length: int = 128
-    eval_batch_size: int = 128
+    """The retraining of the chosen configuration (and the step budget of the search's learning phase)."""
+
+    __pydantic_config__ = SPEC_CONFIG
+
+    steps: Annotated[Int, Field(ge=1, description="Optimizer steps of the final retraining.")] = 300
+    batch_size: Annotated[Int, Field(ge=1, description="Training batch size.")] = 32
+    lr: Annotated[Real, Field(gt=0, description="Peak learning rate (AdamW, linear warm-up and decay).")] = 1e-3
+    warmup_ratio: Annotated[Share, Field(description="Share of the steps spent warming the learning rate up.")] = 0.06
+    weight_decay: Annotated[Real, Field(ge=0, description="AdamW weight decay.")] = 0.0
+    max_length: Annotated[Int, Field(ge=1, description="Tokens per example; longer ones are truncated.")] = 128
+    eval_batch_size: Annotated[Int, Field(ge=1, description="Batch size of evaluation.")] = 128
 
 
 @dataclass(frozen=True)
 class PolicySpec:
     """The hybrid policy: which criterion scores which partition, and how rounds remove units."""
 
-    # "default" (the shipped table), "warmup" (derive it on a small subset first), or a criterion name to use
-    # everywhere (a single-criterion ablation), e.g. "taylor".
-    assignment: str = "default"
-    warmup_examples: int = 128
-    warmup_steps: int = 20
-    block_cuts: tuple[float, ...] = (0.2, 0.5, 0.8)
-    accumulate: Literal["mean", "ema"] = "mean"
-    ema_beta: float = 0.9
-    # Criteria rank units within a module type; what one type is worth against another is measured: the
-    # validation-loss increase when a unit is switched off, averaged over up to this many units per type (spread
-    # over depth). 0: no measurement, every type weighs the same.
-    calibration_units: int = 8
+    __pydantic_config__ = SPEC_CONFIG
+
+    assignment: Annotated[str, AfterValidator(_known_assignment), Field(description=(
+        "'default' (the shipped table), 'prunepeft', 'warmup' (derive the table on a small subset first), "
+        "'random', or a criterion name to use everywhere (a single-criterion ablation), e.g. 'taylor'."))] = "default"
+    warmup_examples: Annotated[Int, Field(ge=2, description="Examples of the warm-up that derives the table.")] = 128
+    warmup_steps: Annotated[Int, Field(ge=1, description="Training steps of that warm-up.")] = 20
+    block_cuts: Annotated[tuple[Annotated[Real, Field(gt=0, lt=1)], ...], AfterValidator(_increasing), Field(
+        description="Where the depth blocks of the assignment table begin: increasing fractions of depth "
+                    "strictly between 0 and 1.")] = (0.2, 0.5, 0.8)
+    accumulate: Annotated[Literal["mean", "ema"], Field(
+        description="How a round's per-step scores are accumulated: their mean, or a bias-corrected EMA.")] = "mean"
+    ema_beta: Annotated[Real, Field(gt=0, lt=1, description="The EMA's decay (accumulate = ema).")] = 0.9
+    calibration_units: Annotated[Int, Field(ge=0, description=(
+        "Criteria rank units within a module type; what one type is worth against another is measured: the "
+        "validation-loss increase when a unit is switched off, averaged over up to this many units per type "
+        "(spread over depth). 0: no measurement, every type weighs the same."))] = 8
+
+    @model_validator(mode="after")
+    def cross_checks(self):
+        if self.assignment in ("default", "prunepeft") and len(self.block_cuts) != 3:
+            raise SpecError("block_cuts", f"the {self.assignment} assignment is a table for 4 depth blocks: give "
+                                          "3 cuts, or another assignment")
+        return self
 
 
 @dataclass(frozen=True)
 class ScheduleSpec:
-    rounds: int = 4
-    steps_per_round: int = 30
-    lr: float = 1e-3
-    # The validation split, carved from train (the dev set is scored once, at the end): it gates the start of
-    # scoring, calibrates the module types and gives each round's metric. 0: no split (no gate, no calibration).
-    eval_examples: int = 256
-    max_train_examples: int | None = 2000  # the search trains on at most this many train examples
+    """The search rounds: how many, how long each trains, and the validation split that scores them."""
+
+    __pydantic_config__ = SPEC_CONFIG
+
+    rounds: Annotated[Int, Field(ge=1, description="Search rounds: train, score, remove.")] = 4
+    steps_per_round: Annotated[Int, Field(ge=1, description="Training steps of each round.")] = 30
+    lr: Annotated[Real, Field(gt=0, description="Learning rate of the search's training.")] = 1e-3
+    eval_examples: Annotated[Int, Field(ge=0, description=(
+        "The validation split, carved from train (the dev set is scored once, at the end): it gates the start "
+        "of scoring, calibrates the module types and gives each round's metric. 0: no split (no gate, no "
+        "calibration)."))] = 256
+    max_train_examples: Annotated[Int | None, Field(ge=1, description=(
+        "The search trains on at most this many train examples; null: all."))] = 2000
     # Units are scored only once the supernet has learned: its validation loss must be below (1 - learn_margin)
-    # x the loss of always predicting the train labels' prior (mean, for regression). It trains for that at most
-    # learn_max_share x train.steps steps, checking every learn_check_every steps; the trace says when scoring
-    # began and whether the supernet had learned by then.
-    learn_max_share: float = 0.2
-    learn_margin: float = 0.05
-    learn_check_every: int = 10
+    # x the loss of always predicting the train labels' prior (mean, for regression); the trace says when
+    # scoring began and whether the supernet had learned by then.
+    learn_max_share: Annotated[Share, Field(description=(
+        "The learning phase (before scoring) trains at most this share of train.steps steps."))] = 0.2
+    learn_margin: Annotated[Share, Field(description=(
+        "Learned: the validation loss is below (1 - learn_margin) x the loss of predicting the train labels' "
+        "prior."))] = 0.05
+    learn_check_every: Annotated[Int, Field(ge=1, description=(
+        "The learning phase checks the validation loss every this many steps."))] = 10
 
 
 @dataclass(frozen=True)
 class BackboneSpec:
     """Light-PEFT early pruning of the backbone (heads, FFN neurons) and LoRA ranks. Off by default."""
 
-    enabled: bool = False
-    head_ratio: float = 1 / 3  # share of heads removed, ranked per layer (Light-PEFT's 1/3)
-    neuron_ratio: float = 0.4  # share of FFN neurons removed, ranked globally (Light-PEFT: 1/3)
-    target_params: int | None = None  # instead of the ratios: keep removing until the backbone has this many
-    mask_penalty: float = 1e-4  # L1 coefficient on the masks
-    # The masks learn during a few short search rounds, not Light-PEFT's 800-step estimation run, so they get
-    # a learning rate of their own, high enough for Adam to separate them in that time.
-    mask_lr: float = 0.02
-    mask_rounds: int = 1  # masks learn during this many search rounds, then the backbone is pruned
-    # How heads and neurons are ranked: "magnitude" of the learned mask (Light-PEFT, after 800 steps there), or
-    # "taylor", |m * dL/dm| accumulated over the mask rounds' steps.
-    score: Literal["magnitude", "taylor"] = "magnitude"
-    rank_ratio: float = 0.5  # share of LoRA ranks removed globally (0 keeps them all)
-    save_backbone: bool = False  # also write the pruned backbone's weights (deploy without the base model)
+    __pydantic_config__ = SPEC_CONFIG
+
+    enabled: Annotated[bool, Strict(), Field(description="Prune the backbone too.")] = False
+    head_ratio: Annotated[Share, Field(description=(
+        "Share of heads removed, ranked per layer (Light-PEFT's 1/3)."))] = 1 / 3
+    neuron_ratio: Annotated[Share, Field(description=(
+        "Share of FFN neurons removed, ranked globally (Light-PEFT: 1/3)."))] = 0.4
+    target_params: Annotated[Int | None, Field(ge=0, description=(
+        "Instead of the ratios: keep removing until the backbone has this many parameters."))] = None
+    mask_penalty: Annotated[Real, Field(ge=0, description="L1 coefficient on the masks.")] = 1e-4
+    mask_lr: Annotated[Real, Field(gt=0, description=(
+        "The masks learn during a few short search rounds, not Light-PEFT's 800-step estimation run, so they "
+        "get a learning rate of their own, high enough for Adam to separate them in that time."))] = 0.02
+    mask_rounds: Annotated[Int, Field(ge=1, description=(
+        "Masks learn during this many search rounds, then the backbone is pruned."))] = 1
+    score: Annotated[Literal["magnitude", "taylor"], Field(description=(
+        "How heads and neurons are ranked: 'magnitude' of the learned mask (Light-PEFT, after 800 steps "
+        "there), or 'taylor', |m * dL/dm| accumulated over the mask rounds' steps."))] = "magnitude"
+    rank_ratio: Annotated[Share, Field(description=(
+        "Share of LoRA ranks removed globally (0 keeps them all)."))] = 0.5
+    save_backbone: Annotated[bool, Strict(), Field(description=(
+        "Also write the pruned backbone's weights (deploy without the base model)."))] = False
 
 
 @dataclass(frozen=True)
 class SearchSpec:
-    model: str  # local path or hub id of a sequence-classification backbone
-    task: TaskSpec
-    budget: str | int = "0.5%"  # trainable PEFT parameters: a count, or a share of the backbone ("0.5%")
-    space: SpaceSpec = field(default_factory=SpaceSpec)
-    policy: PolicySpec = field(default_factory=PolicySpec)
-    schedule: ScheduleSpec = field(default_factory=ScheduleSpec)
-    train: TrainSpec = field(default_factory=TrainSpec)
-    backbone: BackboneSpec = field(default_factory=BackboneSpec)
-    retrain: Literal["fresh", "warm"] = "fresh"
-    seed: int = 0
-    device: str = "auto"  # "auto" (cuda when present), "cpu", "cuda", "cuda:1", ...
+    __pydantic_config__ = SPEC_CONFIG
+
+    model: Annotated[str, Field(min_length=1, description=(
+        "Local path or hub id of a sequence-classification backbone."))]
+    task: Annotated[TaskSpec, Field(description="The task's data.")]
+    budget: Annotated[str | int, BeforeValidator(_budget), Field(description=(
+        "Trainable PEFT parameters: a count (70000, '70k') or a share of the backbone ('0.5%')."))] = "0.5%"
+    space: Annotated[SpaceSpec, Field(description="The supernet's module types and sizes.")] = field(
+        default_factory=SpaceSpec)
+    policy: Annotated[PolicySpec, Field(description="Which criterion scores which units.")] = field(
+        default_factory=PolicySpec)
+    schedule: Annotated[ScheduleSpec, Field(description="The search rounds.")] = field(default_factory=ScheduleSpec)
+    train: Annotated[TrainSpec, Field(description="The final retraining.")] = field(default_factory=TrainSpec)
+    backbone: Annotated[BackboneSpec, Field(description="Light-PEFT backbone pruning (off by default).")] = field(
+        default_factory=BackboneSpec)
+    retrain: Annotated[Literal["fresh", "warm"], Field(description=(
+        "Retrain the chosen configuration from fresh weights, or from the supernet's ('warm')."))] = "fresh"
+    seed: Annotated[Int, Field(ge=0, description="Seeds data order, initialisation and subsampling.")] = 0
+    device: Annotated[str, Field(min_length=1, description=(
+        "'auto' (cuda when present), 'cpu', 'cuda', 'cuda:1', ..."))] = "auto"
+
+    @model_validator(mode="after")
+    def cross_checks(self):
+        if self.backbone.enabled and self.backbone.mask_rounds > self.schedule.rounds:
+            raise SpecError("backbone.mask_rounds", f"must be at most schedule.rounds ({self.schedule.rounds})")
+        return self
 
     def validate(self) -> SearchSpec:
         """Check every field the engine would otherwise trip over later; raise SpecError naming the first bad one."""
-        if not isinstance(self.model, str) or not self.model:
-            raise SpecError("model", "required: a local path or a hub id")
-        if not isinstance(self.task, TaskSpec):
-            raise SpecError("task", "required")
-        self.task.validate()
-        parse_budget(self.budget)
-        _choice("retrain", self.retrain, ("fresh", "warm"))
-        if not isinstance(self.device, str) or not self.device:
-            raise SpecError("device", "auto, cpu, cuda or cuda:<n>")
-        _integer("seed", self.seed, low=0)
-        space = self.space
-        if not space.types or set(space.types) - set(MODULE_TYPES) or len(set(space.types)) != len(space.types):
-            raise SpecError("space.types", f"choose one or more of {', '.join(MODULE_TYPES)}, each once")
-        _integer("space.lora.rank", space.lora.rank, low=1)
-        _number("space.lora.alpha", space.lora.alpha, low=0, low_open=True)
-        _number("space.lora.dropout", space.lora.dropout, low=0, high=1)
-        if not space.lora.targets or set(space.lora.targets) - set(ROLES):
-            raise SpecError("space.lora.targets", f"choose one or more of {', '.join(ROLES)}")
-        _integer("space.adapter.size", space.adapter.size, low=1)
-        _choice("space.adapter.activation", space.adapter.activation, ADAPTER_ACTIVATIONS)
-        _integer("space.prefix.length", space.prefix.length, low=1)
-        _number("space.prefix.lr_scale", space.prefix.lr_scale, low=0, low_open=True)
-        for name in ("steps", "batch_size", "max_length", "eval_batch_size"):
-            _integer(f"train.{name}", getattr(self.train, name), low=1)
-        _number("train.lr", self.train.lr, low=0, low_open=True)
-        _number("train.warmup_ratio", self.train.warmup_ratio, low=0, high=1)
-        _number("train.weight_decay", self.train.weight_decay, low=0)
-        self._validate_policy()
-        schedule = self.schedule
-        _integer("schedule.rounds", schedule.rounds, low=1)
-        _integer("schedule.steps_per_round", schedule.steps_per_round, low=1)
-        _number("schedule.lr", schedule.lr, low=0, low_open=True)
-        _integer("schedule.eval_examples", schedule.eval_examples, low=0)
-        _number("schedule.learn_max_share", schedule.learn_max_share, low=0, high=1)
-        _number("schedule.learn_margin", schedule.learn_margin, low=0, high=1)
-        _integer("schedule.learn_check_every", schedule.learn_check_every, low=1)
-        if schedule.max_train_examples is not None:
-            _integer("schedule.max_train_examples", schedule.max_train_examples, low=1)
-        backbone = self.backbone
-        if not isinstance(backbone.enabled, bool) or not isinstance(backbone.save_backbone, bool):
-            raise SpecError("backbone.enabled", "enabled and save_backbone are true or false")
-        for name in ("head_ratio", "neuron_ratio", "rank_ratio"):
-            _number(f"backbone.{name}", getattr(backbone, name), low=0, high=1)
-        if backbone.target_params is not None:
-            _integer("backbone.target_params", backbone.target_params, low=0)
-        _number("backbone.mask_penalty", backbone.mask_penalty, low=0)
-        _number("backbone.mask_lr", backbone.mask_lr, low=0, low_open=True)
-        _integer("backbone.mask_rounds", backbone.mask_rounds, low=1)
-        _choice("backbone.score", backbone.score, ("magnitude", "taylor"))
-        if backbone.enabled and backbone.mask_rounds > schedule.rounds:
-            raise SpecError("backbone.mask_rounds", f"must be at most schedule.rounds ({schedule.rounds})")
+        _validated(SearchSpec, self)
         return self
 
-    def _validate_policy(self) -> None:
-        from .criteria import CRITERIA  # no torch: the registry imports without it
-
-        policy = self.policy
-        presets = ("default", "prunepeft", "warmup", "random")
-        if policy.assignment not in presets and policy.assignment not in CRITERIA:
-            raise SpecError("policy.assignment", f"{policy.assignment!r} is not one of {', '.join(presets)} or a "
-                                                 f"criterion ({', '.join(sorted(CRITERIA))})")
-        cuts = policy.block_cuts
-        if not all(isinstance(c, float | int) and not isinstance(c, bool) and 0 < c < 1 for c in cuts) \
-                or list(cuts) != sorted(set(cuts)):
-            raise SpecError("policy.block_cuts", "increasing fractions of depth strictly between 0 and 1")
-        if policy.assignment in ("default", "prunepeft") and len(cuts) != 3:
-            raise SpecError("policy.block_cuts", f"the {policy.assignment} assignment is a table for 4 depth "
-                                                 "blocks: give 3 cuts, or another assignment")
-        _choice("policy.accumulate", policy.accumulate, ("mean", "ema"))
-        _number("policy.ema_beta", policy.ema_beta, low=0, high=1, low_open=True)
-        _integer("policy.warmup_examples", policy.warmup_examples, low=2)
-        _integer("policy.warmup_steps", policy.warmup_steps, low=1)
-        _integer("policy.calibration_units", policy.calibration_units, low=0)
-
     def to_dict(self) -> dict[str, Any]:
-        return _to_jsonable(self)
+        return _adapter(SearchSpec).dump_python(self, mode="json")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SearchSpec:
-        return _from_dict(cls, data, "").validate()
-
-
-def _integer(field: str, value: Any, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise SpecError(field, f"must be an integer >= {low}, got {value!r}" if low != 1
-                        else f"must be a positive integer, got {value!r}")
-
-
-def _number(field: str, value: Any, low: float | None = None, high: float | None = None,
-            low_open: bool = False) -> None:
-    """A real number in [low, high) (or (low, high) with low_open)."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
-        raise SpecError(field, f"must be a number, got {value!r}")
-    if low is not None and (value < low or (low_open and value == low)):
-        raise SpecError(field, f"must be {'>' if low_open else '>='} {low}, got {value!r}")
-    if high is not None and value >= high:
-        raise SpecError(field, f"must be < {high}, got {value!r}")
-
-
-def _choice(field: str, value: Any, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise SpecError(field, f"must be one of {', '.join(choices)}, got {value!r}")
+        return _validated(cls, data)
 
 
 _BUDGET = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(%|k|m)?\s*$", re.IGNORECASE)
@@ -316,44 +332,78 @@ def budget_params(budget: str | int, backbone_params: int) -> int:
     return int(value * backbone_params) if kind == "fraction" else int(value)
 
 
-def _to_jsonable(value: Any) -> Any:
-    if dataclasses.is_dataclass(value):
-        return {f.name: _to_jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, tuple | list):
-        return [_to_jsonable(v) for v in value]
-    return value
+# --- validation: pydantic does it; SpecError names the first bad field ------------------------------------------------
+
+
+@functools.cache  # building an adapter compiles the class's validator: once per class
+def _adapter(cls: type) -> TypeAdapter:
+    return TypeAdapter(cls)
+
+
+def _validated(cls: type, data: Any, at: str = "") -> Any:
+    try:
+        return _adapter(cls).validate_python(data)
+    except ValidationError as e:
+        field, message = describe_error(e.errors()[0], cls)
+        raise SpecError(".".join(p for p in (at, field) if p) or "spec", message) from None
 
 
 def _from_dict(cls: type, data: Any, at: str) -> Any:
-    if not isinstance(data, dict):
-        raise SpecError(at or "spec", f"expected an object, got {type(data).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise SpecError(_join(at, unknown[0]), f"unknown field (known: {', '.join(fields)})")
-    hints = _resolved_hints(cls)
-    kwargs = {}
-    for name, value in data.items():
-        hint = hints[name]
-        if isinstance(hint, type) and dataclasses.is_dataclass(hint):
-            kwargs[name] = _from_dict(hint, value, _join(at, name))
-        elif isinstance(value, list):
-            kwargs[name] = tuple(value)
-        else:
-            kwargs[name] = value
-    missing = [n for n, f in fields.items() if n not in kwargs and f.default is dataclasses.MISSING
-               and f.default_factory is dataclasses.MISSING]
-    if missing:
-        raise SpecError(_join(at, missing[0]), "required")
-    return cls(**kwargs)
+    """One part of a spec (e.g. SpaceSpec) from its JSON; errors are named from `at` (export.py reads parts)."""
+    return _validated(cls, data, at)
 
 
-def _join(at: str, name: str) -> str:
-    return f"{at}.{name}" if at else name
+def describe_error(error: dict[str, Any], root: type) -> tuple[str, str]:
+    """(dotted field, message) of one pydantic error met validating `root` (a spec class, or a model derived
+    from one): item indexes are left out of the field, a cross-field check names its field below where it ran,
+    and the messages speak JSON (objects, arrays)."""
+    loc = [str(part) for part in error["loc"] if not isinstance(part, int)]
+    kind, value, cause = error["type"], error.get("input"), (error.get("ctx") or {}).get("error")
+    if isinstance(cause, SpecError):
+        return ".".join(p for p in (*loc, cause.field) if p), cause.message
+    if kind in ("unexpected_keyword_argument", "extra_forbidden"):
+        return ".".join(loc), f"unknown field (known: {', '.join(_fields(root, loc[:-1]))})"
+    if kind == "missing":
+        message = "required"
+    elif kind in ("dataclass_type", "model_type", "model_attributes_type", "dict_type"):
+        message = f"expected an object, got {type(value).__name__}"
+    elif kind in ("tuple_type", "list_type"):
+        message = f"must be an array, got {type(value).__name__}"
+    elif kind == "value_error":
+        message = str(cause)
+    else:
+        message = f"{_BOUNDS[kind](**error.get('ctx', {})) if kind in _BOUNDS else error['msg']}, got {value!r}"
+    return ".".join(loc), message
 
 
-@functools.cache  # resolving a class's annotations is costly, and a spec class's never change (read-only result)
-def _resolved_hints(cls: type) -> dict[str, Any]:
-    import typing
+def _at_least(ge: float) -> str:
+    if isinstance(ge, int):  # only integer fields have integer bounds
+        return "must be a positive integer" if ge == 1 else f"must be an integer >= {ge}"
+    return f"must be >= {ge:g}"
 
-    return typing.get_type_hints(cls)
+
+# The engine's wording of pydantic's checks, which its CLI and the service's 422s have always shown.
+_BOUNDS = {
+    "greater_than_equal": _at_least,
+    "greater_than": lambda gt: f"must be > {gt:g}",
+    "less_than": lambda lt: f"must be < {lt:g}",
+    "int_type": lambda: "must be an integer",
+    "float_type": lambda: "must be a number",
+    "finite_number": lambda: "must be a finite number",
+}
+
+
+def _fields(root: type, loc: list[str]) -> list[str]:
+    """The field names of the object at `loc` below `root` (dataclasses and pydantic models alike)."""
+    cls = root
+    for name in loc:
+        cls = _field_types(cls).get(name)
+    return list(_field_types(cls)) if cls is not None else []
+
+
+def _field_types(cls: Any) -> dict[str, Any]:
+    if isinstance(cls, type) and issubclass(cls, BaseModel):
+        return {name: info.annotation for name, info in cls.model_fields.items()}
+    if dataclasses.is_dataclass(cls):
+        return typing.get_type_hints(cls)
+    return {}
