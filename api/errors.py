@@ -11,9 +11,10 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException
 
-from pruning.spec import SpecError
+from pruning.spec import SpecError, describe_error
 from store.datasets import DatasetError
 from store.jobs import IdempotencyConflict, NotCancellable
+from store.specs import JobCreate
 
 log = logging.getLogger("peftsearch.api")
 
@@ -107,8 +108,9 @@ def install(app: FastAPI) -> None:
         first = e.errors()[0]
         if first["type"] == "json_invalid":
             return error_response(422, "invalid_request", f"the body is not valid JSON: {first['ctx']['error']}")
-        where = [str(part) for part in first["loc"] if part not in ("body", "query", "path", "header")]
-        return error_response(422, "invalid_request", first["msg"], ".".join(where) or None)
+        where = [part for part in first["loc"] if part not in ("body", "query", "path", "header")]
+        param, message = describe_error({**first, "loc": where}, JobCreate)  # the only JSON body
+        return error_response(422, "invalid_request", message, param or None)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, e: HTTPException):

@@ -13,12 +13,12 @@ from sqlalchemy.orm import Session
 
 from store import jobs
 from store.models import SUCCEEDED, Job
-from store.specs import INT64
+from store.specs import INT64, JobCreate
 from worker.queue import enqueue
 
 from .deps import Config, CurrentCaller
 from .errors import ApiError, documented
-from .schemas import EventOut, JobCreate, JobOut, JobSummary, Page, RoundOut, Status
+from .schemas import EventOut, JobOut, JobSummary, Page, RoundOut, Status
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=documented(400, 401, 404, 409, 422, 503))
 Limit = Annotated[int, Query(ge=1, le=100, description="Page size, at most 100.")]
@@ -37,7 +37,7 @@ def submit_job(body: JobCreate, response: Response, background: BackgroundTasks,
                    "Retry-safe submission: the same key and body return the same job; "
                    "the same key with another body is a 409."))] = None) -> JobOut:
     with caller.session() as session:
-        job, replayed = jobs.submit(session, owner=caller.owner, request=body.model_dump(mode="json"),
+        job, replayed = jobs.submit(session, owner=caller.owner, body=body,
                                     idempotency_key=idempotency_key, settings=settings)
         session.commit()
     if replayed:

@@ -35,20 +35,6 @@ class Page(BaseModel, Generic[T]):
         return cls(data=[convert(r) for r in rows[:limit]], next=str(rows[limit - 1].id) if more else None)
 
 
-class JobCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid", protected_namespaces=(), json_schema_extra={"examples": [
-        {"model": "all-MiniLM-L6-v2", "dataset_id": "ds_0193f2a4c1d2a1b2c3d4e5f6", "budget": "0.5%",
-         "search": {"schedule": {"rounds": 4, "steps_per_round": 30}, "train": {"steps": 300}}}]})
-
-    model: str = Field(description="A base model name from GET /v1/models.")
-    dataset_id: str = Field(description="An uploaded dataset (POST /v1/datasets).")
-    budget: str | int = Field("0.5%", description="Trainable PEFT parameters: a count (70000, '70k') or a share "
-                                                  "of the backbone ('0.5%').")
-    search: dict[str, Any] = Field(default_factory=dict, description=(
-        "Overrides of the engine's SearchSpec: space, policy, schedule, train, backbone, retrain, seed "
-        "(see pruning/spec.py). Unknown fields are refused."))
-
-
 class Progress(BaseModel):
     phase: str = Field(description="load, warmup, search, retrain, evaluate, export or done.")
     round: int | None = None

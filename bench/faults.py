@@ -181,11 +181,12 @@ class Deployment:
     def submit(self, send: bool = True) -> str:
         from store import jobs
         from store.db import session_factory
+        from store.specs import JobCreate
         from worker.queue import enqueue
 
-        request = {"model": MODEL, "dataset_id": self.dataset_id, "budget": "2%", "search": SEARCH}
+        body = JobCreate(model=MODEL, dataset_id=self.dataset_id, budget="2%", search=SEARCH)
         with session_factory(self.pg.url).begin() as session:
-            job_id = jobs.submit(session, owner="faults", request=request, idempotency_key=None,
+            job_id = jobs.submit(session, owner="faults", body=body, idempotency_key=None,
                                  settings=self.settings)[0].id
         if send:
             enqueue(self.settings, job_id)

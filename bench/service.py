@@ -749,19 +749,20 @@ def _ts(value: str) -> float:
 def overhead_phase(dep: Deployment, key: str, owner: str, dataset_id: str, args) -> tuple[dict, dict]:
     import httpx
 
-    from store.datasets import get_dataset
+    from store.datasets import get_dataset, task_spec
     from store.db import session_factory
-    from store.settings import Settings, bundled_models
-    from store.specs import build_spec
+    from store.settings import Settings
+    from store.specs import JobCreate, admit, build_spec
 
     dropped = dep.purge_queue()
     print(f"  dropped the load phases' queue and cancelled their {dropped} jobs; starting `peftsearch worker`",
           flush=True)
     dep.start_worker()
     settings = Settings(home=dep.home)
+    body = JobCreate(model=MODEL, dataset_id=dataset_id, budget=BUDGET, search=SEARCH)
     with session_factory(dep.db_url)() as session:
-        spec = build_spec(models=bundled_models(), model=MODEL, dataset=get_dataset(session, owner, dataset_id),
-                          dataset_root=settings.datasets, budget=BUDGET, search=SEARCH)
+        task = task_spec(get_dataset(session, owner, dataset_id), settings.datasets)
+    spec = build_spec(body, admit(body, settings), task)
     # Neither side should pay for a cold page cache: load the engine's libraries and the model's files once.
     subprocess.run([sys.executable, "-c", "import pruning.pipeline"], cwd=ROOT, env=dep.env, check=True)
     for path in Path(spec["model"]).rglob("*"):

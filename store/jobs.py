@@ -19,7 +19,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 
 from pruning.spec import SpecError
 
-from .datasets import get_dataset
+from .datasets import get_dataset, task_spec
 from .models import (
     ACTIVE,
     CANCELLED,
@@ -36,7 +36,7 @@ from .models import (
     utcnow,
 )
 from .settings import Settings
-from .specs import build_spec, check_values
+from .specs import JobCreate, admit, build_spec
 
 
 class NotCancellable(Exception):
@@ -54,20 +54,20 @@ def add_event(session: Session, job_id: str, kind: str, message: str, data: dict
 # --- API side ---------------------------------------------------------------------------------------------------
 
 
-def submit(session: Session, *, owner: str, request: dict[str, Any], idempotency_key: str | None,
+def submit(session: Session, *, owner: str, body: JobCreate, idempotency_key: str | None,
            settings: Settings) -> tuple[Job, bool]:
     """Create a queued job from a request body, or return the job an earlier request with the same idempotency
-    key created (True: a replay). Raises SpecError for a bad body, IdempotencyConflict for a reused key."""
-    check_values(request, "")
+    key created (True: a replay). Raises SpecError for a bad body (checked before any query),
+    IdempotencyConflict for a reused key."""
+    model_path = admit(body, settings)
+    request = body.as_submitted()
     request_hash = hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()
     if idempotency_key and (earlier := job_by_idempotency_key(session, owner, idempotency_key)):
         return _replay(earlier, request_hash), True
-    dataset = get_dataset(session, owner, request["dataset_id"])
+    dataset = get_dataset(session, owner, body.dataset_id)
     if dataset is None:
-        raise SpecError("dataset_id", f"no dataset {request['dataset_id']!r}; upload one with POST /v1/datasets")
-    spec = build_spec(models=settings.model_paths, model=request["model"], dataset=dataset,
-                      dataset_root=settings.datasets, budget=request["budget"], search=request["search"],
-                      settings=settings)
+        raise SpecError("dataset_id", f"no dataset {body.dataset_id!r}; upload one with POST /v1/datasets")
+    spec = build_spec(body, model_path, task_spec(dataset, settings.datasets))
     try:
         return create_job(session, owner=owner, request=request, request_hash=request_hash,
                           idempotency_key=idempotency_key, spec=spec, dataset_id=dataset.id), False

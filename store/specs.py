@@ -1,5 +1,11 @@
-"""The one place a job request becomes a `pruning.SearchSpec`: model names resolve to local paths, dataset ids
-to stored files, and the optional `search` overrides fill in the rest. Errors name the request's field."""
+"""The one place a job request becomes a `pruning.SearchSpec`.
+
+The request body (`JobCreate`) is derived from the engine's spec classes: its `search` part is `SearchSpec` with
+every field optional (same types, bounds, defaults, descriptions and cross-field checks), less the fields the
+service sets itself. So the API validates a request at the door, before any query, and OpenAPI documents every
+option. Then model names resolve to local paths (within the deployment's and the model's limits), dataset ids to
+stored files, and the spec is validated whole. Errors name the request's field.
+"""
 
 from __future__ import annotations
 
@@ -9,30 +15,70 @@ import math
 import typing
 from operator import attrgetter
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pruning.spec import SearchSpec, SpecError
+from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
-from .datasets import task_spec
-from .models import Dataset
-from .settings import Settings, get_settings
+from pruning.spec import SearchSpec, SpecError, TaskSpec
+
+from .settings import Settings
 
 INT64 = 2**63 - 1  # what the database's integers hold
 SEED_MAX = 2**32 - 1  # numpy's seed range
-
-SET_BY_SERVICE = {
-    "model": "choose it with the top-level 'model' field",
-    "task": "upload a dataset and pass its 'dataset_id'",
-    "budget": "use the top-level 'budget' field",
-    "device": "the deployment's workers decide where jobs run",
-}
+# What a job request sets outside `search`: the model and budget at the top, the task by its dataset id, and
+# the device by where the deployment's workers run.
+SET_BY_SERVICE = ("model", "task", "budget", "device")
 
 
-def resolve_model(models: dict[str, str], name: str) -> str:
-    if name not in models:
-        known = ", ".join(sorted(models)) or "none are configured"
-        raise SpecError("model", f"unknown model {name!r}; this deployment has: {known}")
-    return models[name]
+def overrides_model(cls: type, name: str, exclude: tuple[str, ...] = ()) -> type[BaseModel]:
+    """A pydantic model of the spec dataclass `cls` (nested dataclasses too) whose fields may all be left out:
+    each keeps its annotation (type, bounds, description) and takes the engine's default, the class's
+    `cross_checks` validator runs on it, and `model_dump(exclude_unset=True)` gives what the caller set."""
+    hints = typing.get_type_hints(cls, include_extras=True)
+    fields: dict[str, Any] = {}
+    for spec_field in dataclasses.fields(cls):
+        if spec_field.name in exclude:
+            continue
+        hint = hints[spec_field.name]
+        base, *metadata = typing.get_args(hint) if typing.get_origin(hint) is Annotated else (hint,)
+        if dataclasses.is_dataclass(base):
+            part = overrides_model(base, base.__name__.removesuffix("Spec") + "Overrides")
+            fields[spec_field.name] = (Annotated[(part, *metadata)], Field(default_factory=part))
+        else:
+            fields[spec_field.name] = (hint, spec_field.default)
+    checks = getattr(cls, "cross_checks", None)
+    return create_model(name, __config__=ConfigDict(extra="forbid"), __doc__=cls.__doc__,
+                        __validators__={"cross_checks": model_validator(mode="after")(checks)} if checks else None,
+                        **fields)
+
+
+SearchOverrides = overrides_model(SearchSpec, "SearchOverrides", exclude=SET_BY_SERVICE)
+Budget = typing.get_type_hints(SearchSpec, include_extras=True)["budget"]
+
+
+class JobCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), json_schema_extra={"examples": [
+        {"model": "all-MiniLM-L6-v2", "dataset_id": "ds_0193f2a4c1d2a1b2c3d4e5f6", "budget": "0.5%",
+         "search": {"schedule": {"rounds": 4, "steps_per_round": 30}, "train": {"steps": 300}}}]})
+
+    model: str = Field(description="A base model name from GET /v1/models.")
+    dataset_id: str = Field(description="An uploaded dataset (POST /v1/datasets).")
+    budget: Budget = "0.5%"
+    search: SearchOverrides = Field(default_factory=SearchOverrides, description=(  # type: ignore[valid-type]
+        "Overrides of the engine's SearchSpec (pruning/spec.py); every field is optional. The model, budget and "
+        "task (by its dataset_id) are set at the top; the deployment's workers choose the device."))
+
+    @model_validator(mode="before")
+    @classmethod
+    def storable(cls, data: Any) -> Any:
+        check_values(data, "")
+        return data
+
+    def as_submitted(self) -> dict[str, Any]:
+        """What the job keeps as its request (and what an idempotent replay must match): the top-level fields,
+        and the search fields the caller set."""
+        return {**self.model_dump(mode="json", exclude={"search"}),
+                "search": self.search.model_dump(mode="json", exclude_unset=True)}
 
 
 def check_values(value: Any, at: str) -> None:
@@ -57,6 +103,13 @@ def check_values(value: Any, at: str) -> None:
             check_values(item, at)
 
 
+def resolve_model(models: dict[str, str], name: str) -> str:
+    if name not in models:
+        known = ", ".join(sorted(models)) or "none are configured"
+        raise SpecError("model", f"unknown model {name!r}; this deployment has: {known}")
+    return models[name]
+
+
 def model_config(path: str) -> dict[str, Any]:
     """The base model's config.json (no torch); {} when it cannot be read."""
     try:
@@ -66,40 +119,21 @@ def model_config(path: str) -> dict[str, Any]:
     return config if isinstance(config, dict) else {}
 
 
-def build_spec(*, models: dict[str, str], model: str, dataset: Dataset, dataset_root: Path, budget: str | int,
-               search: dict[str, Any], settings: Settings | None = None) -> dict[str, Any]:
-    """The validated SearchSpec as a dict (what the worker runs), within the deployment's and the model's limits.
-    Raises SpecError(param, message), where param names the request field: 'model', 'budget', 'dataset_id' or
-    'search.<field>'."""
-    for key in search:
-        if key in SET_BY_SERVICE:
-            raise SpecError(f"search.{key}", f"not allowed here: {SET_BY_SERVICE[key]}")
-    _check_lists(SearchSpec, search, "search")
-    path = resolve_model(models, model)
-    data = {**search, "model": path, "budget": budget, "task": dataclasses.asdict(task_spec(dataset, dataset_root))}
-    try:
-        spec = SearchSpec.from_dict(data)
-    except SpecError as e:
-        raise SpecError(_request_field(e.field), e.message) from e
-    _check_limits(spec, settings or get_settings(), model_config(path))
-    return spec.to_dict()
+def admit(body: JobCreate, settings: Settings) -> str:
+    """What a request is checked against besides its own fields, without a query: the model must be on offer
+    and the search within the deployment's and the model's limits. Returns the model's local path."""
+    path = resolve_model(settings.model_paths, body.model)
+    _check_limits(body.search, settings, model_config(path))
+    return path
 
 
-def _check_lists(cls: type, data: Any, at: str) -> None:
-    """Sequence fields (space.types, space.lora.targets, policy.block_cuts) take JSON arrays: a string would be
-    read as its characters."""
-    if not isinstance(data, dict):
-        return  # the engine's validation names the field
-    for name, hint in typing.get_type_hints(cls).items():
-        if name not in data:
-            continue
-        if dataclasses.is_dataclass(hint):
-            _check_lists(hint, data[name], f"{at}.{name}")
-        elif typing.get_origin(hint) is tuple and not isinstance(data[name], list):
-            raise SpecError(f"{at}.{name}", f"must be an array, got {type(data[name]).__name__}")
+def build_spec(body: JobCreate, model_path: str, task: TaskSpec) -> dict[str, Any]:
+    """The validated SearchSpec as a dict (what the worker runs)."""
+    overrides = body.search.model_dump(exclude_unset=True)
+    return SearchSpec.from_dict({**overrides, "model": model_path, "budget": body.budget, "task": task}).to_dict()
 
 
-def _check_limits(spec: SearchSpec, settings: Settings, config: dict[str, Any]) -> None:
+def _check_limits(search: Any, settings: Settings, config: dict[str, Any]) -> None:
     hidden, positions = config.get("hidden_size"), _positions(config)
     module_cap = min(settings.max_module_size, hidden or settings.max_module_size)
     module_why = "the model's hidden size" if module_cap == hidden else "PEFTSEARCH_MAX_MODULE_SIZE"
@@ -117,7 +151,7 @@ def _check_limits(spec: SearchSpec, settings: Settings, config: dict[str, Any]) 
         ("seed", SEED_MAX, "the random generators' seed range"),
     ]
     for field, cap, why in limits:
-        value = attrgetter(field)(spec)
+        value = attrgetter(field)(search)
         if cap is not None and value > cap:
             raise SpecError(f"search.{field}", f"must be at most {cap} ({why}), got {value}")
 
@@ -128,13 +162,3 @@ def _positions(config: dict[str, Any]) -> int | None:
     if not isinstance(positions, int):
         return None
     return positions - 2 if "roberta" in str(config.get("model_type", "")) else positions
-
-
-def _request_field(spec_field: str) -> str:
-    field = spec_field.removeprefix("spec.")
-    top = field.split(".")[0]
-    if top in ("model", "budget"):
-        return top
-    if top == "task":
-        return "dataset_id"
-    return f"search.{field}"
