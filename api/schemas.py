@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+import typing
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
+from pruning.result import PHASES, ProgressEvent, RoundRecord, SearchResult
 from store.models import STATUSES, Dataset, Job
 
 Status = Literal[STATUSES]  # type: ignore[valid-type]
@@ -35,38 +38,31 @@ class Page(BaseModel, Generic[T]):
         return cls(data=[convert(r) for r in rows[:limit]], next=str(rows[limit - 1].id) if more else None)
 
 
-class Progress(BaseModel):
-    phase: str = Field(description="load, warmup, search, retrain, evaluate, export or done.")
-    round: int | None = None
-    rounds: int = 0
-    step: int = 0
-    steps: int = 0
-    loss: float | None = None
-    metric: float | None = None
-    trainable_params: int | None = None
-    elapsed_s: float = 0.0
-    eta_s: float | None = Field(None, description="Estimated seconds left, from the steps done so far.")
-    message: str = ""
+def body_of(record: type, name: str, *, exclude: tuple[str, ...] = (), doc: str | None = None,
+            **descriptions: str) -> type[BaseModel]:
+    """A response body with the fields of one of the engine's records (a dataclass of pruning/result.py): their
+    types and defaults, less `exclude`, so a field the engine adds shows up here by itself."""
+    hints = typing.get_type_hints(record)
+    fields: dict[str, Any] = {}
+    for item in dataclasses.fields(record):
+        if item.name in exclude:
+            continue
+        default = ({"default_factory": item.default_factory} if item.default_factory is not dataclasses.MISSING
+                   else {"default": item.default} if item.default is not dataclasses.MISSING else {})
+        fields[item.name] = (hints[item.name], Field(description=descriptions.get(item.name), **default))
+    return create_model(name, __config__=ConfigDict(from_attributes=True, protected_namespaces=()),
+                        __doc__=doc or record.__doc__, **fields)
 
 
-class JobResult(BaseModel):
-    """The search's outcome (pruning.SearchResult without its rounds: GET /v1/jobs/{id}/rounds has those)."""
-
-    task: str
-    metric_name: str
-    metric: float
-    metrics: dict[str, float]
-    trainable_params: int
-    head_params: int
-    budget_params: int
-    backbone_params: int
-    backbone_params_before: int
-    configuration: dict[str, Any] = Field(description="Module type per layer, ranks, sizes, backbone record.")
-    pruned_layers: list[int]
-    search_wall_s: float
-    retrain_wall_s: float
-    peak_memory_mb: float
-    device: str
+PHASE = f"One of {', '.join(PHASES)}."
+Progress = body_of(ProgressEvent, "Progress", exclude=("kind", "record"), doc="The latest progress of a job.",
+                   phase=PHASE, done_steps="Training steps of the whole run done so far (all phases).",
+                   total_steps="Training steps planned for the whole run (shrinks when learning ends early).",
+                   eta_s="Estimated seconds left, at the pace of the steps done so far.")
+# The search's outcome (pruning.SearchResult without its rounds: GET /v1/jobs/{id}/rounds has those).
+JobResult = body_of(SearchResult, "JobResult", exclude=("out_dir", "rounds"), doc="The search's outcome.",
+                    configuration="Module type per layer, ranks, sizes, backbone record.")
+RoundOut = body_of(RoundRecord, "RoundOut", doc="One search round.")
 
 
 class JobErrorOut(BaseModel):
@@ -119,8 +115,7 @@ class JobSummary(JobFields):
     """A job in a list: status, progress and outcome at a glance. GET /v1/jobs/{id} has the whole job (search
     overrides, progress, result, error, artifact)."""
 
-    phase: str | None = Field(description="The progress phase: load, warmup, search, retrain, evaluate, export or "
-                                          "done; null before the job starts.")
+    phase: str | None = Field(description=f"The progress phase; null before the job starts. {PHASE}")
     round: int | None = Field(description="The search round under way (of `rounds`).")
     rounds: int | None
     metric_name: str | None = Field(description="The primary dev metric, once the job has succeeded.")
@@ -142,28 +137,6 @@ class EventOut(BaseModel):
     message: str
     data: dict[str, Any] | None
     created_at: datetime
-
-
-class RemovedUnitOut(BaseModel):
-    unit: str
-    params: int
-    score: float
-    scores: dict[str, float]
-
-
-class RoundOut(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
-
-    round: int
-    trainable_params: int
-    target_params: int
-    metric_name: str
-    metric: float | None
-    train_loss: float | None
-    units_left: list[str]
-    removed: list[RemovedUnitOut]
-    backbone_params: int | None
-    wall_s: float
 
 
 class Columns(BaseModel):

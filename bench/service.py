@@ -725,7 +725,7 @@ def service_run(dep: Deployment, client, dataset_id: str, poll_s: float) -> dict
     phase_at = {}
     for event in events:
         if event["kind"] == "phase":
-            phase_at.setdefault(event["message"].split(":")[0], _ts(event["created_at"]))
+            phase_at.setdefault(event["data"]["phase"], _ts(event["created_at"]))
     created, started, finished = _ts(job["created_at"]), _ts(job["started_at"]), _ts(job["finished_at"])
     load, done = phase_at.get("load"), phase_at.get("done")
     breakdown = {

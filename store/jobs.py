@@ -7,6 +7,7 @@ job to another attempt, the old worker's writes match no row and it stops.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from datetime import datetime, timedelta
@@ -17,6 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, defer
 from sqlalchemy.orm.attributes import set_committed_value
 
+from pruning.result import RoundRecord
 from pruning.spec import SpecError
 
 from .datasets import get_dataset, task_spec
@@ -190,12 +192,15 @@ def set_progress(session: Session, job_id: str, attempt: int, progress: dict[str
     return bool(session.execute(update(Job).where(owned).values(progress=progress, updated_at=utcnow())).rowcount)
 
 
-def add_round(session: Session, job_id: str, record: dict[str, Any]) -> None:
-    """Insert a round unless a previous attempt already did (a resumed search may report it again)."""
-    if session.get(Round, (job_id, record["round"])) is not None:
-        return
-    columns = set(Round.__table__.columns.keys())
-    session.add(Round(job_id=job_id, **{k: v for k, v in record.items() if k in columns}))
+def add_round(session: Session, job_id: str, record: RoundRecord) -> None:
+    """Insert a round unless a previous attempt already did (a resumed search may report it again). A field of
+    the record that has no column is an error, not silently dropped: it needs a column and a migration."""
+    values = dataclasses.asdict(record)
+    if unknown := sorted(set(values) - set(Round.__table__.columns.keys())):
+        raise ValueError(f"RoundRecord fields without a column in rounds: {', '.join(unknown)} (add them to "
+                         "store/models.py with a migration)")
+    if session.get(Round, (job_id, record.round)) is None:
+        session.add(Round(job_id=job_id, **values))
 
 
 def finish(session: Session, job_id: str, attempt: int, status: str, *, result: dict[str, Any] | None = None,

@@ -122,7 +122,8 @@ class JobEvent(Base):
 
 
 class Round(Base):
-    """One search round (pruning.RoundRecord)."""
+    """One search round: a column per field of pruning.RoundRecord (store.jobs.add_round refuses a record field
+    without one)."""
 
     __tablename__ = "rounds"
 
@@ -137,6 +138,8 @@ class Round(Base):
     removed: Mapped[list[Any]]
     backbone_params: Mapped[int | None] = mapped_column(BigInteger)
     wall_s: Mapped[float]
+    chance_metric: Mapped[float | None]
+    type_values: Mapped[dict[str, Any] | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

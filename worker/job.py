@@ -3,7 +3,6 @@ output, record the outcome. The Celery task and the in-process runner both come 
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import shutil
@@ -17,6 +16,7 @@ from typing import Any
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
+from pruning.result import RoundRecord, format_round
 from store import jobs
 from store.artifacts import remove_attempt_files, write_archive
 from store.db import session_factory
@@ -59,7 +59,7 @@ class JobRun:
         self.done = threading.Event()
         self.last_step_write = 0.0
         self.work = settings.work / job_id
-        self.unwritten_rounds: list[dict[str, Any]] = []  # reported while the database was down
+        self.unwritten_rounds: list[RoundRecord] = []  # reported while the database was down
         # Callers see names, never this server's paths: the model's, the dataset files', the work directory.
         task = spec.get("task", {})
         self.redactions = sorted(((str(path), label) for path, label in (
@@ -131,8 +131,9 @@ class JobRun:
     def write_rounds(self, session) -> None:
         for record in self.unwritten_rounds:
             jobs.add_round(session, self.job_id, record)
-            jobs.add_event(session, self.job_id, "round", round_message(record),
-                           {k: record[k] for k in ("round", "trainable_params", "metric", "metric_name")})
+            jobs.add_event(session, self.job_id, "round", format_round(record, self.spec["schedule"]["rounds"]),
+                           {"round": record.round, "trainable_params": record.trainable_params,
+                            "metric": record.metric, "metric_name": record.metric_name})
 
     def beat(self) -> None:
         """Prove this worker is alive, and pick up a cancellation, every heartbeat_s."""
@@ -155,45 +156,21 @@ class JobRun:
             self.last_step_write = time.monotonic()
         progress = {k: v for k, v in event.to_dict().items() if k not in ("kind", "record")}
         progress["message"] = self.redact(progress.get("message") or "")
-        progress["eta_s"] = eta_s(self.spec, event)
         if event.kind == "round":
-            self.unwritten_rounds.append(dataclasses.asdict(event.record))
+            self.unwritten_rounds.append(event.record)
         try:
             with self.sessions.begin() as session:
                 if not jobs.set_progress(session, self.job_id, self.attempt, progress):  # not ours any more
                     self.stop.set()
                     return
-                if event.kind == "phase":
+                if event.kind == "phase":  # the phase is data; the message is for people
                     message = f"{event.phase}: {progress['message']}" if progress["message"] else event.phase
-                    jobs.add_event(session, self.job_id, "phase", message, {"elapsed_s": event.elapsed_s})
+                    jobs.add_event(session, self.job_id, "phase", message,
+                                   {"phase": event.phase, "elapsed_s": event.elapsed_s})
                 self.write_rounds(session)
             self.unwritten_rounds = []
         except DATABASE_DOWN:  # the search goes on; its rounds are written with the next write that succeeds
             log.warning("job %s: database unreachable, %s progress not written", self.job_id, event.kind)
-
-
-def round_message(record: dict[str, Any]) -> str:
-    metric = "n/a" if record["metric"] is None else f"{record['metric']:.4f}"
-    removed = ", ".join(unit["unit"] for unit in record["removed"]) or "nothing"
-    return (f"round {record['round']}: {record['metric_name']} {metric}; removed {removed}; "
-            f"{record['trainable_params']:,} trainable params left (target {record['target_params']:,})")
-
-
-def eta_s(spec: dict[str, Any], event) -> float | None:
-    """Seconds left, assuming the steps still to come cost what the ones done so far did on average."""
-    schedule, train, policy = spec["schedule"], spec["train"], spec["policy"]
-    warmup = policy["warmup_steps"] if policy["assignment"] == "warmup" else 0
-    search = schedule["rounds"] * schedule["steps_per_round"]
-    total = warmup + search + train["steps"]
-    done = {
-        "load": 0,
-        "warmup": event.step,
-        "search": warmup + max((event.round or 1) - 1, 0) * schedule["steps_per_round"] + event.step,
-        "retrain": warmup + search + event.step,
-    }.get(event.phase, total)
-    if done <= 0 or event.elapsed_s <= 0:
-        return None
-    return round(event.elapsed_s / done * max(total - done, 0), 1)
 
 
 def error_code(error: Exception) -> str:

@@ -116,7 +116,7 @@ class Server:
     def cli(self, capsys, *args: str) -> tuple[int, str, str]:
         capsys.readouterr()
         try:
-            status = main([args[0], "--url", self.url, "--api-key", self.key, "--timeout", "2", *args[1:]])
+            status = main([*args[:2], "--url", self.url, "--api-key", self.key, "--timeout", "2", *args[2:]])
         except SystemExit as e:  # argparse refusing the command line
             status = e.code
         captured = capsys.readouterr()
@@ -292,7 +292,7 @@ def test_the_cli_end_to_end(server, capsys, toy_files, tmp_path):
     assert status == 0, err
     job_id = out.splitlines()[0]
     assert re.fullmatch(r"job_\w+", job_id)
-    assert "status  succeeded" in err and "round 2:" in err  # the events as they came
+    assert "status  succeeded" in err and "round 2/2:" in err  # the events as they came
     assert f"job {job_id}: succeeded" in out and re.search(r"accuracy on dev\s*\W\s*\d\.\d{4}", out)
     assert "configuration per layer" in out and (tmp_path / "runs" / job_id / "trace.json").is_file()
 
@@ -319,7 +319,7 @@ def test_the_cli_says_what_went_wrong_in_one_line(server, capsys, tmp_path):
     status, _, err = server.cli(capsys, "jobs", "submit", "--model", TINY, "--dataset", "ds_nope", "--search", "[1]")
     assert status == 2 and "JSON object" in err
     capsys.readouterr()
-    assert main(["jobs", "--url", server.url, "--api-key", "", "list"]) == 2
+    assert main(["jobs", "list", "--url", server.url, "--api-key", ""]) == 2
     assert "PEFTSEARCH_API_KEY" in capsys.readouterr().err
 
 
@@ -337,7 +337,7 @@ def test_wait_gives_up_without_touching_the_job_and_cancel_stops_it(server, data
 
 def test_the_client_never_imports_torch(server):
     code = ("import sys\nfrom peftsearch.cli import main\n"
-            f"status = main(['jobs', '--url', {server.url!r}, '--api-key', {server.key!r}, 'list'])\n"
+            f"status = main(['jobs', 'list', '--url', {server.url!r}, '--api-key', {server.key!r}])\n"
             "assert status == 0 and 'rich' in sys.modules\n"
             "assert not {'torch', 'transformers', 'peft'} & set(sys.modules), 'torch imported'")
     run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)

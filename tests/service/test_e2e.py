@@ -103,7 +103,7 @@ def run_a_job(base_url: str, key: str, toy: tuple[Path, Path], tiny_model: str, 
 
     events = client.get(f"/v1/jobs/{job_id}/events").json()["data"]
     assert [e["message"] for e in events if e["kind"] == "status"] == ["queued", "running", "succeeded"]
-    phases = [e["message"].split(":")[0] for e in events if e["kind"] == "phase"]
+    phases = [e["data"]["phase"] for e in events if e["kind"] == "phase"]
     assert phases == ["load", "learn", "search", "retrain", "evaluate", "export", "done"]
     rounds = client.get(f"/v1/jobs/{job_id}/rounds").json()["data"]
     assert [r["round"] for r in rounds] == [1, 2]

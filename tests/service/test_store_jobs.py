@@ -3,10 +3,12 @@ cancellation, and the reaper."""
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import timedelta
 
 import pytest
 
+from pruning.result import RemovedUnit, RoundRecord
 from store import jobs
 from store.models import Dataset, Job, JobEvent, Round, new_id, utcnow
 
@@ -90,14 +92,28 @@ def test_cancel_refuses_finished_jobs(db, new_job):
 
 def test_rounds_are_recorded_once(db, new_job):
     job_id = new_job()
-    record = {"round": 1, "trainable_params": 10, "target_params": 9, "metric_name": "accuracy", "metric": 0.5,
-              "train_loss": 0.7, "units_left": ["lora.0"], "removed": [], "backbone_params": None, "wall_s": 1.0}
+    record = RoundRecord(round=1, trainable_params=10, target_params=9, metric_name="accuracy", metric=0.5,
+                         train_loss=0.7, units_left=["lora.0"], removed=[RemovedUnit("adapter.1", 4, 0.1)],
+                         wall_s=1.0, chance_metric=0.5, type_values={"lora": 0.02})
     jobs.add_round(db, job_id, record)
     db.flush()
-    jobs.add_round(db, job_id, {**record, "metric": 0.9})  # a resumed search reporting round 1 again
+    jobs.add_round(db, job_id, dataclasses.replace(record, metric=0.9))  # a resumed search reporting round 1 again
     db.flush()
     assert [(r.round, r.metric) for r in jobs.list_rounds(db, job_id)] == [(1, 0.5)]
     assert db.query(Round).filter_by(job_id=job_id).count() == 1
+    row = jobs.list_rounds(db, job_id)[0]
+    assert (row.chance_metric, row.type_values, row.removed) == (
+        0.5, {"lora": 0.02}, [{"unit": "adapter.1", "params": 4, "score": 0.1, "scores": {}}])
+
+
+def test_a_round_field_without_a_column_is_refused(db, new_job):
+    job_id = new_job()
+    Newer = dataclasses.make_dataclass("Newer", [("novelty", float, 0.0)], bases=(RoundRecord,))
+    record = Newer(round=1, trainable_params=10, target_params=9, metric_name="accuracy", metric=0.5,
+                   train_loss=0.7, units_left=[], removed=[], wall_s=1.0)
+    with pytest.raises(ValueError, match="novelty"):
+        jobs.add_round(db, job_id, record)
+    assert jobs.list_rounds(db, job_id) == []
 
 
 def test_reaper_requeues_fails_and_cancels_jobs_of_dead_workers(db, new_job):
