@@ -7,8 +7,9 @@ from fastapi import FastAPI
 from store.db import session_factory
 from store.settings import Settings, get_settings
 
-from . import dashboard, datasets, errors, jobs, meta
-from .admission import Admission, NulGuard
+from . import dashboard, errors
+from .middleware import Admission, NulGuard, UploadLimit
+from .routes import ROUTERS, datasets
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -19,10 +20,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.sessions = session_factory(settings.db_url)
     errors.install(app)
-    for module in (jobs, datasets, meta):
-        app.include_router(module.router)
+    for router in ROUTERS:
+        app.include_router(router)
     dashboard.install(app)  # `/` and offline /docs, from files in the package
-    app.add_middleware(datasets.UploadLimit, max_upload_bytes=settings.max_upload_bytes)
+    app.add_middleware(UploadLimit, path=datasets.router.prefix, max_upload_bytes=settings.max_upload_bytes)
     app.add_middleware(NulGuard)
     app.add_middleware(Admission, limit=settings.max_concurrency, wait_s=settings.admission_wait_s)  # outermost
     return app

@@ -269,8 +269,8 @@ def _ancestors(proc) -> list[int]:
 
 # --- profiles -------------------------------------------------------------------------------------------------
 
-PROJECT = ("api/jobs.py", "api/deps.py", "api/schemas.py", "api/errors.py", "api/meta.py", "store/", "worker/",
-           "pruning/")  # api/datasets.py holds the upload-limit middleware: plumbing for these routes
+PROJECT = ("api/routes/jobs.py", "api/deps.py", "api/schemas.py", "api/errors.py", "api/routes/meta.py", "store/",
+           "worker/", "pruning/")
 # Library functions worth naming when they show up (inclusive share): each is a cost a fix could remove.
 NOTABLE = ("get_type_hints (typing.py)", "_LazyLoader._emit_lazyload", "_SelectInLoader._load_for_path",
            "_JsonLoader.load", "Celery.send_task", "Queue.put (queue.py)", "Handler.handle (logging",

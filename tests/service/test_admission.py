@@ -7,7 +7,7 @@ import asyncio
 import httpx
 import pytest
 
-from api.admission import Admission
+from api.middleware import Admission
 
 
 def slow_app(release: asyncio.Event, inside: list[int]):

@@ -1,4 +1,5 @@
-"""/v1/datasets: upload a train+dev pair (CSV, TSV or JSONL), checked before it is kept; list yours."""
+"""/v1/datasets: upload a train+dev pair (CSV, TSV or JSONL), checked before it is kept; list yours. (The upload
+size limit is api/middleware.py's UploadLimit: it counts the bytes before FastAPI reads the form.)"""
 
 from __future__ import annotations
 
@@ -8,58 +9,11 @@ from fastapi import APIRouter, File, Form, Query, UploadFile
 
 from store.datasets import DatasetError, create_dataset, list_datasets
 
-from .deps import Config, CurrentCaller
-from .errors import documented, error_response
-from .schemas import DatasetOut, Page
+from ..deps import Config, CurrentCaller
+from ..errors import documented
+from ..schemas import DatasetOut, Page
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"], responses=documented(400, 401, 413, 422, 503))
-MULTIPART_OVERHEAD = 64 * 1024  # form fields and part headers around the two files
-
-
-class UploadLimit:
-    """Refuse an upload over the limit before more than the limit is read, whatever its framing: at once when
-    Content-Length says so, otherwise as soon as the streamed (chunked) body passes it. FastAPI reads and spools
-    the whole form before any dependency runs, so the bytes are counted here, beneath it. A plain ASGI wrapper:
-    no cost on other routes."""
-
-    def __init__(self, app, max_upload_bytes: int):
-        self.app, self.max_body = app, 2 * max_upload_bytes + MULTIPART_OVERHEAD
-
-    async def __call__(self, scope, receive, send):
-        if not (scope["type"] == "http" and scope["method"] == "POST" and scope["path"] == router.prefix):
-            return await self.app(scope, receive, send)
-        refusal = error_response(413, "payload_too_large", f"upload larger than {self.max_body} bytes")
-        length = dict(scope["headers"]).get(b"content-length", b"")
-        if length.isdigit() and int(length) > self.max_body:
-            return await refusal(scope, receive, send)
-        received, refused, started = 0, False, False
-
-        async def counting_receive():
-            nonlocal received, refused
-            if refused:
-                return {"type": "http.disconnect"}
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_body:
-                    refused = True
-                    if not started:
-                        await refusal(scope, receive, send)
-                    return {"type": "http.disconnect"}  # the app stops reading; nothing more is spooled
-            return message
-
-        async def guarded_send(message):
-            nonlocal started
-            if refused:
-                return  # the 413 is the answer: drop whatever the app makes of the cut-off body
-            started = True
-            await send(message)
-
-        try:
-            await self.app(scope, counting_receive, guarded_send)
-        except Exception:
-            if not refused:
-                raise
 
 
 @router.post("", status_code=201, response_model=DatasetOut, summary="Upload a dataset (train + dev files)")

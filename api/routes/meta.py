@@ -8,9 +8,9 @@ from sqlalchemy import text
 from store.db import schema_is_current
 from store.specs import model_config
 
-from .deps import Config, CurrentCaller, Sessions
-from .errors import ApiError, documented
-from .schemas import Health, ModelOut, Page, Readiness
+from ..deps import Config, CurrentCaller, Sessions
+from ..errors import ApiError, documented
+from ..schemas import Health, ModelOut, Page, Readiness
 
 router = APIRouter()
 

@@ -1,8 +1,9 @@
-"""What gets into the application: no NUL character in a request's path, query or headers (`NulGuard`), and at
-most `limit` requests inside it at once (`Admission`).
+"""What gets into the application, as plain ASGI wrappers (no cost on routes they do not concern): no NUL
+character in a request's path, query or headers (`NulGuard`), at most `limit` requests inside it at once
+(`Admission`), and no upload over the size limit (`UploadLimit`).
 
 PostgreSQL text cannot hold NUL, so a NUL reaching a query failed there as a 500; it is a 422 at the door instead
-(JSON bodies and form fields are checked where they are read: store/specs.py, api/datasets.py).
+(JSON bodies and form fields are checked where they are read: store/specs.py, api/routes/datasets.py).
 
 Admission control: at most `limit` requests inside the application at once.
 
@@ -21,6 +22,7 @@ from urllib.parse import parse_qsl
 from .errors import error_response, overloaded
 
 NOT_HELD_BACK = ("/healthz",)
+MULTIPART_OVERHEAD = 64 * 1024  # form fields and part headers around the two files
 
 
 class Admission:
@@ -75,3 +77,48 @@ def _nul_in(scope) -> str | None:
         if b"\x00" in name or b"\x00" in value:
             return name.decode("latin-1").replace("\x00", "")
     return None
+
+
+class UploadLimit:
+    """Refuse an upload over the limit before more than the limit is read, whatever its framing: at once when
+    Content-Length says so, otherwise as soon as the streamed (chunked) body passes it. FastAPI reads and spools
+    the whole form before any dependency runs, so the bytes are counted here, beneath it."""
+
+    def __init__(self, app, path: str, max_upload_bytes: int):
+        self.app, self.path, self.max_body = app, path, 2 * max_upload_bytes + MULTIPART_OVERHEAD
+
+    async def __call__(self, scope, receive, send):
+        if not (scope["type"] == "http" and scope["method"] == "POST" and scope["path"] == self.path):
+            return await self.app(scope, receive, send)
+        refusal = error_response(413, "payload_too_large", f"upload larger than {self.max_body} bytes")
+        length = dict(scope["headers"]).get(b"content-length", b"")
+        if length.isdigit() and int(length) > self.max_body:
+            return await refusal(scope, receive, send)
+        received, refused, started = 0, False, False
+
+        async def counting_receive():
+            nonlocal received, refused
+            if refused:
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body:
+                    refused = True
+                    if not started:
+                        await refusal(scope, receive, send)
+                    return {"type": "http.disconnect"}  # the app stops reading; nothing more is spooled
+            return message
+
+        async def guarded_send(message):
+            nonlocal started
+            if refused:
+                return  # the 413 is the answer: drop whatever the app makes of the cut-off body
+            started = True
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, guarded_send)
+        except Exception:
+            if not refused:
+                raise

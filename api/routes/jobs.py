@@ -16,9 +16,9 @@ from store.models import SUCCEEDED, Job
 from store.specs import INT64, JobCreate
 from worker.queue import enqueue
 
-from .deps import Config, CurrentCaller
-from .errors import ApiError, documented
-from .schemas import EventOut, JobOut, JobSummary, Page, RoundOut, Status
+from ..deps import Config, CurrentCaller
+from ..errors import ApiError, documented
+from ..schemas import EventOut, JobOut, JobSummary, Page, RoundOut, Status
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=documented(400, 401, 404, 409, 422, 503))
 Limit = Annotated[int, Query(ge=1, le=100, description="Page size, at most 100.")]
