@@ -30,7 +30,9 @@ out = Console(width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
 
 
-def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
+def connection_options() -> argparse.ArgumentParser:
+    """The options every client command takes (after its action: `peftsearch jobs list --url ...`)."""
+    parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("--url", default=os.environ.get("PEFTSEARCH_URL", DEFAULT_URL),
                         help=f"the server (default $PEFTSEARCH_URL or {DEFAULT_URL})")
     parser.add_argument("--api-key", default=os.environ.get("PEFTSEARCH_API_KEY"),
@@ -40,6 +42,7 @@ def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--retry-for", type=float, default=120.0, metavar="S",
                         help="seconds to keep retrying a request the server is too busy for or does not answer "
                              "(default 120); a followed job is followed until it ends, whatever this says")
+    return parser
 
 
 def run_command(args: argparse.Namespace, actions: dict[str, Callable[[Client, argparse.Namespace], int]]) -> int:

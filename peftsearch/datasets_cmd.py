@@ -6,13 +6,13 @@ import argparse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from .console import add_connection_arguments
+    from .console import connection_options
 
-    add_connection_arguments(parser)
+    common = [connection_options()]
     actions = parser.add_subparsers(dest="action", required=True, metavar="action")
 
-    upload = actions.add_parser("upload", help="upload a train and a dev file (CSV, TSV or JSONL); prints the "
-                                               "dataset id")
+    upload = actions.add_parser("upload", parents=common,
+                                help="upload a train and a dev file (CSV, TSV or JSONL); prints the dataset id")
     upload.add_argument("train")
     upload.add_argument("dev", help="the examples the search is scored on, same format")
     upload.add_argument("--text-column", default="text")
@@ -22,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     upload.add_argument("--format", choices=("csv", "tsv", "jsonl"), help="default: from the file names")
     upload.add_argument("--name")
 
-    listing = actions.add_parser("list", help="your datasets, newest first")
+    listing = actions.add_parser("list", parents=common, help="your datasets, newest first")
     listing.add_argument("--limit", type=int, default=20, help="how many (default 20; 0: all)")
     listing.add_argument("--json", action="store_true", help="JSON instead of a table")
 
@@ -56,8 +56,8 @@ def list_datasets(client, args: argparse.Namespace) -> int:
     if args.json:
         print_json([dataset.model_dump(mode="json") for dataset in datasets])
         return 0
-    table = Table(id_column("dataset", [d.id for d in datasets]), "name", "format", "text", "label", "labels", "train", "dev", "created",
-                  box=box.SIMPLE_HEAD)
+    table = Table(id_column("dataset", [d.id for d in datasets]), "name", "format", "text", "label", "labels",
+                  "train", "dev", "created", box=box.SIMPLE_HEAD)
     for d in datasets:
         text = d.columns.text_column + (f" + {d.columns.text_pair_column}" if d.columns.text_pair_column else "")
         table.add_row(d.id, d.name, d.format, text, d.columns.label_column,

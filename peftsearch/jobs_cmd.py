@@ -44,12 +44,13 @@ def search_with(search: dict[str, Any], args: argparse.Namespace) -> dict[str, A
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from store.models import STATUSES
 
-    from .console import add_connection_arguments
+    from .console import connection_options
 
-    add_connection_arguments(parser)
+    common = [connection_options()]
     actions = parser.add_subparsers(dest="action", required=True, metavar="action")
 
-    submit = actions.add_parser("submit", help="submit a search; prints the job id (then follows it with --watch)")
+    submit = actions.add_parser("submit", parents=common,
+                                help="submit a search; prints the job id (then follows it with --watch)")
     submit.add_argument("--model", required=True, help="a base model the server offers (GET /v1/models)")
     submit.add_argument("--dataset", required=True, help="a dataset id from `peftsearch datasets upload`")
     submit.add_argument("--budget", help="trainable PEFT parameters: a count (70000, 70k) or a share of the "
@@ -63,23 +64,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_follow_arguments(submit)
     submit.add_argument("--watch", action="store_true", help="follow the job to its end, then print its summary")
 
-    listing = actions.add_parser("list", help="your jobs, newest first")
+    listing = actions.add_parser("list", parents=common, help="your jobs, newest first")
     listing.add_argument("--status", choices=STATUSES)
     listing.add_argument("--limit", type=int, default=20, help="how many (default 20; 0: all)")
     listing.add_argument("--json", action="store_true", help="JSON instead of a table")
 
-    get = actions.add_parser("get", help="the whole job as JSON (status, progress, result, error, artifact)")
+    get = actions.add_parser("get", parents=common,
+                             help="the whole job as JSON (status, progress, result, error, artifact)")
     get.add_argument("job_id")
 
-    watch = actions.add_parser("watch", help="follow a job to its end (Ctrl-C stops watching, not the job)")
+    watch = actions.add_parser("watch", parents=common,
+                               help="follow a job to its end (Ctrl-C stops watching, not the job)")
     watch.add_argument("job_id")
     add_follow_arguments(watch)
 
-    cancel = actions.add_parser("cancel", help="cancel a queued or running job")
+    cancel = actions.add_parser("cancel", parents=common, help="cancel a queued or running job")
     cancel.add_argument("job_id")
     cancel.add_argument("--wait", action="store_true", help="wait until a running job has stopped")
 
-    download = actions.add_parser("download", help="download and unpack a succeeded job's result to OUT/<job id>")
+    download = actions.add_parser("download", parents=common,
+                                  help="download and unpack a succeeded job's result to OUT/<job id>")
     download.add_argument("job_id")
     download.add_argument("--out", default=".", help="directory (default: here)")
     download.add_argument("--archive", action="store_true", help="keep the checked .tar.gz instead, OUT/<job id>.tar.gz")
