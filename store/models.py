@@ -1,4 +1,4 @@
-"""The tables. Every change here needs a migration in migrations/versions (a test compares the two)."""
+"""The tables. Every change here needs a migration in store/migrations/versions (a test compares the two)."""
 
 from __future__ import annotations
 
