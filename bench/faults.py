@@ -323,7 +323,7 @@ def main() -> int:
     parser.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS))
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    from pruning.tiny import make_tiny_model, make_toy_task
+    from tests.tiny import make_tiny_model, make_toy_task
 
     scratch = Path(tempfile.mkdtemp(prefix="peftsearch-faults-data-"))
     model = make_tiny_model(scratch / "model")

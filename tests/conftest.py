@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-# The tiny model's sizes (pruning.tiny.make_tiny_model defaults), used by hand-computed expectations.
+# The tiny model's sizes (tests/tiny.py make_tiny_model defaults), used by hand-computed expectations.
 HIDDEN, LAYERS, HEADS, INTERMEDIATE = 64, 4, 4, 128
 # Default space (LoRA r=8 on q,v; adapter d=16; prefix p=8) on the tiny model, per unit:
 LORA_PARAMS = 2 * 8 * (HIDDEN + HIDDEN)  # 2048
@@ -47,7 +47,7 @@ def unit_size(key: str) -> int:
 def tiny_model(tmp_path_factory) -> str:
     import torch
 
-    from pruning.tiny import make_tiny_model
+    from tests.tiny import make_tiny_model
 
     torch.set_num_threads(1)  # see pytest_runtest_setup; tests that import torch only through the engine land here
 
@@ -56,7 +56,7 @@ def tiny_model(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="session")
 def toy_task(tmp_path_factory) -> tuple[str, str]:
-    from pruning.tiny import make_toy_task
+    from tests.tiny import make_toy_task
 
     train, dev = make_toy_task(tmp_path_factory.mktemp("toy-task"))
     return str(train), str(dev)

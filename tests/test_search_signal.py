@@ -12,7 +12,7 @@ import random
 import pytest
 
 from pruning import search
-from pruning.tiny import NEUTRAL, make_tiny_model, toy_examples
+from tests.tiny import NEUTRAL, make_tiny_model, toy_examples
 
 
 def write_task(directory, rows_train, rows_dev):

@@ -86,7 +86,7 @@ def auth(make_key) -> dict[str, str]:
 @pytest.fixture(scope="session")
 def toy_files(tmp_path_factory) -> dict[str, tuple[Path, Path]]:
     """The toy task in each upload format: format -> (train, dev)."""
-    from pruning.tiny import make_toy_task
+    from tests.tiny import make_toy_task
 
     root = tmp_path_factory.mktemp("toy")
     return {fmt: make_toy_task(root / fmt, fmt=fmt) for fmt in ("csv", "tsv", "jsonl")}
