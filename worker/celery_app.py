@@ -1,8 +1,10 @@
-"""The Celery app, configured for long GPU jobs. `celery -A worker.celery_app worker` (or `peftsearch worker`)."""
+"""The Celery app, configured for long GPU jobs. `celery -A worker.celery_app worker` (or `peftsearch worker`).
+
+An app is built from the Settings it is given, and its task runs jobs with those same settings: the module's `app`
+(what `celery -A` loads) from the environment, `app_for(settings)` for a caller holding settings of its own.
+"""
 
 from __future__ import annotations
-
-import functools
 
 from celery import Celery
 
@@ -12,7 +14,10 @@ TASK = "peftsearch.run_job"
 
 
 def make_celery(settings: Settings) -> Celery:
-    app = Celery("peftsearch", include=["worker.tasks"])
+    from .tasks import run_job
+
+    app = Celery("peftsearch")
+    app.settings = settings  # what its task runs jobs with
     hard_limit = settings.job_time_limit_s
     app.conf.update(
         broker_url=settings.broker_url or "memory://",  # memory: the embedded mode never sends
@@ -34,21 +39,18 @@ def make_celery(settings: Settings) -> Celery:
         # A request must not hang on a dead broker: the job is saved and the reaper sends it later.
         task_publish_retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.5, "interval_max": 1},
     )
+    app.task(name=TASK, bind=True)(run_job)
     return app
 
 
-def producer(settings: Settings) -> Celery:
-    """The app that sends to the broker these settings name (the module's `app` follows the environment only)."""
-    return _producer(settings.broker_url, settings.queue, settings.job_time_limit_s)
+def app_for(settings: Settings) -> Celery:
+    """The app these settings build, one per distinct settings in a process (the API sends with it, the
+    embedded runner calls its task). Keyed by the settings' JSON: Settings is not hashable."""
+    key = settings.model_dump_json()
+    if key not in _apps:
+        _apps[key] = make_celery(settings)
+    return _apps[key]
 
 
-@functools.cache
-def _producer(broker_url: str | None, queue: str, job_time_limit_s: int) -> Celery:
-    if (broker_url, queue, job_time_limit_s) == (app_settings.broker_url, app_settings.queue,
-                                                 app_settings.job_time_limit_s):
-        return app
-    return make_celery(Settings(broker_url=broker_url, queue=queue, job_time_limit_s=job_time_limit_s))
-
-
-app_settings = get_settings()
-app = make_celery(app_settings)
+_apps: dict[str, Celery] = {}
+app = make_celery(get_settings())

@@ -15,7 +15,9 @@ log = logging.getLogger("peftsearch.embedded")
 
 
 def run_forever(settings: Settings, stop: threading.Event) -> None:
-    from .tasks import run_job  # calling a Celery task object runs it here, in this thread
+    from .celery_app import TASK, app_for
+
+    run_job = app_for(settings).tasks[TASK]  # calling a Celery task object runs it here, in this thread
 
     sessions = session_factory(settings.db_url)
     while not stop.is_set():

@@ -19,10 +19,10 @@ def enqueue(settings: Settings, job_id: str) -> None:
     if settings.embedded:
         job_waiting.set()
         return
-    from .celery_app import TASK, producer
+    from .celery_app import TASK, app_for
 
     try:
-        producer(settings).send_task(TASK, args=[job_id])
+        app_for(settings).send_task(TASK, args=[job_id])
         with session_factory(settings.db_url).begin() as session:
             jobs.mark_enqueued(session, job_id)
     except Exception:  # the job is saved; the reaper sends it (again) later

@@ -22,7 +22,7 @@ def test_the_api_never_imports_torch():
 
 
 def test_the_worker_imports_torch_inside_the_task_only():
-    modules = imported_after("import worker.tasks, worker.reaper, worker.embedded")
+    modules = imported_after("import worker.celery_app, worker.tasks, worker.reaper, worker.embedded")
     assert "celery" in modules
     assert not {"torch", "transformers", "peft"} & modules
 
@@ -48,7 +48,17 @@ def test_celery_is_set_for_long_gpu_jobs():
 
 
 def test_the_task_is_registered_under_its_name():
-    from worker import tasks
     from worker.celery_app import TASK, app
 
-    assert tasks.run_job.name == TASK and app.tasks[TASK].run.__module__ == "worker.tasks"
+    assert app.tasks[TASK].name == TASK and app.tasks[TASK].run.__module__ == "worker.tasks"
+
+
+def test_an_app_runs_its_task_with_the_settings_it_was_built_from(tmp_path):
+    from store.settings import Settings
+    from worker.celery_app import TASK, app_for
+
+    settings = Settings(home=tmp_path, queue="elsewhere", claim_retries=1)
+    built = app_for(settings)
+    assert built.tasks[TASK].app.settings is settings and built.conf.task_default_queue == "elsewhere"
+    assert app_for(Settings(home=tmp_path, queue="elsewhere", claim_retries=1)) is built  # equal settings, one app
+    assert app_for(Settings(home=tmp_path, queue="other")) is not built

@@ -70,7 +70,8 @@ def test_a_killed_worker_is_reaped_and_the_next_attempt_resumes(settings, submit
     env = {"DATABASE_URL": settings.db_url, "PEFTSEARCH_HOME": str(settings.home),
            "PEFTSEARCH_MODELS": json.dumps(settings.models), "PEFTSEARCH_HEARTBEAT_S": "0.2"}
     log = tmp_path / "doomed-worker.log"
-    doomed = start([sys.executable, "-c", f"from worker.tasks import run_job; run_job({job_id!r})"], env, log)
+    doomed = start([sys.executable, "-c", f"from worker.celery_app import TASK, app; app.tasks[TASK]({job_id!r})"],
+                   env, log)
     try:
         wait_until(lambda: read(settings, job_id)[2] == [1], 120, "round 1 of the first attempt", [log])
     finally:
