@@ -14,12 +14,13 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Annotated
 
+from cachetools import TTLCache
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from store.keys import cached_owner, owner_of
+from store.keys import cached_owner, owner_cache, owner_of
 from store.settings import Settings
 
 from .errors import ApiError
@@ -49,16 +50,16 @@ async def current_caller(credentials: Annotated[HTTPAuthorizationCredentials | N
     challenge = {"WWW-Authenticate": "Bearer"}
     if credentials is None:
         raise ApiError(401, "send an API key: 'Authorization: Bearer <key>'", headers=challenge)
-    key = credentials.credentials
-    owner = cached_owner(key, settings.key_cache_s) or await run_in_threadpool(_look_up_owner, sessions, key)
+    key, cache = credentials.credentials, owner_cache(settings.key_cache_s)
+    owner = cached_owner(cache, key) or await run_in_threadpool(_look_up_owner, sessions, key, cache)
     if owner is None:
         raise ApiError(401, "unknown or revoked API key", headers=challenge)
     return Caller(owner, sessions)
 
 
-def _look_up_owner(sessions: SessionSource, key: str) -> str | None:
+def _look_up_owner(sessions: SessionSource, key: str, cache: TTLCache) -> str | None:
     with sessions() as session:
-        return owner_of(session, key)
+        return owner_of(session, key, cache)
 
 
 CurrentCaller = Annotated[Caller, Depends(current_caller)]

@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-import time
 
+from cachetools import TTLCache
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from .models import ApiKey, new_id, utcnow
 
 KEY_PREFIX = "psk_"
-# key hash -> (owner, when it was read), for live keys only (a new key works at once). It spares each request a
-# query. revoke_key drops the key here; other processes (the API's other workers) keep accepting it for up to the
-# max_age_s their callers pass to cached_owner (Settings.key_cache_s).
-_owners: dict[str, tuple[str, float]] = {}
-_MAX_CACHED = 10_000
+# Per process, per time to live: key hash -> owner, for live keys only (a new key works at once). It spares each
+# request a query. revoke_key drops the key here; other processes (the API's other workers) keep accepting it
+# for up to the cache's time to live (Settings.key_cache_s).
+_caches: dict[float, TTLCache] = {}
+_MAX_CACHED = 10_000  # keys in use at once, beyond which the least recently used are forgotten
 
 
 def hash_key(key: str) -> str:
@@ -34,21 +34,26 @@ def create_key(session: Session, owner: str, name: str = "") -> tuple[ApiKey, st
     return row, key
 
 
-def owner_of(session: Session, key: str) -> str | None:
-    """The owner of a live key, or None for an unknown or revoked one. Remembers live keys for cached_owner."""
+def owner_cache(ttl_s: float) -> TTLCache:
+    """This process's cache of key owners that keeps each for ttl_s seconds (one per time to live)."""
+    if ttl_s not in _caches:
+        _caches[ttl_s] = TTLCache(maxsize=_MAX_CACHED, ttl=ttl_s)
+    return _caches[ttl_s]
+
+
+def owner_of(session: Session, key: str, cache: TTLCache | None = None) -> str | None:
+    """The owner of a live key, or None for an unknown or revoked one; a live key's owner is remembered in
+    `cache` (see cached_owner)."""
     key_hash = hash_key(key)
     owner = session.scalar(select(ApiKey.owner).where(ApiKey.key_hash == key_hash, ApiKey.revoked_at.is_(None)))
-    if owner is not None:
-        if len(_owners) >= _MAX_CACHED:  # many keys in use: start over rather than grow without bound
-            _owners.clear()
-        _owners[key_hash] = (owner, time.monotonic())
+    if owner is not None and cache is not None:
+        cache[key_hash] = owner
     return owner
 
 
-def cached_owner(key: str, max_age_s: float) -> str | None:
-    """The owner owner_of found for this key at most max_age_s ago, without a query; None: ask owner_of."""
-    hit = _owners.get(hash_key(key))
-    return hit[0] if hit is not None and time.monotonic() - hit[1] < max_age_s else None
+def cached_owner(cache: TTLCache, key: str) -> str | None:
+    """The owner owner_of found for this key within the cache's time to live, without a query; None: ask."""
+    return cache.get(hash_key(key))
 
 
 def list_keys(session: Session) -> list[ApiKey]:
@@ -60,5 +65,6 @@ def revoke_key(session: Session, key_id: str) -> bool:
     if row is None or row.revoked_at is not None:
         return False
     row.revoked_at = utcnow()
-    _owners.pop(row.key_hash, None)
+    for cache in _caches.values():
+        cache.pop(row.key_hash, None)
     return True

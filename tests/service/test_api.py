@@ -48,14 +48,15 @@ def test_revoked_key_is_refused(client, db):
 
 
 def test_a_keys_owner_is_cached_for_at_most_key_cache_s(db):
-    from store.keys import cached_owner, create_key, owner_of, revoke_key
+    from store.keys import cached_owner, create_key, owner_cache, owner_of, revoke_key
 
+    cache, expired = owner_cache(ttl_s=30), owner_cache(ttl_s=0)
     row, key = create_key(db, "dave")
-    assert cached_owner(key, max_age_s=30) is None  # not looked up yet
-    assert owner_of(db, key) == "dave"
-    assert cached_owner(key, max_age_s=30) == "dave" and cached_owner(key, max_age_s=0) is None
+    assert cached_owner(cache, key) is None  # not looked up yet
+    assert owner_of(db, key, cache) == "dave" and owner_of(db, key, expired) == "dave"
+    assert cached_owner(cache, key) == "dave" and cached_owner(expired, key) is None
     revoke_key(db, row.id)
-    assert cached_owner(key, max_age_s=30) is None and owner_of(db, key) is None
+    assert cached_owner(cache, key) is None and owner_of(db, key) is None
 
 
 def test_a_key_sees_only_its_owners_jobs_datasets_and_artifacts(client, make_key, dataset_id, auth):
