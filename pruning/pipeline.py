@@ -35,7 +35,7 @@ from .hybrid import (
 from .importance import ImportanceTracker
 from .models import load_model, load_tokenizer, peak_memory_mb, resolve_device, seed_everything
 from .result import ProgressEvent, RemovedUnit, RoundRecord, SearchResult
-from .schedule import choose_removals, round_targets
+from .schedule import choose_removals, kept_ranks, rank_chunks, round_targets
 from .spec import SearchSpec, budget_params
 from .supernet import Supernet
 from .train import Encoded, chance_loss, encode, evaluate, mean_loss, shuffled_batches, train
@@ -301,14 +301,18 @@ def planned_steps(spec: SearchSpec) -> int:
 
 def _run_round(ctx: _Context, supernet: Supernet, policy: ImportancePolicy, index: int, target: int, batches,
                ranks: RankTracker | None, report: _Reporter, should_stop) -> RoundRecord:
-    """Train with the criteria tracked, score, (prune the backbone when its masks are done), remove units."""
+    """Train with the criteria tracked, score, (prune the backbone when its masks are done), remove units, or
+    at rank granularity shrink LoRA projections."""
     spec, speed = ctx.spec, ctx.spec.backbone
     start = time.monotonic()
     tracker = ImportanceTracker(supernet.units.values(), policy.criteria, spec.policy.accumulate,
                                 spec.policy.ema_beta)
+    step = spec.space.lora.rank_step
+    grain = RankTracker(supernet.units.values()) if step else None
     with tracker:
         loss = _train_supernet(ctx, supernet, batches, spec.schedule.steps_per_round, ranks,
-                               report.steps(index + 1, supernet.peft_params()), should_stop, tracker=tracker)
+                               report.steps(index + 1, supernet.peft_params()), should_stop,
+                               trackers=(tracker, grain))
     metric = ctx.validation_metric(supernet)
     scores = tracker.scores()
     importance, type_values = policy.importance(supernet.unit_keys(), supernet.num_layers, scores,
@@ -317,47 +321,62 @@ def _run_round(ctx: _Context, supernet: Supernet, policy: ImportancePolicy, inde
     if supernet.masks is not None and index + 1 == speed.mask_rounds:
         _prune_backbone(supernet, speed, ranks)
         backbone_params = backbone_parameter_count(supernet.model, supernet.arch)
+        grain = None  # the ranks were just pruned with the backbone: this round removes whole units
     params = supernet.unit_params()
-    removed = choose_removals(importance, params, target)
-    supernet.remove(removed)
+
+    def scores_of(key: str) -> dict[str, float]:
+        return {name: per_unit[key] for name, per_unit in scores.items()}
+
+    if grain is None:
+        removed = choose_removals(importance, params, target)
+        supernet.remove(removed)
+        records = [RemovedUnit(key, params[key], importance[key], scores_of(key)) for key in removed]
+    else:
+        records = _shrink(supernet, importance, params, target, grain, step, scores_of)
     return RoundRecord(
         round=index + 1, units_left=supernet.unit_keys(), trainable_params=supernet.peft_params(),
         target_params=target, metric_name=ctx.task.primary_metric, metric=metric, train_loss=loss,
-        removed=[RemovedUnit(key, params[key], importance[key],
-                             {name: per_unit[key] for name, per_unit in scores.items()}) for key in removed],
-        wall_s=time.monotonic() - start, backbone_params=backbone_params, chance_metric=ctx.chance_metric(),
-        type_values=type_values)
+        removed=records, wall_s=time.monotonic() - start, backbone_params=backbone_params,
+        chance_metric=ctx.chance_metric(), type_values=type_values)
+
+
+def _shrink(supernet: Supernet, importance: dict[str, float], params: dict[str, int], target: int,
+            grain: RankTracker, step: int, scores_of) -> list[RemovedUnit]:
+    """Rank granularity: LoRA units compete as chunks of `step` rank components per projection (their share
+    of the unit's importance by rank importance), the other units whole; the chosen chunks shrink their
+    projections' ranks (a projection at 0 is unwrapped, a LoRA unit with none left is gone)."""
+    rank_scores = {key: values.tolist() for key, values in grain.importance().items()}
+    lora = {unit for unit, _ in rank_scores}
+    per_rank = {(unit, role): supernet.unit(unit).params_per_rank(role) for unit, role in rank_scores}
+    chunk_importance, chunk_params = rank_chunks(importance, rank_scores, per_rank, step)
+    whole = {key: params[key] for key in params if key not in lora}
+    chosen = choose_removals({**{k: importance[k] for k in whole}, **chunk_importance}, {**whole, **chunk_params},
+                             target)
+    gone = [key for key in chosen if key in whole]
+    kept = kept_ranks([key for key in chosen if key not in whole], rank_scores, step)
+    records = [RemovedUnit(key, params[key], importance[key], scores_of(key)) for key in gone]
+    for (unit, role), ranks in kept.items():
+        before = len(rank_scores[unit, role])
+        freed = [k for k in chosen if k.startswith(f"{unit}/{role}/")]
+        records.append(RemovedUnit(unit, (before - len(ranks)) * per_rank[unit, role],
+                                   sum(chunk_importance[k] for k in freed), scores_of(unit), role=role,
+                                   ranks=[before, len(ranks)]))
+    supernet.remove(gone)
+    supernet.prune_ranks(kept)
+    return records
 
 
 def _train_supernet(ctx: _Context, supernet: Supernet, batches, steps: int, ranks: RankTracker | None, on_step,
-                    should_stop, tracker: ImportanceTracker | None = None, until=None) -> float:
+                    should_stop, trackers: tuple = (), until=None) -> float:
     """The search's training: constant learning rate after a short warm-up; the masks (speed mode) learn
     under their L1 penalty, and the trackers see every step."""
     spec, speed, masks = ctx.spec, ctx.spec.backbone, supernet.masks
     return train(supernet, supernet.param_groups(spec.schedule.lr, speed.mask_lr), batches, steps=steps,
                  lr=spec.schedule.lr, problem=ctx.task.problem, device=ctx.device, warmup_ratio=0.1,
                  weight_decay=spec.train.weight_decay, decay=False,
-                 trackers=[t for t in (tracker, ranks, masks) if t is not None],
+                 trackers=[t for t in (*trackers, ranks, masks) if t is not None],
                  extra_loss=_mask_penalty(masks, speed.mask_penalty), on_step=on_step, should_stop=should_stop,
                  until=until, check_every=spec.schedule.learn_check_every)
-
-
-def fit(spec: SearchSpec, out_dir: str | Path, units: list[str] | None = None, *,
-        on_progress: ProgressCallback | None = None, should_stop: StopCheck | None = None) -> SearchResult:
-    """Train and evaluate one fixed configuration (default: the whole supernet of `spec.space`), no search."""
-    spec = spec.validate()
-    report = _Reporter(on_progress, 0, spec.train.steps)
-    report.phase("load", f"loading {spec.model} and {spec.task.name}")
-    seed_everything(spec.seed)
-    ctx = _Context.prepare(spec)
-    model = ctx.supernet(units)
-    backbone_before = backbone_parameter_count(model.model, model.arch)
-    result = _retrain_evaluate_export(ctx, model, out_dir, report, should_stop,
-                                      budget=budget_params(spec.budget, backbone_before),
-                                      backbone_before=backbone_before, records=[], trace_extra={})
-    export.write_result(out_dir, result)
-    report.phase("done", f"{result.metric_name} {result.metric:.4f} with {result.trainable_params:,} parameters")
-    return result
 
 
 def _retrain_evaluate_export(ctx: _Context, model: Supernet, out_dir, report: _Reporter, should_stop,

@@ -19,6 +19,9 @@ class RemovedUnit:
     params: int
     score: float  # the fused, size-normalised importance it was ranked by
     scores: dict[str, float] = field(default_factory=dict)  # raw score per criterion of its partition
+    # at rank granularity (space.lora.rank_step): the projection that shrank, and its rank before and after
+    role: str | None = None
+    ranks: list[int] | None = None
 
 
 @dataclass
@@ -98,11 +101,11 @@ class SearchResult:
 
 
 def format_unit(kind: str, description: dict | None) -> str:
-    """A unit's sizes in a table cell: "r=8/8" (LoRA ranks per projection), "d=16" (adapter), "p=8" (prefix)."""
+    """A unit's sizes in a table cell: "q8/v8" (LoRA rank per projection), "d=16" (adapter), "p=8" (prefix)."""
     if description is None:
         return "-"
     if "ranks" in description:
-        return "r=" + "/".join(str(r) for r in description["ranks"].values())
+        return "/".join(f"{role}{rank}" for role, rank in description["ranks"].items())
     if "size" in description:
         return f"d={description['size']}"
     return f"p={description['length']}"

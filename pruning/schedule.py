@@ -26,3 +26,40 @@ def choose_removals(importance: dict[str, float], params: dict[str, int], target
         removed.append(key)
         current -= params[key]
     return removed
+
+
+def rank_chunks(importance: dict[str, float], rank_scores: dict[tuple[str, str], list[float]],
+                params_per_rank: dict[tuple[str, str], int], step: int) -> tuple[dict[str, float], dict[str, int]]:
+    """Removal candidates at rank granularity. Each LoRA unit's importance is shared among chunks of `step`
+    rank components of its projections (least important first), in proportion to the chunks' rank importance,
+    so a chunk competes per parameter with whole units. Candidate keys are '<unit>/<role>/<chunk index>'."""
+    totals: dict[str, float] = {}
+    for (unit, _), scores in rank_scores.items():
+        totals[unit] = totals.get(unit, 0.0) + sum(scores)
+    components = {unit: sum(len(s) for (u, _), s in rank_scores.items() if u == unit) for unit in totals}
+    chunk_importance, chunk_params = {}, {}
+    for (unit, role), scores in rank_scores.items():
+        ordered = sorted(scores)
+        for index, start in enumerate(range(0, len(ordered), step)):
+            chunk = ordered[start:start + step]
+            share = sum(chunk) / totals[unit] if totals[unit] > 0 else len(chunk) / components[unit]
+            key = f"{unit}/{role}/{index}"
+            chunk_importance[key] = importance[unit] * share
+            chunk_params[key] = len(chunk) * params_per_rank[unit, role]
+    return chunk_importance, chunk_params
+
+
+def kept_ranks(removed_chunks: list[str], rank_scores: dict[tuple[str, str], list[float]],
+               step: int) -> dict[tuple[str, str], list[int]]:
+    """The rank components each shrunk projection keeps once `removed_chunks` (rank_chunks' keys) go: the
+    least important `step` x (chunks removed) of them leave."""
+    counts: dict[tuple[str, str], int] = {}
+    for key in removed_chunks:
+        unit, role, _ = key.split("/")
+        counts[unit, role] = counts.get((unit, role), 0) + 1
+    kept = {}
+    for (unit, role), count in counts.items():
+        scores = rank_scores[unit, role]
+        order = sorted(range(len(scores)), key=lambda r: (scores[r], r))
+        kept[unit, role] = sorted(order[count * step:])
+    return kept

@@ -132,6 +132,10 @@ class LoraSpec:
     dropout: Annotated[Share, Field(description="Dropout on the LoRA branch's input.")] = 0.1
     targets: Annotated[tuple[Literal[ROLES], ...], Field(  # type: ignore[valid-type]
         min_length=1, description="Roles of the architecture map to adapt: q, k, v, o, ffn_in, ffn_out.")] = ("q", "v")
+    rank_step: Annotated[Int, Field(ge=0, description=(
+        "Rank granularity of the search: each adapted projection's rank shrinks this many components at a "
+        "time (its least important ones by first-order Taylor importance, Light-PEFT's rank score), down to 0, "
+        "competing with whole units for the budget. 0: a layer's LoRA is kept or removed whole."))] = 0
 
 
 @dataclass(frozen=True)

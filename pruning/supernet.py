@@ -130,9 +130,19 @@ class Supernet(nn.Module):
         return projection(self.model, self.arch, layer, self.arch.q).out_features // self.arch.head_dim(self.model.config)
 
     def prune_ranks(self, kept: dict[tuple[str, str], list[int]]) -> None:
+        """Keep the listed rank components of each (LoRA unit, projection); a projection left with none is
+        unwrapped, a unit left with no projection removed. Hooks are re-installed on the new modules."""
         for (key, role), ranks in kept.items():
-            if _name(key) in self.units:
+            if _name(key) not in self.units:
+                continue
+            if ranks:
                 self.unit(key).keep_ranks(role, ranks)
+            else:
+                self.unit(key).drop_role(self.model, role)
+        empty = [u.key for u in self.units.values() if u.kind == "lora" and not u.targets]
+        for key in empty:
+            del self.units[_name(key)]
+        self.install()
 
     def unit(self, key: str) -> Unit:
         return self.units[_name(key)]

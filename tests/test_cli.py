@@ -28,8 +28,8 @@ def test_search_from_flags_prints_the_summary(tiny_model, toy_task, tmp_path, ca
     assert len(result["rounds"]) == 2
     lines = captured.out.splitlines()
     assert lines[0].split() == ["layer", "lora", "adapter", "prefix"]
-    for layer in range(LAYERS):  # one row per layer: r=8/8, d=16, p=8 or '-'
-        expected = [str(layer)] + [{"lora": "r=8/8", "adapter": "d=16", "prefix": "p=8"}[kind]
+    for layer in range(LAYERS):  # one row per layer: q8/v8 (rank per projection), d=16, p=8 or '-'
+        expected = [str(layer)] + [{"lora": "q8/v8", "adapter": "d=16", "prefix": "p=8"}[kind]
                                    if f"{kind}.{layer}" in units else "-" for kind in ("lora", "adapter", "prefix")]
         assert lines[1 + layer].split() == expected
     text = captured.out

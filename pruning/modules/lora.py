@@ -30,6 +30,8 @@ def inject_lora(model: nn.Module, arch, layers: list[int], spec, ranks: dict[str
     `ranks` (module path -> rank) overrides the rank per projection, e.g. after rank pruning."""
     lora = spec.lora
     targets = {layer: lora_paths(arch, layer, lora.targets) for layer in layers}
+    if ranks is not None:  # a rebuilt configuration: projections whose rank went to 0 are not wrapped
+        targets = {layer: {role: p for role, p in paths.items() if p in ranks} for layer, paths in targets.items()}
     all_paths = [p for paths in targets.values() for p in paths.values()]
     if not all_paths:
         return {}
@@ -98,6 +100,15 @@ class LoraUnit(Unit):
         target.lora_A[ADAPTER] = _sliced_linear(lora_a, out_index=index)
         target.lora_B[ADAPTER] = _sliced_linear(lora_b, in_index=index)
         target.r[ADAPTER] = len(ranks)
+
+    def drop_role(self, model, role: str) -> None:
+        """The rank of one projection went to 0: unwrap it; the unit lives on in its other projections."""
+        model.set_submodule(self.paths.pop(role), self.targets.pop(role).get_base_layer())
+
+    def params_per_rank(self, role: str) -> int:
+        """Parameters one rank component of a projection holds: a row of A and a column of B."""
+        lora_a, lora_b = self.ab(role)
+        return lora_a.in_features + lora_b.out_features
 
     def reset_parameters(self) -> None:
         for target in self.targets.values():
