@@ -22,6 +22,8 @@ from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Column, Table
 
+from pruning.result import format_unit
+
 from .client import DEFAULT_URL, Client, Job, PeftsearchError, Snapshot
 
 LINE_EVERY_S = 10.0  # off a terminal, training progress is one line per this many seconds (and per phase/round)
@@ -163,25 +165,12 @@ def summary_tables(job: Job, downloaded: str | None = None) -> list[Table]:
     if downloaded:
         outcome.add_row("downloaded to", downloaded)
     layers = Table(title="configuration per layer", title_justify="left")
-    for name in ("layer", "lora", "adapter", "prefix"):
+    types = result.configuration.get("space", {}).get("types", [])
+    for name in ("layer", *types):
         layers.add_column(name)
     for entry in result.configuration.get("layers", []):
-        modules = entry["modules"]
-        layers.add_row(str(entry["layer"]), *(describe_module(kind, modules.get(kind))
-                                              for kind in ("lora", "adapter", "prefix")))
+        layers.add_row(str(entry["layer"]), *(format_unit(kind, entry["modules"].get(kind)) for kind in types))
     return [outcome, layers]
-
-
-def describe_module(kind: str, spec: dict[str, Any] | None) -> str:
-    if spec is None:
-        return "-"
-    if kind == "lora":
-        return ", ".join(f"{target} r={rank}" for target, rank in spec["ranks"].items())
-    if kind == "adapter":
-        return f"size {spec['size']}"
-    if kind == "prefix":
-        return f"length {spec['length']}"
-    return json.dumps(spec)
 
 
 def id_column(header: str, ids: list[str]) -> Column:

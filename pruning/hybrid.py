@@ -22,27 +22,30 @@ import numpy as np
 
 from .calibration import sample_per_type, type_values
 from .data.metrics import average_ranks, spearman
-
-# PrunePEFT's released code (its warm-up switched off): criteria per depth block [0-20%, 20-50%, 50-80%, 80-100%].
-# Prefix is not in PrunePEFT's search space; Light-PEFT's importance ratio and the Taylor score are used there.
-PRUNEPEFT_ASSIGNMENT: dict[str, list[list[str]]] = {
-    "lora": [["activation", "threshold"], ["threshold"], ["zeros"], ["gradient"]],
-    "adapter": [["activation", "weight", "taylor", "zeros"], ["taylor", "weight"], ["weight", "taylor"], ["taylor"]],
-    "prefix": [["importance_ratio", "taylor"]] * 4,
-}
-# Ours: the same table without the two criteria that carry no information in a low-fidelity search. Adam moves
-# every weight by about the learning rate per step, so after a few steps no LoRA or adapter weight is exactly 0
-# or below 1e-6: "zeros" and "threshold" score every unit 1.0, and a partition judged by them alone is pruned by
-# tie-breaking. They are replaced by the first-order Taylor score and Light-PEFT's importance ratio.
-DEFAULT_ASSIGNMENT: dict[str, list[list[str]]] = {
-    "lora": [["activation", "taylor"], ["taylor"], ["importance_ratio"], ["gradient"]],
-    "adapter": [["activation", "weight", "taylor"], ["taylor", "weight"], ["weight", "taylor"], ["taylor"]],
-    "prefix": [["importance_ratio", "taylor"]] * 4,
-}
-FALLBACK_CRITERION = "taylor"  # the first-order loss change: meaningful for any module type and depth
+from .modules import MODULE_TYPES
 
 Partition = tuple[str, int]  # (module type, depth block)
 Assignment = dict[str, list[list[str]]]  # module type -> per block -> criteria, most trusted first
+
+
+def default_assignment() -> Assignment:
+    """The criteria per depth block of every registered type (each type's `criteria`). For LoRA and adapters it is
+    PrunePEFT's released table (its warm-up switched off) without the two criteria that carry no information in
+    a low-fidelity search: Adam moves every weight by about the learning rate per step, so after a few steps no
+    LoRA or adapter weight is exactly 0 or below 1e-6; "zeros" and "threshold" score every unit 1.0, and a
+    partition judged by them alone is pruned by tie-breaking. The first-order Taylor score and Light-PEFT's
+    importance ratio take their places."""
+    return {name: [list(names) for names in t.criteria] for name, t in MODULE_TYPES.items()}
+
+
+def prunepeft_assignment() -> Assignment:
+    """PrunePEFT's released table as is (a type it does not have keeps its default)."""
+    return {name: [list(names) for names in (t.prunepeft or t.criteria)] for name, t in MODULE_TYPES.items()}
+
+
+DEFAULT_ASSIGNMENT, PRUNEPEFT_ASSIGNMENT = default_assignment(), prunepeft_assignment()  # of the built-in types
+FALLBACK_CRITERION = "taylor"  # the first-order loss change: meaningful for any module type and depth
+
 
 
 def block_of(layer: int, num_layers: int, cuts: Iterable[float]) -> int:
@@ -104,11 +107,13 @@ def fuse(scores: dict[str, dict[str, float]], partitions: dict[Partition, list[s
 
 def assign_from_ablation(scores: dict[str, dict[str, float]], ablation: dict[str, float],
                          partitions: dict[Partition, list[str]], blocks: int, top: int = 2,
-                         fallback: Assignment = DEFAULT_ASSIGNMENT) -> tuple[Assignment, dict]:
+                         fallback: Assignment | None = None) -> tuple[Assignment, dict]:
     """The warm-up's decision: give each partition the criteria whose ranking of its units agrees best (Spearman)
     with the measured importance (`ablation`: loss increase when the unit is switched off). Criteria that do not
     agree positively are not used; a partition with no agreeing criterion (or a single unit) keeps `fallback`,
     or the Taylor score where the fallback table has another number of blocks."""
+
+    fallback = default_assignment() if fallback is None else fallback
 
     def fallback_for(kind: str) -> list[list[str]]:
         table = fallback.get(kind)

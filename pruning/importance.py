@@ -13,7 +13,7 @@ from collections.abc import Iterable
 import torch
 
 from .criteria import CRITERIA, Signals
-from .modules import Unit
+from .modules.base import Unit
 
 
 class Accumulator:

@@ -26,10 +26,10 @@ from .calibration import unit_ablation
 from .checkpoint import Checkpoint, SearchState
 from .data import TaskData, compute_metrics, load_task
 from .hybrid import (
-    DEFAULT_ASSIGNMENT,
-    PRUNEPEFT_ASSIGNMENT,
     Assignment,
     ImportancePolicy,
+    default_assignment,
+    prunepeft_assignment,
     uniform_assignment,
 )
 from .importance import ImportanceTracker
@@ -454,9 +454,9 @@ def _resolve_assignment(spec: SearchSpec) -> Assignment:
     if name == "random":
         return {}
     if name in ("default", "warmup"):
-        return DEFAULT_ASSIGNMENT
+        return default_assignment()
     if name == "prunepeft":
-        return PRUNEPEFT_ASSIGNMENT
+        return prunepeft_assignment()
     return uniform_assignment(name, spec.space.types, len(spec.policy.block_cuts) + 1)
 
 

@@ -101,14 +101,15 @@ class SearchResult:
 
 
 def format_unit(kind: str, description: dict | None) -> str:
-    """A unit's sizes in a table cell: "q8/v8" (LoRA rank per projection), "d=16" (adapter), "p=8" (prefix)."""
+    """A unit's sizes in a table cell, as its module type writes them: "q8/v8" (LoRA rank per projection),
+    "d=16" (adapter), "p=8" (prefix); "-" for no unit."""
+    from .modules import MODULE_TYPES
+
     if description is None:
         return "-"
-    if "ranks" in description:
-        return "/".join(f"{role}{rank}" for role, rank in description["ranks"].items())
-    if "size" in description:
-        return f"d={description['size']}"
-    return f"p={description['length']}"
+    if kind not in MODULE_TYPES:  # a type this installation does not have (a client of another server)
+        return ", ".join(f"{k}={v}" for k, v in description.items())
+    return MODULE_TYPES[kind].cell(description)
 
 
 def format_metrics(metrics: dict[str, float], labels: list[str] | None = None) -> str:

@@ -29,7 +29,6 @@ from pydantic import (
 )
 
 GLUE_TASKS = ("sst2", "mrpc", "cola", "stsb", "rte", "qnli")
-MODULE_TYPES = ("lora", "adapter", "prefix")
 ROLES = ("q", "k", "v", "o", "ffn_in", "ffn_out")  # projections of a layer, as architecture maps name them
 ADAPTER_ACTIVATIONS = ("relu", "gelu", "silu", "tanh")
 ASSIGNMENT_PRESETS = ("default", "prunepeft", "warmup", "random")
@@ -52,6 +51,8 @@ class SpecError(ValueError):
 
 
 def _distinct_types(types: tuple[str, ...]) -> tuple[str, ...]:
+    from .modules import MODULE_TYPES  # the registry, as it stands when the spec is checked
+
     if not types or set(types) - set(MODULE_TYPES) or len(set(types)) != len(types):
         raise ValueError(f"choose one or more of {', '.join(MODULE_TYPES)}, each once")
     return types

@@ -17,8 +17,8 @@ from .arch import (
     projection,
 )
 from .backbone import BackboneMasks, apply_backbone_record, prune_layer
-from .modules import UNIT_TYPES, Unit, inject_lora, unit_key
-from .modules.prefix import ATTENTION
+from .modules import MODULE_TYPES, unit_key
+from .modules.base import Unit
 
 
 def all_unit_keys(num_layers: int, types: Iterable[str]) -> list[str]:
@@ -27,8 +27,8 @@ def all_unit_keys(num_layers: int, types: Iterable[str]) -> list[str]:
 
 def parse_unit_key(key: str) -> tuple[str, int]:
     kind, _, layer = key.partition(".")
-    if kind not in UNIT_TYPES or not layer.isdigit():
-        raise ValueError(f"not a unit key: {key!r} (expected '<type>.<layer>', type one of {list(UNIT_TYPES)})")
+    if kind not in MODULE_TYPES or not layer.isdigit():
+        raise ValueError(f"not a unit key: {key!r} (expected '<type>.<layer>', type one of {list(MODULE_TYPES)})")
     return kind, int(layer)
 
 
@@ -44,7 +44,6 @@ class Supernet(nn.Module):
         self.arch: ArchitectureMap = architecture_of(model)
         self.space = space
         self.num_layers = len(layers_of(model, self.arch))
-        model.set_attn_implementation(ATTENTION)
         model.requires_grad_(False)
         if backbone is not None:  # rebuild a pruned backbone from its record (before LoRA wraps anything)
             apply_backbone_record(model, backbone, scales)
@@ -62,12 +61,12 @@ class Supernet(nn.Module):
                 raise ValueError(f"unit {unit_key(kind, layer)} is beyond the model's {self.num_layers} layers")
 
         built: dict[str, Unit] = {}
-        lora_layers = [layer for kind, layer in wanted if kind == "lora"]
-        for unit in inject_lora(model, self.arch, lora_layers, space, lora_ranks).values():
-            built[unit.key] = unit
-        for kind, layer in wanted:
-            if kind != "lora":
-                built[unit_key(kind, layer)] = UNIT_TYPES[kind].build(model, self.arch, layer, space)
+        for kind in dict.fromkeys([*space.types, *(kind for kind, _ in wanted)]):
+            unit_class = MODULE_TYPES[kind].unit_class()
+            unit_class.prepare_model(model)
+            layers = [layer for k, layer in wanted if k == kind]
+            for unit in unit_class.build_layers(model, self.arch, layers, space, lora_ranks).values():
+                built[unit.key] = unit
         self.units = nn.ModuleDict({_name(k): built[k] for k in sorted(built, key=_order)})
         # Light-PEFT speed mode: masks while they learn; afterwards the record of what was pruned, and the
         # survivors' mask values that were folded into the backbone (saved with the weights, needed to rebuild).
@@ -111,8 +110,8 @@ class Supernet(nn.Module):
                 self.backbone_scales[f"backbone.neuron_scale.{layer}"] = neuron_scale
             prune_layer(self.model, self.arch, layer, heads[layer], neurons[layer], head_scale, neuron_scale)
         for unit in list(self.units.values()):
-            if unit.kind == "prefix" and unit.layer in pruned_heads:
-                unit.keep_heads(heads[unit.layer])
+            if unit.layer in pruned_heads:
+                unit.follow_heads(heads[unit.layer])
         self.masks = None
         self.remove([u.key for u in self.units.values() if u.num_params() == 0])  # prefixes of headless layers
         self.backbone_record = {
@@ -171,14 +170,16 @@ class Supernet(nn.Module):
         return params + self.extra_trainable()
 
     def param_groups(self, lr: float, mask_lr: float | None = None) -> list[dict]:
-        """Optimizer groups with their learning rates: units and head at `lr` (prefixes at lr x
-        space.prefix.lr_scale), the backbone masks at `mask_lr`."""
-        prefix = [p for unit in self.units.values() if unit.kind == "prefix" for p in unit.trainable()]
+        """Optimizer groups with their learning rates: units at `lr` x their lr_scale (prefixes learn faster),
+        the head at `lr`, the backbone masks at `mask_lr`."""
+        scaled: dict[float, list[nn.Parameter]] = {}
+        for unit in self.units.values():
+            if unit.lr_scale() != 1.0:
+                scaled.setdefault(unit.lr_scale(), []).extend(unit.trainable())
         masks = self.extra_trainable()
-        apart = {id(p) for p in prefix + masks}
+        apart = {id(p) for p in [*masks, *(p for params in scaled.values() for p in params)]}
         groups = [{"params": [p for p in self.trainable_parameters() if id(p) not in apart], "lr": lr}]
-        if prefix:
-            groups.append({"params": prefix, "lr": lr * self.space.prefix.lr_scale})
+        groups += [{"params": params, "lr": lr * scale} for scale, params in scaled.items()]
         if masks:
             groups.append({"params": masks, "lr": lr if mask_lr is None else mask_lr})
         return groups
@@ -224,4 +225,4 @@ def _name(key: str) -> str:
 
 def _order(key: str) -> tuple[int, int]:
     kind, layer = parse_unit_key(key)
-    return layer, list(UNIT_TYPES).index(kind)
+    return layer, list(MODULE_TYPES).index(kind)

@@ -10,7 +10,7 @@ from torch import nn
 
 from pruning.criteria import CRITERIA, Criterion, Signals
 from pruning.importance import Accumulator, ImportanceTracker
-from pruning.modules import Unit
+from pruning.modules.base import Unit
 
 W = [torch.tensor([[1.0, -2.0], [0.0, 3.0]])]  # mean(w^2) = 14/4, one exact zero of four
 G = [torch.tensor([[0.5, 1.0], [-4.0, -1.0]])]

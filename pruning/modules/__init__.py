@@ -1,18 +1,14 @@
-"""PEFT module types of the supernet, registered by name. Each (type, layer) is one pruning unit.
+"""PEFT module types of the supernet, one folder each, registered by name (registry.py). Each (type, layer) is
+one pruning unit. Importing this package loads no torch: the `Unit` classes live in each type's `unit.py`.
 
-A unit type is one small file: a `Unit` subclass that knows how to build itself for a layer, how to hook itself
-into the backbone, what its parameters are, and how to leave. A new type is one file plus a line in UNIT_TYPES.
+A new type is one folder: `<name>/__init__.py` registering a `ModuleType`, and `<name>/unit.py` with its `Unit`
+subclass (how it builds itself for a layer, hooks into the backbone, what its parameters are, how it leaves);
+then an import line below. Options it takes go in a `SpaceSpec` field of the same name.
 """
 
-from .adapter import AdapterUnit
-from .base import Unit, unit_key
-from .lora import LoraUnit, inject_lora
-from .prefix import PrefixUnit
+# Registering the built-in types, in the order a layer lists them:
+from . import lora, adapter, prefix  # noqa: F401, I001
+from .registry import MODULE_TYPES, ModuleType, register, unit_key, unregister
 
-UNIT_TYPES: dict[str, type[Unit]] = {
-    "lora": LoraUnit,
-    "adapter": AdapterUnit,
-    "prefix": PrefixUnit,
-}
 
-__all__ = ["UNIT_TYPES", "AdapterUnit", "LoraUnit", "PrefixUnit", "Unit", "inject_lora", "unit_key"]
+__all__ = ["MODULE_TYPES", "ModuleType", "register", "unit_key", "unregister"]

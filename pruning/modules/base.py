@@ -10,13 +10,11 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from .registry import unit_key
+
 # Called while recording: (unit, delta, base) where delta is what the unit adds to the hidden stream and base is
 # what flows without it, both shaped (batch, tokens, features). Activation criteria are computed from these.
 Recorder = Callable[["Unit", torch.Tensor, torch.Tensor], None]
-
-
-def unit_key(kind: str, layer: int) -> str:
-    return f"{kind}.{layer}"
 
 
 class Unit(nn.Module):
@@ -31,6 +29,26 @@ class Unit(nn.Module):
     @property
     def key(self) -> str:
         return unit_key(self.kind, self.layer)
+
+    @classmethod
+    def prepare_model(cls, model: nn.Module) -> None:
+        """What the backbone needs before units of this type hook into it (e.g. an attention function)."""
+
+    @classmethod
+    def build(cls, model: nn.Module, arch, layer: int, space) -> Unit:
+        raise NotImplementedError
+
+    @classmethod
+    def build_layers(cls, model: nn.Module, arch, layers: list[int], space, lora_ranks=None) -> dict[int, Unit]:
+        """A unit for each of `layers` (a type that injects them together, as peft does, overrides this)."""
+        return {layer: cls.build(model, arch, layer, space) for layer in layers}
+
+    def lr_scale(self) -> float:
+        """This unit's learning rate relative to the run's."""
+        return 1.0
+
+    def follow_heads(self, heads: list[int]) -> None:
+        """Head pruning kept only `heads` of this unit's layer (a unit sized by heads follows it)."""
 
     def trainable(self) -> list[nn.Parameter]:
         """The unit's own parameters (what pruning it frees)."""

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from transformers.activations import ACT2FN
 
-from .base import Unit
+from ..base import Unit
 
 
 class AdapterUnit(Unit):

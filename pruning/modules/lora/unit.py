@@ -8,7 +8,7 @@ from peft import LoraConfig, inject_adapter_in_model
 from peft.tuners.lora import LoraLayer
 from torch import nn
 
-from .base import Unit
+from ..base import Unit
 
 ADAPTER = "default"  # peft's adapter name; the supernet only ever has one
 
@@ -68,6 +68,10 @@ class LoraUnit(Unit):
     def build(cls, model, arch, layer: int, spec) -> LoraUnit:
         return inject_lora(model, arch, [layer], spec)[layer]
 
+    @classmethod
+    def build_layers(cls, model, arch, layers: list[int], space, lora_ranks=None) -> dict[int, LoraUnit]:
+        return inject_lora(model, arch, layers, space, lora_ranks)  # one peft injection for all layers
+
     def ab(self, role: str) -> tuple[nn.Linear, nn.Linear]:
         target = self.targets[role]
         return target.lora_A[ADAPTER], target.lora_B[ADAPTER]
@@ -92,7 +96,7 @@ class LoraUnit(Unit):
 
     def keep_ranks(self, role: str, ranks: list[int]) -> None:
         """Rank pruning: keep rows `ranks` of A and the matching columns of B; the scaling stays as trained."""
-        from ..backbone.structural import _sliced_linear
+        from ...backbone.structural import _sliced_linear
 
         target = self.targets[role]
         lora_a, lora_b = self.ab(role)

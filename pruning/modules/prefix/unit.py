@@ -12,8 +12,8 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 from transformers.modeling_utils import AttentionInterface
 
-from ..arch import projection
-from .base import Unit
+from ...arch import projection
+from ..base import Unit
 
 ATTENTION = "peftsearch"
 KWARG = "peftsearch_prefix"
@@ -22,8 +22,9 @@ KWARG = "peftsearch_prefix"
 class PrefixUnit(Unit):
     kind = "prefix"
 
-    def __init__(self, layer: int, kv_heads: int, head_dim: int, length: int):
+    def __init__(self, layer: int, kv_heads: int, head_dim: int, length: int, lr_scale: float = 1.0):
         super().__init__(layer)
+        self.relative_lr = lr_scale
         self.keys = nn.Parameter(torch.empty(kv_heads, length, head_dim))
         self.values = nn.Parameter(torch.empty(kv_heads, length, head_dim))
         self.reset_parameters()
@@ -33,7 +34,7 @@ class PrefixUnit(Unit):
         # Heads counted on the layer's key projection, not the config: a pruned layer has fewer.
         key_proj, value_proj = projection(model, arch, layer, arch.k), projection(model, arch, layer, arch.v)
         head_dim = arch.head_dim(model.config)
-        unit = cls(layer, key_proj.out_features // head_dim, head_dim, spec.prefix.length)
+        unit = cls(layer, key_proj.out_features // head_dim, head_dim, spec.prefix.length, spec.prefix.lr_scale)
         unit.init_from_vocabulary(model.get_input_embeddings().weight, key_proj, value_proj)
         return unit
 
@@ -52,6 +53,16 @@ class PrefixUnit(Unit):
         for target, proj in ((self.keys, key_proj), (self.values, value_proj)):
             out = proj(hidden.to(proj.weight.dtype)).float()  # (length, heads * head_dim)
             target.copy_(out.view(length, heads, head_dim).transpose(0, 1))
+
+    @classmethod
+    def prepare_model(cls, model) -> None:
+        model.set_attn_implementation(ATTENTION)  # the attention function that takes the prefixes
+
+    def lr_scale(self) -> float:
+        return self.relative_lr
+
+    def follow_heads(self, heads: list[int]) -> None:
+        self.keep_heads(heads)
 
     def keep_heads(self, heads: list[int]) -> None:
         """Follow head pruning: keep the prefix vectors of the surviving heads only."""
