@@ -180,19 +180,27 @@ def _load_saved_backbone(out: Path, config: dict):
 
 
 def evaluate(out_dir: str | Path, base_model: str | None = None, task: TaskSpec | None = None,
-             device: str = "cpu") -> dict[str, float]:
-    """Reload the result and score it on the dev set of `task` (default: the task it was searched on)."""
+             device: str = "cpu", data: str | Path | None = None) -> dict[str, float]:
+    """Reload the result and score it: on `data` (a CSV/TSV/JSONL file with the columns the result was searched
+    on, its labels mapped by the result's own label map), else on the dev set of `task` (default: the task it
+    was searched on)."""
     from .data import load_task
+    from .data.loaders import read_examples
     from .models import resolve_device
     from .train import encode
     from .train import evaluate as evaluate_model
 
     config = read_config(Path(out_dir))
-    task = task or _from_dict(TaskSpec, config["task"], "task")
+    recorded = _from_dict(TaskSpec, config["task"], "task")
+    if data is not None:  # read (and check) the data before loading the model: a bad file fails in seconds
+        examples = read_examples(recorded, data, config["labels"])
+        metric_names = config["metric_names"]
+    else:
+        loaded = load_task(task or recorded)
+        examples, metric_names = loaded.dev, loaded.metric_names
     model = load(out_dir, base_model, device)
-    data = load_task(task)
-    dev = encode(model.tokenizer, data.dev, config["max_length"], data.problem)
-    return evaluate_model(model, dev, data.metric_names, 128, model.tokenizer.pad_token_id, resolve_device(device))
+    dev = encode(model.tokenizer, examples, config["max_length"], config["problem"])
+    return evaluate_model(model, dev, metric_names, 128, model.tokenizer.pad_token_id, resolve_device(device))
 
 
 def recorded_base(config: dict[str, Any]) -> str:

@@ -284,3 +284,21 @@ def test_a_bundled_model_is_recorded_by_its_name(monkeypatch, tiny_model):
     monkeypatch.setitem(BUNDLED_MODELS, "tiny-bundled", "fake_bundle")
     assert portable_name(tiny_model) == "tiny-bundled"
     assert portable_name("some-org/some-model") == "some-org/some-model"
+
+
+def test_evaluate_scores_a_data_file_with_the_results_label_map(searched, tiny_model, toy_task, tmp_path):
+    from pathlib import Path
+
+    from pruning.data import DataError
+
+    rows = Path(toy_task[1]).read_text().splitlines()
+    positives = tmp_path / "positives.csv"  # one class only: indices must come from the result, not this file
+    positives.write_text("\n".join([rows[0], *[r for r in rows[1:] if r.endswith(",1")]]) + "\n")
+    scored = pruning.evaluate(searched.out, tiny_model, data=toy_task[1])
+    assert scored == searched.result.metrics
+    only = pruning.evaluate(searched.out, tiny_model, data=positives)
+    assert set(only) == {"accuracy", "f1"} and 0 <= only["accuracy"] <= 1
+    bad = tmp_path / "bad.csv"
+    bad.write_text("text,label\nfine words,1\nodd words,7\n")
+    with pytest.raises(DataError, match=r"bad.csv:3: label \"7\" is not one of the result's labels: \"0\", \"1\""):
+        pruning.evaluate(searched.out, tiny_model, data=bad)

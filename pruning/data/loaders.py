@@ -158,6 +158,17 @@ def _load_local(task: TaskSpec) -> TaskData:
     return TaskData(name, "classification", labels, metrics, train_examples, dev_examples)
 
 
+def read_examples(task: TaskSpec, path: str | Path, labels: list[str] | None) -> list[Example]:
+    """One file read as `task` reads its files, its labels indexed by `labels` (a result's label map, so class
+    indices mean what they meant in the search); None for regression. Errors name the file and line."""
+    if task.glue:
+        return read_glue_file(task.glue, path)
+    raws = _read_local_file(task, str(path))
+    if labels is None:
+        return _regression_examples(raws)
+    return _index_labels(path, raws, list(labels), "the result's labels")
+
+
 def _read_local_file(task: TaskSpec, path: str) -> list[_Raw]:
     fmt = task.format or _format_of(path)
     text = _read_text(path)
