@@ -110,6 +110,7 @@ class _Context:
     validation: Encoded
     pad_id: int
     device: torch.device
+    outside_validation: list[int]  # train rows not in the validation split
 
     @classmethod
     def prepare(cls, spec: SearchSpec) -> _Context:
@@ -125,7 +126,10 @@ class _Context:
         rest = sorted(set(range(len(train_data))) - set(held_out))
         search_rows = [rest[i] for i in _sample(len(rest), spec.schedule.max_train_examples, spec.seed)]
         return cls(spec, task, train_data, enc(task.dev), train_data.subset(search_rows),
-                   train_data.subset(held_out), tokenizer.pad_token_id, device)
+                   train_data.subset(held_out), tokenizer.pad_token_id, device, rest)
+
+    def train_without_validation(self) -> Encoded:
+        return self.train_data.subset(self.outside_validation)
 
     def supernet(self, units: list[str] | None = None, lora_ranks: dict[str, int] | None = None,
                  masks: bool = False, backbone: dict | None = None,
@@ -379,19 +383,44 @@ def _train_supernet(ctx: _Context, supernet: Supernet, batches, steps: int, rank
                  until=until, check_every=spec.schedule.learn_check_every)
 
 
+def fit(spec: SearchSpec, out_dir: str | Path, units: list[str] | None = None, *,
+        lora_ranks: dict[str, int] | None = None, hold_out: bool = False,
+        on_progress: ProgressCallback | None = None, should_stop: StopCheck | None = None) -> SearchResult:
+    """Train and evaluate one fixed configuration (default: the whole supernet of `spec.space`; `lora_ranks`:
+    rank per LoRA-wrapped module path, as a result's configuration lists them), no search. With `hold_out`, it
+    trains without the validation split and scores it too (`validation_metrics`): a selection among
+    configurations made on that never looks at dev."""
+    spec = spec.validate()
+    report = _Reporter(on_progress, 0, spec.train.steps)
+    report.phase("load", f"loading {spec.model} and {spec.task.name}")
+    seed_everything(spec.seed)
+    ctx = _Context.prepare(spec)
+    model = ctx.supernet(units, lora_ranks)
+    backbone_before = backbone_parameter_count(model.model, model.arch)
+    result = _retrain_evaluate_export(ctx, model, out_dir, report, should_stop,
+                                      budget=budget_params(spec.budget, backbone_before),
+                                      backbone_before=backbone_before, records=[], trace_extra={},
+                                      hold_out=hold_out)
+    export.write_result(out_dir, result)
+    report.phase("done", f"{result.metric_name} {result.metric:.4f} with {result.trainable_params:,} parameters")
+    return result
+
+
 def _retrain_evaluate_export(ctx: _Context, model: Supernet, out_dir, report: _Reporter, should_stop,
                              *, budget: int, backbone_before: int, records: list[RoundRecord],
-                             trace_extra: dict) -> SearchResult:
+                             trace_extra: dict, hold_out: bool = False) -> SearchResult:
     spec = ctx.spec
     report.phase("retrain", f"training {len(model.unit_keys())} units for {spec.train.steps} steps")
     start = time.monotonic()
-    train(model, model.param_groups(spec.train.lr), ctx.batches(ctx.train_data, spec.seed), steps=spec.train.steps,
+    data = ctx.train_without_validation() if hold_out else ctx.train_data
+    train(model, model.param_groups(spec.train.lr), ctx.batches(data, spec.seed), steps=spec.train.steps,
           lr=spec.train.lr, problem=ctx.task.problem, device=ctx.device, warmup_ratio=spec.train.warmup_ratio,
           weight_decay=spec.train.weight_decay, on_step=report.steps(None, model.peft_params()),
           should_stop=should_stop)
     retrain_wall = time.monotonic() - start
     report.phase("evaluate", f"{len(ctx.dev_data)} dev examples")
     metrics = ctx.evaluate(model, ctx.dev_data)
+    validation = ctx.evaluate(model, ctx.validation) if hold_out and len(ctx.validation) else None
     stock_peft = _stock_peft_part(ctx, model, metrics)
     report.phase("export", str(out_dir))
     configuration = export.save(out_dir, model, spec=spec, task=ctx.task, metrics=metrics, records=records,
@@ -403,7 +432,7 @@ def _retrain_evaluate_export(ctx: _Context, model: Supernet, out_dir, report: _R
         backbone_params=backbone_parameter_count(model.model, model.arch), backbone_params_before=backbone_before,
         configuration=configuration, pruned_layers=configuration["pruned_layers"], rounds=records,
         search_wall_s=0.0, retrain_wall_s=retrain_wall, peak_memory_mb=peak_memory_mb(ctx.device),
-        device=str(ctx.device))
+        device=str(ctx.device), validation_metrics=validation)
 
 
 def _stock_peft_part(ctx: _Context, model: Supernet, metrics: dict[str, float]) -> dict:

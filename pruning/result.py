@@ -88,6 +88,8 @@ class SearchResult:
     retrain_wall_s: float
     peak_memory_mb: float
     device: str
+    # fit(hold_out=True): the metrics on the validation split it did not train on (what a selection may use)
+    validation_metrics: dict[str, float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
