@@ -103,7 +103,7 @@ def test_rounds_are_recorded_once(db, new_job):
     assert db.query(Round).filter_by(job_id=job_id).count() == 1
     row = jobs.list_rounds(db, job_id)[0]
     assert (row.chance_metric, row.type_values, row.removed) == (
-        0.5, {"lora": 0.02}, [{"unit": "adapter.1", "params": 4, "score": 0.1, "scores": {}}])
+        0.5, {"lora": 0.02}, [dataclasses.asdict(unit) for unit in record.removed])
 
 
 def test_a_round_field_without_a_column_is_refused(db, new_job):
