@@ -220,12 +220,17 @@ def summary(result) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .data import DataError
+    from .data import DataError, load_task
 
     try:
         spec = spec_from_args(args)
     except SpecError as err:
         print(f"peftsearch search: invalid spec: {err}", file=sys.stderr)
+        return 2
+    try:  # the data first (numpy only): a wrong column or an empty file is reported in seconds, not after torch
+        load_task(spec.task, seed=spec.seed)
+    except (DataError, OSError) as err:
+        print(f"peftsearch search: {err}", file=sys.stderr)
         return 2
     from .pipeline import search
 

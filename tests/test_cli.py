@@ -135,3 +135,14 @@ def test_python_dash_m_pruning(tiny_model, toy_task, tmp_path):
     assert run.returncode == 2
     assert run.stderr.strip() == "peftsearch search: invalid spec: budget: a percentage must be in (0, 100]"
     assert run.stdout == ""
+
+
+def test_a_wrong_column_is_reported_before_torch_is_imported(tiny_model, toy_task, tmp_path):
+    code = ("import sys; from pruning.cli import main; "
+            f"code = main(['--model', {tiny_model!r}, '--train', {toy_task[0]!r}, '--dev', {toy_task[1]!r}, "
+            f"'--text-column', 'review', '--out', {str(tmp_path / 'o')!r}]); "
+            "assert 'torch' not in sys.modules, 'torch was imported'; sys.exit(code)")
+    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2, run.stderr
+    assert 'missing column "review"' in run.stderr and "Traceback" not in run.stderr
+    assert not (tmp_path / "o").exists()
