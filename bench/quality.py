@@ -8,6 +8,8 @@ On all-MiniLM-L6-v2, every method trains its final configuration with the same s
     lora        LoRA r=8 on q,v in all layers (the reference; its parameter count is everyone's budget)
     alllinear   LoRA on every linear projection (q, k, v, o, FFN in and out) at ranks matched to that budget
                 (within 2%, alpha = 2 x rank as for the reference)
+    adalora     AdaLoRA from peft on q, v, from rank 12 to an average of 8 (the same final budget), its rank
+                allocation run after every optimizer step (bench/adalora.py)
     adapter     bottleneck adapter (d=16) after the FFN of all layers
     prefix      prefix (p=16) in all layers
     random      the supernet pruned to the budget in random order (same rounds and retraining as peftsearch)
@@ -31,10 +33,11 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 from .common import DEFAULT_GLUE, TASKS, Store, machine, mean_spread, run_child, write_report
 
-METHODS = ("lora", "alllinear", "adapter", "prefix", "random", "autopeft", "peftsearch")
+METHODS = ("lora", "alllinear", "adalora", "adapter", "prefix", "random", "autopeft", "peftsearch")
 ALL_LINEAR = ("q", "k", "v", "o", "ffn_in", "ffn_out")
 RESULTS = Path(__file__).parent / "results"
 AUTOPEFT_CANDIDATES = 8
@@ -123,6 +126,12 @@ def run_method(method: str, task: str, seed: int, data_dir: str, model: str) -> 
             space = SpaceSpec(types=(method,), adapter=AdapterSpec(size=16), prefix=PrefixSpec(length=16))
             result = pruning.fit(dataclasses.replace(spec, space=space), tmp)
             search_wall, candidates = 0.0, None
+        elif method == "adalora":
+            from .adalora import fit_adalora
+
+            fitted = fit_adalora(spec)
+            result = SimpleNamespace(**fitted, configuration={"units": [], "final_ranks": fitted["final_ranks"]})
+            search_wall, candidates = 0.0, None
         elif method == "alllinear":
             per_rank = _per_rank_params(spec)
             ranks = matched_ranks(per_rank, spec.budget)
@@ -156,6 +165,7 @@ def run_method(method: str, task: str, seed: int, data_dir: str, model: str) -> 
         "units": result.configuration["units"], "candidates": candidates,
         **({"selected_on": "validation"} if method == "autopeft" else {}),
         **({"lora_ranks": result.configuration["lora_ranks"]} if method == "alllinear" else {}),
+        **({"initial_ranks": result.initial_ranks, "final_ranks": result.final_ranks} if method == "adalora" else {}),
     }
 
 

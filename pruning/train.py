@@ -100,13 +100,15 @@ def train(model: torch.nn.Module, params: list, batches: Iterator[dict], *, step
           lr: float, problem: str, device: torch.device, warmup_ratio: float = 0.06, weight_decay: float = 0.0,
           decay: bool = True, trackers: Sequence = (), extra_loss: Callable[[], torch.Tensor] | None = None,
           on_step: StepCallback | None = None, should_stop: Callable[[], bool] | None = None,
-          until: Callable[[int], bool] | None = None, check_every: int = 1) -> float:
+          until: Callable[[int], bool] | None = None, check_every: int = 1,
+          after_step: Callable[[int], None] | None = None) -> float:
     """AdamW with linear warm-up (and linear decay unless `decay` is False); returns the mean training loss.
 
     `params` is a list of parameters, or of optimizer groups (dicts) whose own "lr" overrides `lr`.
     `trackers` (ImportanceTracker, RankTracker) see each batch's mask before the forward and the gradients after
     the backward; `extra_loss` adds a regulariser (the backbone masks' L1 penalty). `until(steps_done)`, called
-    before the first step and then every `check_every` steps, ends training early when it returns True."""
+    before the first step and then every `check_every` steps, ends training early when it returns True;
+    `after_step(step)` runs after each optimizer step, gradients still in place (AdaLoRA's rank allocation)."""
     from .result import Cancelled
 
     groups = params if params and isinstance(params[0], dict) else [{"params": params}]
@@ -139,6 +141,8 @@ def train(model: torch.nn.Module, params: list, batches: Iterator[dict], *, step
             tracker.after_backward()
         torch.nn.utils.clip_grad_norm_(all_params, 1.0)
         optimizer.step()
+        if after_step is not None:
+            after_step(step)
         value = float(loss.detach())
         if not math.isfinite(value):
             raise FloatingPointError(f"training loss became {value} at step {step + 1}; try a lower learning rate")

@@ -69,3 +69,18 @@ def test_matched_ranks_land_within_two_percent_below_the_budget():
     lowered = sorted(p for p, r in ranks.items() if r == 1)
     assert all(p.endswith(("ffn_in", "ffn_out")) for p in lowered)  # the largest projections give way first
     assert len({p.split(".")[1] for p in lowered}) >= min(len(lowered), 6) - 1  # spread over depth
+
+
+def test_adalora_is_driven_so_that_its_ranks_move(make_spec):
+    """update_and_allocate runs after every optimizer step: the final rank pattern is not the initial one, and the
+    budget lands near target_r per module."""
+    from bench.adalora import fit_adalora
+
+    spec = make_spec(train__steps=60, train__lr=1e-2)
+    fitted = fit_adalora(spec, target_r=4)
+    initial, final = fitted["initial_ranks"], fitted["final_ranks"]
+    assert set(initial) == set(final) and len(initial) == 8  # q and v of 4 layers
+    assert set(initial.values()) == {6}  # init_r = 1.5 x target_r
+    assert final != initial and sum(final.values()) <= 4 * len(final)
+    assert fitted["trainable_params"] == sum(final.values()) * (64 + 64 + 1)
+    assert 0 <= fitted["metric"] <= 1 and set(fitted["metrics"]) == {"accuracy", "f1"}
