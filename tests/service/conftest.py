@@ -19,7 +19,7 @@ from store.db import get_engine, session_factory, upgrade
 from store.keys import create_key
 from store.settings import Settings
 
-from .support import TINY, empty_schema, upload
+from .support import TINY, empty_schema, forget_owner, upload
 
 
 @pytest.fixture(scope="session")
@@ -60,10 +60,12 @@ def client(settings, db) -> TestClient:
 @pytest.fixture
 def committed_client(settings) -> TestClient:
     """The API on committed sessions (for what a worker or a concurrent request must see), with a key."""
+    owner = f"committed-{uuid.uuid4().hex[:8]}"
     with session_factory(settings.db_url).begin() as session:
-        _, key = create_key(session, f"committed-{uuid.uuid4().hex[:8]}")
+        _, key = create_key(session, owner)
     with TestClient(create_app(settings), headers={"Authorization": f"Bearer {key}"}) as client:
         yield client
+    forget_owner(settings.db_url, owner)
 
 
 @pytest.fixture

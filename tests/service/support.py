@@ -89,3 +89,18 @@ def wait_until(check: Callable[[], object], timeout: float, what: str, logs: lis
         time.sleep(0.2)
     tails = "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}" for p in logs if p.exists())
     raise AssertionError(f"timed out waiting for {what}\n{tails}")
+
+
+def forget_owner(url: str, owner: str) -> None:
+    """Delete what a test committed for `owner` (jobs with their events, rounds and artifacts; datasets; keys):
+    the session's schema is shared, and the reaper's tests see every queued job in it."""
+    from sqlalchemy import delete
+
+    from store.db import session_factory
+    from store.models import ApiKey, Dataset, Job
+
+    with session_factory(url).begin() as session:
+        session.execute(delete(Job).where(Job.owner == owner))
+        session.execute(delete(Dataset).where(Dataset.owner == owner))
+        session.execute(delete(ApiKey).where(ApiKey.owner == owner))
+

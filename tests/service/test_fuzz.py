@@ -27,7 +27,7 @@ from api.app import create_app
 from store.db import session_factory
 from store.keys import create_key
 
-from .support import TINY, TINY_SEARCH
+from .support import TINY, TINY_SEARCH, forget_owner
 
 pytestmark = [pytest.mark.service, pytest.mark.slow]
 EXAMPLES = int(os.environ.get("PEFTSEARCH_FUZZ_EXAMPLES", "60"))
@@ -44,8 +44,9 @@ def fuzz_target(pg_url, tiny_model, toy_files, tmp_path_factory):
     app_settings = Settings(home=tmp_path_factory.mktemp("fuzz"), database_url=pg_url, models={TINY: tiny_model},
                             max_upload_bytes=64 * 1024)
     app = create_app(app_settings)
+    owner = f"fuzz-{uuid.uuid4().hex[:8]}"
     with session_factory(pg_url).begin() as session:
-        _, key = create_key(session, f"fuzz-{uuid.uuid4().hex[:8]}")
+        _, key = create_key(session, owner)
     headers = {"Authorization": f"Bearer {key}"}
     train, dev = toy_files["csv"]
     with TestClient(app, headers=headers) as client:
@@ -53,7 +54,8 @@ def fuzz_target(pg_url, tiny_model, toy_files, tmp_path_factory):
                                                      "dev": (dev.name, dev.read_bytes())}).json()["id"]
         job = client.post("/v1/jobs", json={"model": TINY, "dataset_id": dataset, "budget": "2%",
                                             "search": TINY_SEARCH}).json()["id"]
-    return app, headers, dataset, job
+    yield app, headers, dataset, job
+    forget_owner(pg_url, owner)
 
 
 def test_no_request_gets_a_server_error_or_breaks_the_schema(fuzz_target):
