@@ -14,8 +14,9 @@ On all-MiniLM-L6-v2, every method trains its final configuration with the same s
     prefix      prefix (p=16) in all layers
     random      the supernet pruned to the budget in random order (same rounds and retraining as peftsearch)
     autopeft    AutoPEFT-style random search: 8 configurations sampled from the supernet at the budget, each
-                trained fully without the validation split, the best on that split kept (dev is not looked at;
-                rows without "selected_on" were selected on dev, an optimistic bias, and are marked so)
+                trained fully without the validation split, the best on that split trained again on all of train
+                and scored on dev (dev is not looked at before; rows without "selected_on" were selected on
+                dev, an optimistic bias, and are marked so)
     peftsearch  the hybrid pruning search, then retraining
 
 Each run is a subprocess (its own peak memory); finished runs are kept in results/quality.jsonl and skipped on a
@@ -147,12 +148,15 @@ def run_method(method: str, task: str, seed: int, data_dir: str, model: str) -> 
         elif method == "autopeft":
             unit_params = _supernet_unit_params(spec)
             results = []
-            for i, units in enumerate(sample_configurations(unit_params, spec.budget, AUTOPEFT_CANDIDATES, seed)):
+            configurations = sample_configurations(unit_params, spec.budget, AUTOPEFT_CANDIDATES, seed)
+            for i, units in enumerate(configurations):
                 results.append(pruning.fit(spec, f"{tmp}/candidate{i}", units, hold_out=True))
-            result = max(results, key=lambda r: r.validation_metrics[r.metric_name])  # never dev
+            best = max(range(len(results)), key=lambda i: results[i].validation_metrics[results[i].metric_name])
+            # the chosen one is trained again on all of train, as every other method's final configuration is
+            result = pruning.fit(spec, f"{tmp}/chosen", configurations[best])
             search_wall = time.monotonic() - start  # every candidate is a full training: it all is search
             candidates = [{"metric": r.metric, "validation_metric": r.validation_metrics[r.metric_name],
-                           "params": r.trainable_params} for r in results]
+                           "params": r.trainable_params, "chosen": i == best} for i, r in enumerate(results)]
         else:
             raise ValueError(f"unknown method {method!r}")
     return {

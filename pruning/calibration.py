@@ -32,8 +32,10 @@ def sample_per_type(keys: list[str], per_type: int) -> list[str]:
     for units in by_type.values():
         if len(units) <= per_type:
             chosen += units
+        elif per_type == 1:
+            chosen.append(units[len(units) // 2])  # the middle of the depth
         else:
-            step = (len(units) - 1) / (per_type - 1) if per_type > 1 else 0
+            step = (len(units) - 1) / (per_type - 1)
             chosen += [units[round(i * step)] for i in range(per_type)]
     return chosen
 

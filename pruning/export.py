@@ -204,14 +204,10 @@ def evaluate(out_dir: str | Path, base_model: str | None = None, task: TaskSpec 
 
 
 def recorded_base(config: dict[str, Any]) -> str:
-    """The base model a result names: its portable name where that resolves here (a bundled model, a hub id, a
-    folder in the working directory), else the path it had where it was searched."""
-    from .models import resolve_model
-
-    name, path = config["base_model"], config.get("base_model_path")
-    if Path(resolve_model(name)).exists() or not path or not Path(path).exists():
-        return name
-    return path
+    """The base model a result names: the path it had where it was searched, if that exists here (a folder of the
+    same name elsewhere may be another model), else its portable name (a bundled model, a hub id)."""
+    path = config.get("base_model_path")
+    return path if path and Path(path).exists() else config["base_model"]
 
 
 def read_config(out: Path) -> dict[str, Any]:

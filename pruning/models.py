@@ -12,7 +12,7 @@ import torch
 import transformers
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from .bundled import BUNDLED_MODELS
+from .bundled import BUNDLED_MODELS, installed_models
 
 
 @contextlib.contextmanager
@@ -49,19 +49,18 @@ def resolve_model(model_id: str) -> str:
 
 def portable_name(model_id: str) -> str:
     """What a result records as its base model: a bundled model's name rather than where it is installed on this
-    machine, a hub id as is, a local folder by its name (its absolute path means nothing elsewhere)."""
-    import importlib
-
+    machine, a hub id as is (also for a snapshot in the hub's cache, `models--org--name/snapshots/<commit>`), a
+    local folder by its name (its absolute path means nothing elsewhere)."""
     path = Path(model_id)
     if not path.exists():
         return model_id
-    for name, package in BUNDLED_MODELS.items():
-        try:
-            if Path(importlib.import_module(package).get_model_path()).resolve() == path.resolve():
-                return name
-        except ImportError:
-            continue
-    return path.resolve().name
+    resolved = path.resolve()
+    for name, installed in installed_models().items():
+        if Path(installed).resolve() == resolved:
+            return name
+    if resolved.parent.name == "snapshots" and resolved.parent.parent.name.startswith("models--"):
+        return resolved.parent.parent.name.removeprefix("models--").replace("--", "/")
+    return resolved.name
 
 
 def load_tokenizer(model_id: str):

@@ -1,7 +1,7 @@
 """The search: iterative hybrid pruning of a PEFT supernet down to a parameter budget (PrunePEFT), then retraining
 and evaluating the surviving configuration.
 
-    load -> [warmup] -> search rounds (train, score, remove) -> retrain -> evaluate -> export
+    load -> [warmup] -> learn -> search rounds (train, score, remove) -> retrain -> evaluate -> export
 
 `fit` is the retrain phase alone: train and evaluate one fixed configuration. The benchmarks' baselines use it.
 """
@@ -40,6 +40,10 @@ from .spec import SearchSpec, budget_params
 from .supernet import Supernet
 from .train import Encoded, chance_loss, encode, evaluate, mean_loss, shuffled_batches, train
 from .warmup import derive_assignment
+
+# Below this many validation examples the split decides nothing (no learning gate, no calibration of the
+# module types): one or two examples would decide them by chance.
+MIN_VALIDATION = 16
 
 ProgressCallback = Callable[[ProgressEvent], None]
 StopCheck = Callable[[], bool]
@@ -167,7 +171,7 @@ class _Context:
     def ablate(self, model: Supernet):
         """The policy's measurement: keys -> validation-loss increase per unit switched off (None: no split)."""
         def measure(keys: list[str]) -> dict[str, float] | None:
-            if not len(self.validation):
+            if len(self.validation) < MIN_VALIDATION:
                 return None
             return unit_ablation(model, self.validation, keys, self.spec.train.eval_batch_size, self.pad_id,
                                  self.device)
@@ -191,10 +195,15 @@ def search(spec: SearchSpec, out_dir: str | Path, *, on_progress: ProgressCallba
     checkpoint = Checkpoint(checkpoint_dir, spec)
     clock = time.monotonic()
     state, supernet = _start_or_resume(ctx, checkpoint, report, should_stop)
-    batches = ctx.batches(ctx.search_train, spec.seed + state.round)
+    resumed = state.learn is not None
+    # A resumed search draws batches in another order than the run it continues (it does not replay the
+    # batches that run began with); it is a continuation, not a bit-exact replay.
+    batches = ctx.batches(ctx.search_train, spec.seed + (1 + state.round if resumed else 0))
     ranks = RankTracker(supernet.units.values()) if supernet.masks is not None and speed.rank_ratio else None
-    if state.learn is None:  # train until the supernet has learned; only then are units scored
+    if not resumed:  # train until the supernet has learned; only then are units scored
         state.learn = _learn(ctx, supernet, batches, ranks, report, should_stop)
+        state.search_wall_s += time.monotonic() - clock
+        clock = time.monotonic()
         checkpoint.save(state, supernet.trained_state())
 
     policy = ImportancePolicy(spec.policy, state.assignment, spec.seed + state.round)
@@ -268,10 +277,13 @@ def _learn(ctx: _Context, supernet: Supernet, batches, ranks: RankTracker | None
     learn_max_share x train.steps steps. Returns when scoring began and what the supernet had learned then."""
     spec, schedule = ctx.spec, ctx.spec.schedule
     limit = learn_limit(spec)
-    if not len(ctx.validation):
+    if len(ctx.validation) < MIN_VALIDATION:
         report.replan(limit)
-        return {"step": 0, "learned": None, "reason": "no validation split (schedule.eval_examples is 0)"}
-    chance = chance_loss(ctx.search_train.labels, ctx.validation)
+        why = "schedule.eval_examples is 0" if not schedule.eval_examples else \
+            f"{len(ctx.train_data)} train examples leave {len(ctx.validation)} for it (a quarter at most)"
+        return {"step": 0, "learned": None,
+                "reason": f"no validation split of at least {MIN_VALIDATION} examples: {why}"}
+    chance = chance_loss(ctx.validation)
     threshold = (1 - schedule.learn_margin) * chance
     seen: dict = {}
 
@@ -312,7 +324,8 @@ def _run_round(ctx: _Context, supernet: Supernet, policy: ImportancePolicy, inde
     tracker = ImportanceTracker(supernet.units.values(), policy.criteria, spec.policy.accumulate,
                                 spec.policy.ema_beta)
     step = spec.space.lora.rank_step
-    grain = RankTracker(supernet.units.values()) if step else None
+    # not while the backbone masks learn: speed mode prunes ranks itself when they are done
+    grain = RankTracker(supernet.units.values()) if step and supernet.masks is None else None
     with tracker:
         loss = _train_supernet(ctx, supernet, batches, spec.schedule.steps_per_round, ranks,
                                report.steps(index + 1, supernet.peft_params()), should_stop,
@@ -474,7 +487,9 @@ def _prune_backbone(supernet: Supernet, speed, rank_tracker: RankTracker | None)
                                   layer_parameter_count(supernet.model, arch))
     supernet.prune_backbone(heads, neurons)
     if rank_tracker is not None:
-        supernet.prune_ranks(choose_ranks(rank_tracker.importance(), speed.rank_ratio))
+        live = {(u.key, role) for u in supernet.units.values() if u.kind == "lora" for role in u.targets}
+        importance = {key: v for key, v in rank_tracker.importance().items() if key in live}  # not removed units
+        supernet.prune_ranks(choose_ranks(importance, speed.rank_ratio))
 
 
 def _resolve_assignment(spec: SearchSpec) -> Assignment:

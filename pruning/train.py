@@ -171,16 +171,16 @@ def mean_loss(model: torch.nn.Module, data: Encoded, batch_size: int, pad_id: in
     return total / len(data)
 
 
-def chance_loss(train_labels: Sequence[float], data: Encoded) -> float:
-    """The loss on `data` of a model that has learned nothing but the train labels' prior: the cross-entropy of
-    the label frequencies (add-one smoothed), or for regression the squared error of the train mean."""
+def chance_loss(data: Encoded) -> float:
+    """The loss on `data` of the best constant prediction: the entropy of its own label frequencies, or for
+    regression its labels' variance. A model whose loss is not below this has learned nothing about the inputs
+    (a prior taken from elsewhere can be worse than a uniform guess, and would let an untrained model pass)."""
     labels = np.asarray(data.labels, dtype=float)
     if data.problem == "regression":
-        return float(np.mean((labels - float(np.mean(train_labels))) ** 2))
-    classes = int(max(max(train_labels), labels.max())) + 1
-    counts = np.bincount(np.asarray(train_labels, dtype=int), minlength=classes) + 1.0
-    prior = counts / counts.sum()
-    return float(-np.mean(np.log(prior[labels.astype(int)])))
+        return float(np.var(labels))
+    frequencies = np.bincount(labels.astype(int)) / len(labels)
+    frequencies = frequencies[frequencies > 0]
+    return float(-(frequencies * np.log(frequencies)).sum())
 
 
 @torch.no_grad()

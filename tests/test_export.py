@@ -302,3 +302,21 @@ def test_evaluate_scores_a_data_file_with_the_results_label_map(searched, tiny_m
     bad.write_text("text,label\nfine words,1\nodd words,7\n")
     with pytest.raises(DataError, match=r"bad.csv:3: label \"7\" is not one of the result's labels: \"0\", \"1\""):
         pruning.evaluate(searched.out, tiny_model, data=bad)
+
+
+def test_a_hub_cache_snapshot_is_recorded_by_its_hub_id(tmp_path):
+    from pruning.models import portable_name
+
+    snapshot = tmp_path / "hub" / "models--sentence-transformers--all-MiniLM-L6-v2" / "snapshots" / "8b3219a9"
+    snapshot.mkdir(parents=True)
+    assert portable_name(str(snapshot)) == "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def test_a_folder_of_the_same_name_elsewhere_does_not_replace_the_recorded_base(searched, tmp_path, monkeypatch):
+    from pruning.export import read_config, recorded_base
+
+    (tmp_path / "tiny-model0").mkdir()  # another model's folder, named like the searched one
+    monkeypatch.chdir(tmp_path)
+    config = read_config(searched.out)
+    assert recorded_base(config) == config["base_model_path"]
+    assert recorded_base({**config, "base_model_path": str(tmp_path / "gone")}) == "tiny-model0"

@@ -115,3 +115,18 @@ def test_a_rank_pruned_result_reloads_and_stock_peft_reproduces_its_lora(rank_se
             unit.set_enabled(False)  # what stock peft holds: the LoRA part
     with torch.no_grad():
         torch.testing.assert_close(stock(**batch).logits, ours(**batch), rtol=0, atol=1e-6)
+
+
+def test_speed_mode_with_rank_granularity_prunes_ranks_once_by_its_own_tracker(make_spec, tmp_path):
+    """While the backbone masks learn, rank chunks are not removed (speed mode prunes ranks when the masks are
+    done, by its own tracker of the whole mask phase; it crashed on ranks the round before had sliced)."""
+    spec = make_spec(space=SpaceSpec(types=("lora", "adapter"), lora=pruning.LoraSpec(rank_step=2)),
+                     backbone=pruning.BackboneSpec(enabled=True, mask_rounds=2, rank_ratio=0.5),
+                     schedule__rounds=3, budget=6000)
+    result = search(spec, tmp_path / "out")
+    first, second, third = result.rounds
+    assert all(u.role is None for r in (first, second) for u in r.removed)  # whole units while masks learn
+    assert second.backbone_params is not None
+    ranks = result.configuration["lora_ranks"]
+    assert ranks and result.trainable_params <= 6000
+    assert any(r < 8 for r in ranks.values())  # speed mode's rank pruning happened

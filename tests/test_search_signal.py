@@ -113,3 +113,30 @@ def test_the_survivors_depend_on_the_data(make_spec, tasks, tmp_path, layers):
         scores = [u.score for r in result.rounds for u in r.removed]
         assert scores and 1.0 not in scores  # no unit got the constant of a one-unit partition
     assert configurations["sentiment"] != configurations["length"], configurations
+
+
+def test_chance_is_the_best_constant_prediction_on_the_validation_split():
+    """A prior taken from train can be worse than a uniform guess on a differently balanced validation split: an
+    untrained model would then pass the learning gate. Chance is the entropy of the split's own labels."""
+    import math
+
+    from pruning.train import Encoded, chance_loss
+
+    balanced = Encoded([[1]] * 6, None, [1, 1, 2, 2, 0, 0], "classification")
+    assert chance_loss(balanced) == pytest.approx(math.log(3))
+    skewed = Encoded([[1]] * 4, None, [0, 0, 0, 1], "classification")
+    assert chance_loss(skewed) == pytest.approx(-(0.75 * math.log(0.75) + 0.25 * math.log(0.25)))
+    regression = Encoded([[1]] * 4, None, [1.0, 2.0, 3.0, 4.0], "regression")
+    assert chance_loss(regression) == pytest.approx(1.25)
+
+
+def test_a_validation_split_too_small_to_decide_is_not_used(make_spec, tiny_model, tmp_path):
+    rows = toy_examples(12, 0)
+    task = write_task(tmp_path / "small", rows, toy_examples(8, 1))
+    spec = spec_for(make_spec, tiny_model, task, schedule__learn_max_share=0.5, schedule__eval_examples=16)
+    result = search(spec, tmp_path / "out")
+    learn = json.loads((tmp_path / "out" / "trace.json").read_text())["learn"]
+    assert learn["learned"] is None and learn["step"] == 0
+    assert learn["reason"] == "no validation split of at least 16 examples: 12 train examples leave 3 for it " \
+                              "(a quarter at most)"
+    assert all(r.type_values is None for r in result.rounds)  # nor is it used to weigh the types
