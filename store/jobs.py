@@ -192,15 +192,18 @@ def set_progress(session: Session, job_id: str, attempt: int, progress: dict[str
     return bool(session.execute(update(Job).where(owned).values(progress=progress, updated_at=utcnow())).rowcount)
 
 
-def add_round(session: Session, job_id: str, record: RoundRecord) -> None:
-    """Insert a round unless a previous attempt already did (a resumed search may report it again). A field of
-    the record that has no column is an error, not silently dropped: it needs a column and a migration."""
+def add_round(session: Session, job_id: str, record: RoundRecord) -> bool:
+    """Insert a round unless a previous attempt already did (a resumed search reports it again); True when it
+    was new. A field of the record that has no column is an error, not silently dropped: it needs a column and a
+    migration."""
     values = dataclasses.asdict(record)
     if unknown := sorted(set(values) - set(Round.__table__.columns.keys())):
         raise ValueError(f"RoundRecord fields without a column in rounds: {', '.join(unknown)} (add them to "
                          "store/models.py with a migration)")
-    if session.get(Round, (job_id, record.round)) is None:
-        session.add(Round(job_id=job_id, **values))
+    if session.get(Round, (job_id, record.round)) is not None:
+        return False
+    session.add(Round(job_id=job_id, **values))
+    return True
 
 
 def finish(session: Session, job_id: str, attempt: int, status: str, *, result: dict[str, Any] | None = None,

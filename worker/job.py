@@ -130,7 +130,8 @@ class JobRun:
 
     def write_rounds(self, session) -> None:
         for record in self.unwritten_rounds:
-            jobs.add_round(session, self.job_id, record)
+            if not jobs.add_round(session, self.job_id, record):
+                continue  # re-reported by a resumed search: its row and its event are there already
             jobs.add_event(session, self.job_id, "round", format_round(record, self.spec["schedule"]["rounds"]),
                            {"round": record.round, "trainable_params": record.trainable_params,
                             "metric": record.metric, "metric_name": record.metric_name})

@@ -95,9 +95,10 @@ def test_rounds_are_recorded_once(db, new_job):
     record = RoundRecord(round=1, trainable_params=10, target_params=9, metric_name="accuracy", metric=0.5,
                          train_loss=0.7, units_left=["lora.0"], removed=[RemovedUnit("adapter.1", 4, 0.1)],
                          wall_s=1.0, chance_metric=0.5, type_values={"lora": 0.02})
-    jobs.add_round(db, job_id, record)
+    assert jobs.add_round(db, job_id, record) is True
     db.flush()
-    jobs.add_round(db, job_id, dataclasses.replace(record, metric=0.9))  # a resumed search reporting round 1 again
+    # a resumed search reporting round 1 again: not stored twice, and the caller learns it was not new
+    assert jobs.add_round(db, job_id, dataclasses.replace(record, metric=0.9)) is False
     db.flush()
     assert [(r.round, r.metric) for r in jobs.list_rounds(db, job_id)] == [(1, 0.5)]
     assert db.query(Round).filter_by(job_id=job_id).count() == 1
