@@ -363,7 +363,7 @@ function progressPanel(job) {
       h("span", { class: "muted" }, p.message)),
     h("div", { class: "bar" }, h("div", { style: `width:${(share * 100).toFixed(1)}%` })),
     facts([["step", p.steps ? `${int(p.step)} / ${int(p.steps)}` : "–"], ["loss", num(p.loss)],
-      ["dev metric", num(p.metric)], ["trainable params", int(p.trainable_params)],
+      ["validation metric", num(p.metric)], ["trainable params", int(p.trainable_params)],
       ["elapsed", seconds(p.elapsed_s)], ["time left (estimate)", FINAL.has(job.status) ? "–" : seconds(p.eta_s)]]));
 }
 
@@ -576,7 +576,7 @@ function roundsTable(rounds) {
   if (!rounds.length) return h("div", { class: "empty" }, "No rounds yet.");
   return h("table", { id: "rounds" },
     h("thead", {}, h("tr", {}, h("th", {}, "round"), h("th", { class: "num" }, "params left"),
-      h("th", { class: "num" }, "target"), h("th", { class: "num" }, "dev metric"), h("th", { class: "num" }, "train loss"),
+      h("th", { class: "num" }, "target"), h("th", { class: "num" }, "validation metric"), h("th", { class: "num" }, "train loss"),
       h("th", {}, "removed (score)"), h("th", { class: "num" }, "time"))),
     h("tbody", {}, rounds.map((r) => h("tr", {},
       h("td", {}, String(r.round)), h("td", { class: "num" }, int(r.trainable_params)),
