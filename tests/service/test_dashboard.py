@@ -148,6 +148,7 @@ def shot(driver, name: str) -> None:
 
 @pytest.mark.slow
 def test_a_job_through_the_dashboard(served, browser, toy_files, tmp_path):
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select, WebDriverWait
 
@@ -157,7 +158,9 @@ def test_a_job_through_the_dashboard(served, browser, toy_files, tmp_path):
     find = driver.find_element
 
     def wait(check, timeout: float = 60, what: str = "the page"):
-        return WebDriverWait(driver, timeout, poll_frequency=0.2).until(lambda _: check(), f"timed out: {what}")
+        # the page redraws while polling the API: an element found a moment ago may be gone, so look again
+        return WebDriverWait(driver, timeout, poll_frequency=0.2, ignored_exceptions=[StaleElementReferenceException]
+                             ).until(lambda _: check(), f"timed out: {what}")
 
     def text(selector: str) -> str:
         found = driver.find_elements(By.CSS_SELECTOR, selector)
