@@ -18,12 +18,13 @@ def fit_adalora(spec, target_r: int = 8) -> dict:
     """Train and evaluate AdaLoRA for `spec` (its task, steps, lr, batch); returns the metrics, the final trainable
     parameter count (the ranks kept) and the rank pattern before and after."""
     from peft import AdaLoraConfig, get_peft_model
+    from transformers import set_seed
 
+    from pruning.backbones import load_model, load_tokenizer, peak_memory_mb
     from pruning.data import load_task
-    from pruning.models import load_model, load_tokenizer, peak_memory_mb, seed_everything
     from pruning.train import encode, evaluate, shuffled_batches, train
 
-    seed_everything(spec.seed)
+    set_seed(spec.seed)
     device = torch.device("cpu" if spec.device == "cpu" or not torch.cuda.is_available() else "cuda")
     task = load_task(spec.task, seed=spec.seed)
     tokenizer = load_tokenizer(spec.model)

@@ -48,7 +48,7 @@ def lora_budget(model: str, rank: int = 8) -> int:
     """Parameters of LoRA rank `rank` on q and v of every layer: each is A (r x h) + B (h x r)."""
     from transformers import AutoConfig
 
-    from pruning.models import resolve_model
+    from pruning.backbones import resolve_model
 
     config = AutoConfig.from_pretrained(resolve_model(model))
     return config.num_hidden_layers * 2 * rank * 2 * config.hidden_size
@@ -176,8 +176,8 @@ def run_method(method: str, task: str, seed: int, data_dir: str, model: str) -> 
 def _per_rank_params(spec) -> dict[str, int]:
     """Module path -> parameters of one LoRA rank component, for every linear projection of the model."""
     from pruning import LoraSpec, SpaceSpec
+    from pruning.backbones import load_model
     from pruning.data import load_task
-    from pruning.models import load_model
     from pruning.supernet import Supernet
 
     task = load_task(dataclasses.replace(spec.task, max_train_examples=1))
@@ -187,8 +187,8 @@ def _per_rank_params(spec) -> dict[str, int]:
 
 
 def _supernet_unit_params(spec) -> dict[str, int]:
+    from pruning.backbones import load_model
     from pruning.data import load_task
-    from pruning.models import load_model
     from pruning.supernet import Supernet
 
     task = load_task(dataclasses.replace(spec.task, max_train_examples=1))

@@ -26,7 +26,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .arch import architecture_of
-from .models import portable_name
+from .backbones import portable_name
 from .spec import SearchSpec, SpaceSpec, TaskSpec, _from_dict
 
 FORMAT_VERSION = 1
@@ -89,7 +89,7 @@ def _save_peft_lora(out: Path, model, spec: SearchSpec, config: dict) -> None:
     """Write the LoRA part with peft itself onto a clean copy of the base, so stock peft reads it back."""
     from peft import LoraConfig, get_peft_model
 
-    from .models import load_model
+    from .backbones import load_model
 
     ranks = config["lora_ranks"]
     if not ranks:
@@ -121,7 +121,7 @@ def _save_peft_lora(out: Path, model, spec: SearchSpec, config: dict) -> None:
 def _save_backbone(out: Path, model, spec: SearchSpec) -> None:
     """The pruned backbone's own weights (LoRA and units excluded), with its config and tokenizer."""
     from .arch import is_lora_name
-    from .models import load_tokenizer
+    from .backbones import load_tokenizer
 
     state = {}
     for name, tensor in model.model.state_dict().items():
@@ -137,7 +137,7 @@ def load(out_dir: str | Path, base_model: str | None = None, device: str = "cpu"
     """Rebuild the searched model: the base (pruned as recorded), its units, and their trained weights. Without
     `base_model`, a saved pruned backbone is used if the directory has one, else the recorded base model.
     Returns the Supernet in eval mode; call it with tokenizer outputs to get logits."""
-    from .models import load_model, load_tokenizer
+    from .backbones import load_model, load_tokenizer
     from .supernet import Supernet
 
     out = Path(out_dir)
@@ -169,7 +169,7 @@ def _load_saved_backbone(out: Path, config: dict):
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     from .backbone import apply_backbone_record
-    from .models import quiet_transformers
+    from .backbones import quiet_transformers
 
     with quiet_transformers():
         model = AutoModelForSequenceClassification.from_config(AutoConfig.from_pretrained(out))
@@ -184,9 +184,9 @@ def evaluate(out_dir: str | Path, base_model: str | None = None, task: TaskSpec 
     """Reload the result and score it: on `data` (a CSV/TSV/JSONL file with the columns the result was searched
     on, its labels mapped by the result's own label map), else on the dev set of `task` (default: the task it
     was searched on)."""
+    from .backbones import resolve_device
     from .data import load_task
     from .data.loaders import read_examples
-    from .models import resolve_device
     from .train import encode
     from .train import evaluate as evaluate_model
 

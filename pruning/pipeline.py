@@ -18,10 +18,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from transformers import set_seed
 
 from . import export
 from .arch import backbone_parameter_count, layer_parameter_count
 from .backbone import RankTracker, choose_ranks, plan_pruning
+from .backbones import load_model, load_tokenizer, peak_memory_mb, resolve_device
 from .calibration import unit_ablation
 from .checkpoint import Checkpoint, SearchState
 from .data import TaskData, compute_metrics, load_task
@@ -33,7 +35,6 @@ from .hybrid import (
     uniform_assignment,
 )
 from .importance import ImportanceTracker
-from .models import load_model, load_tokenizer, peak_memory_mb, resolve_device, seed_everything
 from .result import ProgressEvent, RemovedUnit, RoundRecord, SearchResult
 from .schedule import choose_removals, kept_ranks, rank_chunks, round_targets
 from .spec import SearchSpec, budget_params
@@ -190,7 +191,7 @@ def search(spec: SearchSpec, out_dir: str | Path, *, on_progress: ProgressCallba
     schedule, speed = spec.schedule, spec.backbone
     report = _Reporter(on_progress, schedule.rounds, planned_steps(spec))
     report.phase("load", f"loading {spec.model} and {spec.task.name}")
-    seed_everything(spec.seed)
+    set_seed(spec.seed)
     ctx = _Context.prepare(spec)
     checkpoint = Checkpoint(checkpoint_dir, spec)
     clock = time.monotonic()
@@ -229,7 +230,7 @@ def search(spec: SearchSpec, out_dir: str | Path, *, on_progress: ProgressCallba
                                                     "backbone": supernet.backbone_record,
                                                     "scales": supernet.backbone_scales}
         del supernet
-        seed_everything(spec.seed)
+        set_seed(spec.seed)
         supernet = ctx.supernet(survivors, **rebuild)
     result = _retrain_evaluate_export(ctx, supernet, out_dir, report, should_stop, budget=budget,
                                       backbone_before=backbone_before, records=state.records,
@@ -406,7 +407,7 @@ def fit(spec: SearchSpec, out_dir: str | Path, units: list[str] | None = None, *
     spec = spec.validate()
     report = _Reporter(on_progress, 0, spec.train.steps)
     report.phase("load", f"loading {spec.model} and {spec.task.name}")
-    seed_everything(spec.seed)
+    set_seed(spec.seed)
     ctx = _Context.prepare(spec)
     model = ctx.supernet(units, lora_ranks)
     backbone_before = backbone_parameter_count(model.model, model.arch)

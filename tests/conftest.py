@@ -64,7 +64,7 @@ def toy_task(tmp_path_factory) -> tuple[str, str]:
 
 @pytest.fixture(scope="session")
 def tokenizer(tiny_model):
-    from pruning.models import load_tokenizer
+    from pruning.backbones import load_tokenizer
 
     return load_tokenizer(tiny_model)
 
@@ -72,7 +72,7 @@ def tokenizer(tiny_model):
 @pytest.fixture(scope="session")
 def load_bare(tiny_model, tokenizer):
     """A function returning a fresh copy of the tiny classifier (2 labels), in eval mode."""
-    from pruning.models import load_model
+    from pruning.backbones import load_model
 
     def load():
         return load_model(tiny_model, 2, "classification", tokenizer.pad_token_id)

@@ -14,7 +14,7 @@ import pruning
 from pruning import BackboneSpec, ScheduleSpec, SearchSpec, SpaceSpec, TaskSpec, TrainSpec
 from pruning.arch import backbone_parameter_count, layer_parameter_count
 from pruning.backbone import choose_ranks, plan_pruning
-from pruning.models import load_model
+from pruning.backbones import load_model
 from pruning.supernet import Supernet
 
 

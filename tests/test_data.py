@@ -358,3 +358,25 @@ def test_metric_input_errors():
         compute_metrics(["accuracy"], np.array([1, 0]), np.array([1, 0, 1]))
     with pytest.raises(ValueError, match="no predictions"):
         compute_metrics(["accuracy"], np.array([]), np.array([]))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_metrics_agree_with_scikit_learn_and_scipy(seed):
+    """Our numpy metrics (the engine has no scikit-learn or scipy at run time) against the libraries' own."""
+    import numpy as np
+    from scipy import stats
+    from sklearn import metrics
+
+    rng = np.random.default_rng(seed)
+    labels, predictions = rng.integers(0, 2, 200), rng.integers(0, 2, 200)
+    ours = compute_metrics(["accuracy", "f1", "mcc"], predictions, labels)
+    assert ours["accuracy"] == pytest.approx(metrics.accuracy_score(labels, predictions))
+    assert ours["f1"] == pytest.approx(metrics.f1_score(labels, predictions))
+    assert ours["mcc"] == pytest.approx(metrics.matthews_corrcoef(labels, predictions))
+    three, guesses = rng.integers(0, 3, 200), rng.integers(0, 3, 200)
+    assert compute_metrics(["mcc"], guesses, three)["mcc"] == pytest.approx(metrics.matthews_corrcoef(three, guesses))
+    x = rng.normal(size=100)
+    y = np.round(x + rng.normal(size=100), 1)  # rounded: ties, which Spearman must average
+    values = compute_metrics(["pearson", "spearman"], x, y)
+    assert values["pearson"] == pytest.approx(stats.pearsonr(x, y).statistic)
+    assert values["spearman"] == pytest.approx(stats.spearmanr(x, y).statistic)

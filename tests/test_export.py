@@ -276,7 +276,7 @@ def test_a_bundled_model_is_recorded_by_its_name(monkeypatch, tiny_model):
     import sys
     import types
 
-    from pruning.models import BUNDLED_MODELS, portable_name
+    from pruning.backbones import BUNDLED_MODELS, portable_name
 
     package = types.ModuleType("fake_bundle")
     package.get_model_path = lambda: tiny_model
@@ -305,7 +305,7 @@ def test_evaluate_scores_a_data_file_with_the_results_label_map(searched, tiny_m
 
 
 def test_a_hub_cache_snapshot_is_recorded_by_its_hub_id(tmp_path):
-    from pruning.models import portable_name
+    from pruning.backbones import portable_name
 
     snapshot = tmp_path / "hub" / "models--sentence-transformers--all-MiniLM-L6-v2" / "snapshots" / "8b3219a9"
     snapshot.mkdir(parents=True)

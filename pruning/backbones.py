@@ -1,13 +1,11 @@
-"""Loading a backbone and its tokenizer for a task, and choosing the device."""
+"""Loading a backbone (a base model with a task head) and its tokenizer, resolving model names, choosing the device."""
 
 from __future__ import annotations
 
 import contextlib
-import random
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import torch
 import transformers
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -95,12 +93,6 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {name!r} requested but CUDA is not available")
     return device
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 def peak_memory_mb(device: torch.device) -> float:
