@@ -22,7 +22,7 @@ from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Column, Table
 
-from pruning.result import format_unit
+from pruning.result import format_unit, stock_peft_warning
 
 from .client import DEFAULT_URL, Client, Job, PeftsearchError, Snapshot
 
@@ -164,6 +164,9 @@ def summary_tables(job: Job, downloaded: str | None = None) -> list[Table]:
         outcome.add_row("archive sha256", job.artifact.sha256)
     if downloaded:
         outcome.add_row("downloaded to", downloaded)
+    warning = stock_peft_warning(result.configuration.get("stock_peft"))
+    if warning:
+        outcome.add_row("[bold]stock peft[/bold]", rich.markup.escape(warning))
     layers = Table(title="configuration per layer", title_justify="left")
     types = result.configuration.get("space", {}).get("types", [])
     for name in ("layer", *types):
