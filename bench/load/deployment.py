@@ -30,7 +30,8 @@ def start(command: list[str], env: dict[str, str], log: Path) -> subprocess.Pope
 
 
 def stop(process: subprocess.Popen | None) -> None:
-    """SIGTERM the process group we started, then SIGKILL whatever is left of it."""
+    """SIGTERM the process group we started (the process leads its own group), then SIGKILL whatever is left of
+    it, and reap it. The service tests stop their servers with it too."""
     if process is None:
         return
     if process.poll() is None:
@@ -40,9 +41,10 @@ def stop(process: subprocess.Popen | None) -> None:
         except subprocess.TimeoutExpired:
             pass
     try:
-        os.killpg(process.pid, signal.SIGKILL)
+        os.killpg(process.pid, signal.SIGKILL)  # children that outlived their parent
     except ProcessLookupError:
         pass
+    process.wait()  # reaped: no zombie left behind
     process.wait()
 
 

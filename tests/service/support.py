@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import time
@@ -13,6 +12,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+
+from bench.load.deployment import stop  # noqa: F401  (one way to stop a process group: SIGTERM, then SIGKILL)
 
 ROOT = Path(__file__).resolve().parents[2]
 PG_URL = os.environ.get("PEFTSEARCH_TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
@@ -62,21 +63,6 @@ def start(command: list[str], env: dict[str, str], log: Path) -> subprocess.Pope
     with open(log, "wb") as out:
         return subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)
-
-
-def stop(process: subprocess.Popen) -> None:
-    """Stop a process started by `start` and its children (it leads its own process group)."""
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            pass
-    try:
-        os.killpg(process.pid, signal.SIGKILL)  # children that outlived their parent
-    except ProcessLookupError:
-        pass
-    process.wait()
 
 
 def wait_until(check: Callable[[], object], timeout: float, what: str, logs: list[Path] = ()) -> object:
