@@ -224,10 +224,9 @@ def _model_card(config: dict, records) -> str:
     from .result import format_metrics, format_unit, stock_peft_warning
 
     warning = stock_peft_warning(config.get("stock_peft"))
-    rows = "\n".join(
-        f"| {e['layer']} | " + " | ".join(format_unit(kind, e["modules"].get(kind)) for kind in config["space"]["types"])
-        + " |" for e in config["layers"])
     types = config["space"]["types"]
+    rows = "\n".join(f"| {e['layer']} | " + " | ".join(format_unit(kind, e["modules"].get(kind)) for kind in types)
+                     + " |" for e in config["layers"])
     rounds = "\n".join(f"- round {r.round}: removed {', '.join(u.unit for u in r.removed) or 'nothing'}; "
                        f"{r.trainable_params:,} parameters left" for r in records)
     if warning:

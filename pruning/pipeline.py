@@ -9,6 +9,7 @@ and evaluating the surviving configuration.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import random
 import time
@@ -153,6 +154,7 @@ class _Context:
     def validation_metric(self, model) -> float | None:
         return self.evaluate(model, self.validation)[self.task.primary_metric] if len(self.validation) else None
 
+    @functools.cached_property
     def chance_metric(self) -> float | None:
         """The validation metric of a constant prediction: the search train's majority class (or mean)."""
         if not len(self.validation):
@@ -194,8 +196,12 @@ def search(spec: SearchSpec, out_dir: str | Path, *, on_progress: ProgressCallba
     set_seed(spec.seed)
     ctx = _Context.prepare(spec)
     checkpoint = Checkpoint(checkpoint_dir, spec)
-    clock = time.monotonic()
+    started = time.monotonic()
     state, supernet = _start_or_resume(ctx, checkpoint, report, should_stop)
+    prior_wall = state.search_wall_s  # spent before a resume
+
+    def search_wall() -> float:
+        return prior_wall + time.monotonic() - started
     resumed = state.learn is not None
     # A resumed search draws batches in another order than the run it continues (it does not replay the
     # batches that run began with); it is a continuation, not a bit-exact replay.
@@ -203,8 +209,7 @@ def search(spec: SearchSpec, out_dir: str | Path, *, on_progress: ProgressCallba
     ranks = RankTracker(supernet.units.values()) if supernet.masks is not None and speed.rank_ratio else None
     if not resumed:  # train until the supernet has learned; only then are units scored
         state.learn = _learn(ctx, supernet, batches, ranks, report, should_stop)
-        state.search_wall_s += time.monotonic() - clock
-        clock = time.monotonic()
+        state.search_wall_s = search_wall()
         checkpoint.save(state, supernet.trained_state())
 
     policy = ImportancePolicy(spec.policy, state.assignment, spec.seed + state.round)
@@ -219,11 +224,10 @@ def search(spec: SearchSpec, out_dir: str | Path, *, on_progress: ProgressCallba
         state.round, state.records = index + 1, [*state.records, record]
         state.units, state.lora_ranks, state.backbone = (supernet.unit_keys(), supernet.lora_ranks(),
                                                          supernet.backbone_record)
-        state.search_wall_s += time.monotonic() - clock
-        clock = time.monotonic()
+        state.search_wall_s = search_wall()
         checkpoint.save(state, supernet.trained_state())
         report.round(record)
-    state.search_wall_s += time.monotonic() - clock
+    state.search_wall_s = search_wall()
 
     if spec.retrain == "fresh":
         survivors, rebuild = supernet.unit_keys(), {"lora_ranks": supernet.lora_ranks(),
@@ -302,7 +306,7 @@ def _learn(ctx: _Context, supernet: Supernet, batches, ranks: RankTracker | None
     report.replan(limit - seen["step"])
     return {**seen, "chance_loss": chance, "threshold": threshold, "max_steps": limit,
             "learned": seen["validation_loss"] < threshold, "metric_name": ctx.task.primary_metric,
-            "metric": ctx.validation_metric(supernet), "chance_metric": ctx.chance_metric()}
+            "metric": ctx.validation_metric(supernet), "chance_metric": ctx.chance_metric}
 
 
 def learn_limit(spec: SearchSpec) -> int:
@@ -355,7 +359,7 @@ def _run_round(ctx: _Context, supernet: Supernet, policy: ImportancePolicy, inde
         round=index + 1, units_left=supernet.unit_keys(), trainable_params=supernet.peft_params(),
         target_params=target, metric_name=ctx.task.primary_metric, metric=metric, train_loss=loss,
         removed=records, wall_s=time.monotonic() - start, backbone_params=backbone_params,
-        chance_metric=ctx.chance_metric(), type_values=type_values)
+        chance_metric=ctx.chance_metric, type_values=type_values)
 
 
 def _shrink(supernet: Supernet, importance: dict[str, float], params: dict[str, int], target: int,
