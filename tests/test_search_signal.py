@@ -4,7 +4,6 @@ the data, on models whose depth blocks hold a single layer each."""
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 import random
@@ -12,20 +11,7 @@ import random
 import pytest
 
 from pruning import search
-from tests.tiny import NEUTRAL, make_tiny_model, toy_examples
-
-
-def write_task(directory, rows_train, rows_dev):
-    directory.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for split, rows in (("train", rows_train), ("dev", rows_dev)):
-        path = directory / f"{split}.csv"
-        with path.open("w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["text", "label"])
-            writer.writerows(rows)
-        paths.append(str(path))
-    return paths
+from tests.tiny import NEUTRAL, make_tiny_model, toy_examples, write_task
 
 
 def length_examples(n: int, seed: int) -> list[tuple[str, int]]:
@@ -53,7 +39,7 @@ def spec_for(make_spec, model, task, **overrides):
     from pruning import TaskSpec
 
     spec = make_spec(**overrides)
-    return dataclasses.replace(spec, model=model, task=TaskSpec(train=task[0], dev=task[1]))
+    return dataclasses.replace(spec, model=model, task=TaskSpec(train=str(task[0]), dev=str(task[1])))
 
 
 def test_scoring_begins_once_the_supernet_has_learned(make_spec, tiny_model, tasks, tmp_path):

@@ -58,12 +58,17 @@ def toy_examples(n: int, seed: int) -> list[tuple[str, int]]:
 def make_toy_task(path: str | Path, *, n_train: int = 256, n_dev: int = 64, fmt: str = "csv",
                   seed: int = 0) -> tuple[Path, Path]:
     """Write train/dev files with columns `text,label`; returns their paths."""
+    return write_task(path, toy_examples(n_train, seed), toy_examples(n_dev, seed + 1), fmt)
+
+
+def write_task(path: str | Path, train: list[tuple[str, object]], dev: list[tuple[str, object]],
+               fmt: str = "csv") -> tuple[Path, Path]:
+    """Write (text, label) rows as `train.<fmt>` and `dev.<fmt>` (csv, tsv or jsonl) under `path`."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     out = []
-    for split, n, split_seed in [("train", n_train, seed), ("dev", n_dev, seed + 1)]:
+    for split, rows in [("train", train), ("dev", dev)]:
         file = path / f"{split}.{fmt}"
-        rows = toy_examples(n, split_seed)
         if fmt == "jsonl":
             file.write_text("".join(json.dumps({"text": t, "label": y}) + "\n" for t, y in rows))
         else:
