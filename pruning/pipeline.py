@@ -36,7 +36,7 @@ from .hybrid import (
     uniform_assignment,
 )
 from .importance import ImportanceTracker
-from .result import ProgressEvent, RemovedUnit, RoundRecord, SearchResult
+from .result import ProgressEvent, RemovedUnit, RoundRecord, SearchResult, pareto_front
 from .schedule import choose_removals, kept_ranks, rank_chunks, round_targets
 from .spec import SearchSpec, budget_params
 from .supernet import Supernet
@@ -227,6 +227,7 @@ def search(spec: SearchSpec, out_dir: str | Path, *, on_progress: ProgressCallba
         state.search_wall_s = search_wall()
         checkpoint.save(state, supernet.trained_state())
         report.round(record)
+    front = pareto_front(state.start_params, state.records, ctx.validation_metric(supernet))
     state.search_wall_s = search_wall()
 
     if spec.retrain == "fresh":
@@ -241,7 +242,7 @@ def search(spec: SearchSpec, out_dir: str | Path, *, on_progress: ProgressCallba
                                       trace_extra={"assignment": state.assignment, "warmup": state.warmup,
                                                    "learn": state.learn, "start_params": state.start_params,
                                                    "targets": targets})
-    result.search_wall_s = state.search_wall_s
+    result.search_wall_s, result.front = state.search_wall_s, front
     export.write_result(out_dir, result)
     report.phase("done", f"{result.metric_name} {result.metric:.4f} with {result.trainable_params:,} parameters")
     return result

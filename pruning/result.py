@@ -48,6 +48,32 @@ class RoundRecord:
 
 
 @dataclass
+class FrontPoint:
+    """One configuration the search passed through: the supernet, then what was left after each round."""
+
+    after_round: int  # 0: the whole supernet
+    params: int  # its PEFT parameters
+    # the validation split's metric with the supernet's weights (trained while more units were on; before any
+    # retraining): measured at the start of the next round, or after the last round's removals
+    metric: float | None
+    on_front: bool = False  # no other configuration has at most its parameters and at least its metric
+    chosen: bool = False  # the configuration at the budget, which was retrained
+
+
+def pareto_front(start_params: int, records: list[RoundRecord], final_metric: float | None) -> list[FrontPoint]:
+    """The configurations a search passed through, largest first, each marked on or off the params/metric
+    front. Round r's record holds the metric of the configuration it started from (before its removals)."""
+    params = [start_params, *(r.trainable_params for r in records)]
+    metrics = [*(r.metric for r in records), final_metric]
+    points = [FrontPoint(i, p, m, chosen=i == len(records)) for i, (p, m) in enumerate(zip(params, metrics))]
+    for point in points:
+        point.on_front = point.metric is not None and not any(  # dominated: as good for fewer, or better for as few
+            other.metric is not None and other.params <= point.params and other.metric >= point.metric
+            and (other.params, other.metric) != (point.params, point.metric) for other in points)
+    return points
+
+
+@dataclass
 class ProgressEvent:
     kind: Literal["phase", "step", "round"]
     phase: str
@@ -90,13 +116,16 @@ class SearchResult:
     device: str
     # fit(hold_out=True): the metrics on the validation split it did not train on (what a selection may use)
     validation_metrics: dict[str, float] | None = None
+    # the configurations the search passed through (params, validation metric), the front marked (search only)
+    front: list[FrontPoint] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SearchResult:
-        return cls(**{**data, "rounds": [RoundRecord.from_dict(r) for r in data["rounds"]]})
+        return cls(**{**data, "rounds": [RoundRecord.from_dict(r) for r in data["rounds"]],
+                      "front": [FrontPoint(**p) for p in data.get("front", [])]})
 
 
 # --- how results read to a person: one formatter each, used by the CLI, the model card and the service -----------

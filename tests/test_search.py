@@ -15,7 +15,7 @@ from conftest import LAYERS, unit_size
 
 from pruning import Cancelled, PolicySpec, SpecError, search
 from pruning.hybrid import DEFAULT_ASSIGNMENT
-from pruning.result import PHASES, RoundRecord, SearchResult
+from pruning.result import PHASES, RoundRecord, SearchResult, pareto_front
 
 ALL_UNITS = [f"{kind}.{layer}" for layer in range(LAYERS) for kind in ("lora", "adapter", "prefix")]
 START = sum(unit_size(k) for k in ALL_UNITS)  # 20800 on the tiny model
@@ -133,6 +133,32 @@ def test_trace_and_result_files(searched):
     stored = json.loads((searched.out / "result.json").read_text())
     assert stored == json.loads(json.dumps(searched.result.to_dict()))  # (tuples become lists)
     assert SearchResult.from_dict(stored).rounds == searched.result.rounds
+
+
+def test_the_front_lists_every_configuration_passed_through(searched):
+    result = searched.result
+    front = result.front
+    assert [p.after_round for p in front] == [0, 1, 2, 3]
+    assert [p.params for p in front] == [START, *(r.trainable_params for r in result.rounds)]
+    assert [p.metric for p in front[:-1]] == [r.metric for r in result.rounds]  # each round's starting point
+    assert front[-1].metric is not None and [p.chosen for p in front] == [False, False, False, True]
+    assert front[-1].on_front  # nothing has fewer parameters
+    on = sorted((p for p in front if p.on_front), key=lambda p: p.params)
+    assert all(a.metric < b.metric for a, b in zip(on, on[1:]))  # more parameters on the front buy more metric
+    assert SearchResult.from_dict(json.loads(json.dumps(result.to_dict()))).front == front
+
+
+def test_pareto_front_marks_the_dominated_configurations():
+    def record(params, metric):
+        return RoundRecord(round=1, units_left=[], trainable_params=params, target_params=params,
+                           metric_name="accuracy", metric=metric, train_loss=None, removed=[], wall_s=0.0)
+
+    # metrics belong to the configuration a round starts from: 1000 -> 0.7, 800 -> 0.8, 500 -> 0.75, 300 -> 0.6
+    front = pareto_front(1000, [record(800, 0.7), record(500, 0.8), record(300, 0.75)], 0.6)
+    assert [(p.params, p.metric, p.on_front) for p in front] == [
+        (1000, 0.7, False), (800, 0.8, True), (500, 0.75, True), (300, 0.6, True)]
+    assert [p.chosen for p in front] == [False, False, False, True]
+    assert not pareto_front(10, [record(5, None)], None)[1].on_front  # no metric, no place on the front
 
 
 # --- other assignments ------------------------------------------------------------------------------------------
