@@ -16,7 +16,7 @@ import json
 import sys
 from pathlib import Path
 
-from .result import format_metrics, format_round, format_unit, stock_peft_warning
+from .result import format_front, format_metrics, format_round, format_unit, stock_peft_warning
 from .spec import GLUE_TASKS, SearchSpec, SpecError
 
 
@@ -213,6 +213,9 @@ def summary(result) -> str:
         f"peak memory        {result.peak_memory_mb:.0f} MiB",
         f"result             {result.out_dir}",
     ]
+    if result.front:
+        lines += ["", "configurations passed through (validation split, before retraining):",
+                  format_front(result.front, result.metric_name)]
     warning = stock_peft_warning(config.get("stock_peft"))
     if warning:
         lines += ["", f"WARNING: {warning}"]

@@ -164,6 +164,19 @@ def format_round(record: RoundRecord, rounds: int) -> str:
             f"{record.trainable_params:,} parameters left (target {record.target_params:,})")
 
 
+def format_front(front: list[FrontPoint], metric_name: str) -> str:
+    """The configurations a search passed through, one per line: "after round 2  31,232 params  accuracy 0.8125
+    on the front, chosen"; the metric is the validation split's, with the search's weights."""
+    def line(point: FrontPoint) -> str:
+        metric = "n/a" if point.metric is None else f"{point.metric:.4f}"
+        marks = ", ".join(m for m, on in (("on the front", point.on_front), ("chosen", point.chosen)) if on)
+        where = "supernet     " if point.after_round == 0 else f"after round {point.after_round}"
+        return f"{where}  {point.params:>10,} params  validation {metric_name} {metric}" + (
+            f"  ({marks})" if marks else "")
+
+    return "\n".join(line(point) for point in front)
+
+
 def stock_peft_warning(stock_peft: dict | None) -> str | None:
     """The sentence a user must not miss when stock peft does not reproduce the searched model."""
     if not stock_peft or stock_peft.get("complete"):

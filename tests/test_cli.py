@@ -37,6 +37,9 @@ def test_search_from_flags_prints_the_summary(tiny_model, toy_task, tmp_path, ca
     assert f"layers w/o modules {result['pruned_layers'] or 'none'}" in text
     assert f"result             {out}" in text
     assert "dev metrics        accuracy " in text
+    front = text.split("configurations passed through (validation split, before retraining):\n")[1].splitlines()
+    assert front[0].startswith("supernet") and front[2].startswith("after round 2")
+    assert f"{result['trainable_params']:,} params  validation accuracy " in front[2] and "chosen)" in front[2]
     # progress goes to stderr: phases and rounds
     assert "load: loading" in captured.err and "round 2/2:" in captured.err
 
