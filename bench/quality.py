@@ -196,7 +196,9 @@ def _supernet_unit_params(spec) -> dict[str, int]:
 
 
 def report(store: Store, command: str) -> tuple[dict, str]:
-    rows = store.rows
+    # a row run at another step budget than the task's setting today compares nothing with the rest
+    rows = [r for r in store.rows if r["steps"] == TASKS[r["task"]].steps]
+    stale = len(store.rows) - len(rows)
     tasks = [t for t in TASKS if any(r["task"] == t for r in rows)]
     table: dict = {}
     for task in tasks:
@@ -226,7 +228,7 @@ def report(store: Store, command: str) -> tuple[dict, str]:
             "autopeft_selected_on": sorted({r.get("selected_on", "dev") for r in rows if r["method"] == "autopeft"}),
             "commits": {m: sorted({r.get("commit") or "not recorded" for r in rows if r["method"] == m})
                         for m in METHODS if any(r["method"] == m for r in rows)},
-            "targets": _targets(table, versus)}
+            "targets": _targets(table, versus), "stale_rows": stale}
     return data, _markdown(data)
 
 
@@ -305,6 +307,9 @@ def _markdown(data: dict) -> str:
                       f"(per seed: {seeds})"]
     lines += ["", "Code measured (commit per method): " + "; ".join(
         f"{method} {', '.join(commits)}" for method, commits in data["commits"].items()) + "."]
+    if data.get("stale_rows"):
+        lines += ["", f"Left out: {data['stale_rows']} finished runs at another step budget than the task's "
+                      "setting today (bench/common.py)."]
     if data["autopeft_selected_on"]:
         lines += ["", "The 8-candidate search selected its configuration on: "
                       + ", ".join("the dev set it reports (optimistic)" if s == "dev" else "the validation split"

@@ -7,13 +7,21 @@ from types import SimpleNamespace
 
 import pytest
 
+from bench.common import TASKS
 from bench.quality import matched_ranks, report
 
 
 def run(task, method, metric, params=1000, search=0.0, retrain=100.0, seed=0, **extra):
     return {"task": task, "method": method, "seed": seed, "model": "m", "metric_name": "accuracy", "metric": metric,
             "trainable_params": params, "search_wall_s": search, "retrain_wall_s": retrain,
-            "total_wall_s": search + retrain, "peak_memory_mb": 1.0, **extra}
+            "total_wall_s": search + retrain, "peak_memory_mb": 1.0, "steps": TASKS[task].steps, **extra}
+
+
+def test_runs_at_another_step_budget_are_left_out_and_counted():
+    rows = [run("cola", "lora", 0.3), run("cola", "peftsearch", 0.1, steps=TASKS["cola"].steps // 2)]
+    data, markdown = report(SimpleNamespace(rows=rows), "cmd")
+    assert list(data["results"]["cola"]) == ["lora"] and data["stale_rows"] == 1
+    assert "Left out: 1 finished runs at another step budget" in markdown
 
 
 def test_targets_compare_peftsearch_with_each_method_over_every_task_both_ran():
