@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import tarfile
 from pathlib import Path
 
@@ -36,3 +37,12 @@ def remove_attempt_files(artifact_root: Path, job_id: str) -> None:
     whole archive no row points to. Call only as the job's current attempt, before it writes its own."""
     for path in artifact_root.glob(f"{job_id}-*.tar.gz*"):
         path.unlink(missing_ok=True)
+
+
+def remove_job_files(artifact_root: Path, work_root: Path, job_id: str) -> None:
+    """Everything on disk of a deleted job: its archives (whole or partial, every attempt's) and its work folder
+    (checkpoints, engine output: an ended job's is normally gone already)."""
+    remove_attempt_files(artifact_root, job_id)
+    work = work_root / job_id
+    if work.parent == work_root:  # an id is one path segment
+        shutil.rmtree(work, ignore_errors=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Literal
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 from pruning.data import DataError, load_task
 from pruning.spec import SpecError, TaskSpec
 
-from .models import Dataset, new_id
+from .models import FINAL, Dataset, Job, new_id
 
 FORMATS = ("csv", "tsv", "jsonl")
 
@@ -69,8 +69,43 @@ def create_dataset(session: Session, root: Path, *, owner: str, name: str | None
         raise
 
 
-def get_dataset(session: Session, owner: str, dataset_id: str) -> Dataset | None:
-    return session.scalar(select(Dataset).where(Dataset.id == dataset_id, Dataset.owner == owner))
+class DatasetInUse(Exception):
+    """Jobs that have not ended run on the dataset."""
+
+
+def get_dataset(session: Session, owner: str, dataset_id: str,
+                lock: Literal["share", "update"] | None = None) -> Dataset | None:
+    """The owner's dataset; `lock` holds its row until the transaction ends (PostgreSQL; SQLite serialises
+    writers anyway): "share" against a deletion, "update" to delete it."""
+    query = select(Dataset).where(Dataset.id == dataset_id, Dataset.owner == owner)
+    if lock is not None:
+        query = query.with_for_update(read=lock == "share")
+    return session.scalar(query)
+
+
+def delete_dataset(session: Session, owner: str, dataset_id: str) -> bool:
+    """Delete the owner's dataset row; False when there is none, DatasetInUse while a job that has not ended
+    uses it (finished jobs keep its id). Its files (remove_dataset_files) can go once this commits: no job is
+    created on it meanwhile (store.jobs.submit holds a share lock on the row it reads)."""
+    dataset = get_dataset(session, owner, dataset_id, lock="update")
+    if dataset is None:
+        return False
+    users = list(session.scalars(select(Job.id).where(Job.dataset_id == dataset_id, Job.status.not_in(FINAL))
+                                 .order_by(Job.id).limit(6)))
+    if users:
+        named = ", ".join(users[:5]) + (", ..." if len(users) > 5 else "")
+        raise DatasetInUse(f"dataset {dataset_id} is used by jobs that have not ended ({named}): cancel them or "
+                           "wait until they end, then delete it")
+    session.delete(dataset)
+    session.flush()
+    return True
+
+
+def remove_dataset_files(root: Path, dataset_id: str) -> None:
+    """The dataset's folder under the dataset directory (nothing when it is gone already)."""
+    folder = root / dataset_id
+    if folder.parent == root:  # an id is one path segment; never anything above or beside the folder
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def list_datasets(session: Session, owner: str, *, after: str | None, limit: int) -> list[Dataset]:

@@ -13,7 +13,7 @@ import json
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Row, select, update
+from sqlalchemy import ColumnElement, Row, delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, defer
 from sqlalchemy.orm.attributes import set_committed_value
@@ -38,7 +38,7 @@ from .models import (
     utcnow,
 )
 from .settings import Settings
-from .specs import JobCreate, admit, build_spec
+from .specs import LABELS, JobCreate, JobFilters, admit, build_spec
 
 
 class NotCancellable(Exception):
@@ -47,6 +47,10 @@ class NotCancellable(Exception):
 
 class IdempotencyConflict(Exception):
     pass
+
+
+class NotDeletable(Exception):
+    """A job that has not ended yet: cancel it first."""
 
 
 def add_event(session: Session, job_id: str, kind: str, message: str, data: dict[str, Any] | None = None) -> None:
@@ -62,17 +66,21 @@ def submit(session: Session, *, owner: str, body: JobCreate, idempotency_key: st
     key created (True: a replay). Raises SpecError for a bad body (checked before any query),
     IdempotencyConflict for a reused key."""
     model_path = admit(body, settings)
-    request = body.as_submitted()
-    request_hash = hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()
+    submitted = body.as_submitted()
+    request_hash = hashlib.sha256(json.dumps(submitted, sort_keys=True).encode()).hexdigest()
     if idempotency_key and (earlier := job_by_idempotency_key(session, owner, idempotency_key)):
         return _replay(earlier, request_hash), True
-    dataset = get_dataset(session, owner, body.dataset_id)
+    # Shared with other submissions, exclusive against store.datasets.delete_dataset: a job is never created on
+    # a dataset being deleted (either the deletion sees this job, or this finds the dataset gone).
+    dataset = get_dataset(session, owner, body.dataset_id, lock="share")
     if dataset is None:
         raise SpecError("dataset_id", f"no dataset {body.dataset_id!r}; upload one with POST /v1/datasets")
     spec = build_spec(body, model_path, task_spec(dataset, settings.datasets))
+    request = {k: v for k, v in submitted.items() if k not in LABELS}
     try:
         return create_job(session, owner=owner, request=request, request_hash=request_hash,
-                          idempotency_key=idempotency_key, spec=spec, dataset_id=dataset.id), False
+                          idempotency_key=idempotency_key, spec=spec, dataset_id=dataset.id, name=body.name,
+                          metadata=body.metadata), False
     except IntegrityError:  # a concurrent request with the same key got there first
         session.rollback()
         return _replay(job_by_idempotency_key(session, owner, idempotency_key), request_hash), True
@@ -85,9 +93,11 @@ def _replay(job: Job, request_hash: str) -> Job:
 
 
 def create_job(session: Session, *, owner: str, request: dict[str, Any], request_hash: str,
-               idempotency_key: str | None, spec: dict[str, Any], dataset_id: str) -> Job:
+               idempotency_key: str | None, spec: dict[str, Any], dataset_id: str, name: str | None = None,
+               metadata: dict[str, Any] | None = None) -> Job:
     job = Job(id=new_id("job"), owner=owner, status=QUEUED, request=request, request_hash=request_hash,
-              idempotency_key=idempotency_key, spec=spec, dataset_id=dataset_id)
+              idempotency_key=idempotency_key, spec=spec, dataset_id=dataset_id, name=name,
+              job_metadata=metadata)
     set_committed_value(job, "artifact", None)  # a new job has none: reading it must not cost a query
     session.add(job)
     add_event(session, job.id, "status", QUEUED)
@@ -107,7 +117,8 @@ def job_by_idempotency_key(session: Session, owner: str, key: str) -> Job | None
 # What a list of jobs shows: plain columns, a few fields the database reads out of the JSON documents (so the
 # documents themselves, kilobytes per job, are neither sent nor decoded), and whether an artifact exists.
 SUMMARY = (
-    Job.id, Job.status, Job.request["model"].as_string().label("model"), Job.dataset_id,
+    Job.id, Job.status, Job.name, Job.job_metadata.label("metadata"),
+    Job.request["model"].as_string().label("model"), Job.dataset_id,
     Job.request["budget"].label("budget"), Job.created_at, Job.started_at, Job.finished_at, Job.updated_at,
     Job.progress["phase"].as_string().label("phase"), Job.progress["round"].as_integer().label("round"),
     Job.progress["rounds"].as_integer().label("rounds"),
@@ -117,14 +128,47 @@ SUMMARY = (
 )
 
 
-def list_jobs(session: Session, owner: str, *, status: str | None, after: str | None, limit: int) -> list[Row]:
-    """Summaries (SUMMARY's fields), newest first; `after` is the last id of the previous page."""
-    query = select(*SUMMARY).outerjoin(Artifact, Artifact.job_id == Job.id).where(Job.owner == owner)
-    if status:
-        query = query.where(Job.status == status)
+def list_jobs(session: Session, owner: str, filters: JobFilters, *, after: str | None, limit: int) -> list[Row]:
+    """Summaries (SUMMARY's fields) of the jobs `filters` admits, newest first; `after` is the last id of the
+    previous page."""
+    query = select(*SUMMARY).outerjoin(Artifact, Artifact.job_id == Job.id).where(*_admitted(owner, filters))
     if after:
         query = query.where(Job.id < after)
     return list(session.execute(query.order_by(Job.id.desc()).limit(limit)))
+
+
+def count_jobs(session: Session, owner: str, filters: JobFilters) -> int:
+    """How many jobs `filters` admits, on every page."""
+    return session.scalar(select(func.count()).select_from(Job).where(*_admitted(owner, filters)))
+
+
+def _admitted(owner: str, filters: JobFilters) -> list[ColumnElement[bool]]:
+    conditions = [Job.owner == owner]
+    if filters.status:
+        conditions.append(Job.status.in_(filters.status))
+    if filters.model is not None:
+        conditions.append(Job.request["model"].as_string() == filters.model)
+    if filters.dataset_id is not None:
+        conditions.append(Job.dataset_id == filters.dataset_id)
+    if filters.created_after is not None:
+        conditions.append(Job.created_at >= filters.created_after)
+    if filters.created_before is not None:
+        conditions.append(Job.created_at < filters.created_before)
+    return conditions
+
+
+def delete_job(session: Session, owner: str, job_id: str) -> bool:
+    """Delete an ended job (succeeded, failed or cancelled) with its events, rounds and artifact row (the
+    foreign keys cascade); False when the owner has no such job, NotDeletable when it has not ended. A job that
+    has ended never runs again, so its files (store.artifacts.remove_job_files) can go once this commits."""
+    if session.execute(delete(Job).where(Job.id == job_id, Job.owner == owner, Job.status.in_(FINAL))).rowcount:
+        return True
+    status = session.scalar(select(Job.status).where(Job.id == job_id, Job.owner == owner))
+    if status is None:
+        return False
+    hint = (f"cancel it first (POST /v1/jobs/{job_id}/cancel), then delete it" if status in (QUEUED, RUNNING)
+            else "it is stopping; delete it once it is cancelled")
+    raise NotDeletable(f"job {job_id} is {status}: only a job that has ended can be deleted; {hint}")
 
 
 def cancel(session: Session, job: Job) -> None:
@@ -148,6 +192,23 @@ def list_events(session: Session, job_id: str, *, after: int | None, limit: int)
     if after is not None:
         query = query.where(JobEvent.id > after)
     return list(session.scalars(query.order_by(JobEvent.id).limit(limit)))
+
+
+def look(session: Session, job_id: str, *, after: int | None, limit: int) -> JobLook | None:
+    """The job's status and progress, then its events after `after` (what a stream of them sends next); None
+    once the job is gone. Read in this order, a final status comes with every event before it: the status and
+    its event commit together."""
+    row = session.execute(select(Job.status, Job.progress).where(Job.id == job_id)).first()
+    if row is None:
+        return None
+    return JobLook(row.status, row.progress, list_events(session, job_id, after=after, limit=limit))
+
+
+@dataclasses.dataclass(frozen=True)
+class JobLook:
+    status: str
+    progress: dict[str, Any] | None
+    events: list[JobEvent]
 
 
 def list_rounds(session: Session, job_id: str) -> list[Round]:

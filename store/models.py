@@ -83,6 +83,7 @@ class Job(Base):
         Index("ix_jobs_owner_status_id", "owner", "status", "id"),
         Index("ix_jobs_status_heartbeat", "status", "heartbeat_at"),
         Index("uq_jobs_owner_idempotency_key", "owner", "idempotency_key", unique=True),
+        Index("ix_jobs_dataset_id_status", "dataset_id", "status"),  # is a dataset in use (its deletion)
     )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
@@ -92,7 +93,13 @@ class Job(Base):
     request_hash: Mapped[str] = mapped_column(String(64))  # tells an idempotent replay from a conflicting reuse
     idempotency_key: Mapped[str | None] = mapped_column(String(255))
     spec: Mapped[dict[str, Any]]  # the resolved pruning.SearchSpec the worker runs
-    dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id"))
+    # Not a foreign key: a finished job keeps the id of the dataset it ran on once that dataset is deleted
+    # (store.datasets.delete_dataset refuses while an unfinished job uses it).
+    dataset_id: Mapped[str] = mapped_column(String(40))
+    name: Mapped[str | None] = mapped_column(String(200))  # the caller's label, shown in lists
+    # The caller's small JSON object (store.specs.MAX_METADATA_BYTES), returned as given. ("metadata" is taken
+    # by SQLAlchemy's declarative classes, hence the attribute's name.)
+    job_metadata: Mapped[dict[str, Any] | None] = mapped_column("metadata")
     progress: Mapped[dict[str, Any] | None]  # phase, round, step, loss, eta_s, ... (latest only)
     result: Mapped[dict[str, Any] | None]  # SearchResult.to_dict() without its rounds (those are rows)
     error: Mapped[dict[str, Any] | None]  # {"code", "message"}

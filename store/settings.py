@@ -57,6 +57,15 @@ class Settings(BaseSettings):
     max_concurrency: int = 20
     admission_wait_s: float = 2.0
     key_cache_s: float = 5.0
+    # Event streams (GET /v1/jobs/{id}/events as text/event-stream), per API process: how many may be open (each
+    # holds no connection or thread between looks, so they are counted apart from max_concurrency); how often
+    # each looks for new events; the seconds between heartbeat comments when nothing happens; how long one
+    # stream lasts before the server ends it and the client resumes with Last-Event-ID (which also bounds how long
+    # a server's shutdown waits for open streams).
+    max_streams: int = 100
+    events_poll_s: float = 1.0
+    events_heartbeat_s: float = 15.0
+    events_stream_max_s: float = 60.0
 
     @property
     def embedded(self) -> bool:

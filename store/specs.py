@@ -13,14 +13,16 @@ import dataclasses
 import json
 import math
 import typing
+from datetime import datetime, timezone
 from operator import attrgetter
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 
 from pruning.spec import SearchSpec, SpecError, TaskSpec
 
+from .models import STATUSES
 from .settings import Settings
 
 INT64 = 2**63 - 1  # what the database's integers hold
@@ -28,6 +30,8 @@ SEED_MAX = 2**32 - 1  # numpy's seed range
 # What a job request sets outside `search`: the model and budget at the top, the task by its dataset id, and
 # the device by where the deployment's workers run.
 SET_BY_SERVICE = ("model", "task", "budget", "device")
+MAX_METADATA_BYTES, MAX_METADATA_DEPTH = 4096, 8  # a job's metadata: a label set, not a store
+LABELS = {"name", "metadata"}  # what a job request says about the job, not about its search
 
 
 def overrides_model(cls: type, name: str, exclude: tuple[str, ...] = ()) -> type[BaseModel]:
@@ -67,6 +71,10 @@ class JobCreate(BaseModel):
     search: SearchOverrides = Field(default_factory=SearchOverrides, description=(  # type: ignore[valid-type]
         "Overrides of the engine's SearchSpec (pruning/spec.py); every field is optional. The model, budget and "
         "task (by its dataset_id) are set at the top; the deployment's workers choose the device."))
+    name: str | None = Field(None, min_length=1, max_length=200, description="Your label for the job.")
+    metadata: dict[str, Any] | None = Field(None, description=(
+        f"Your own JSON object, returned as given: at most {MAX_METADATA_BYTES} bytes as compact JSON, nested "
+        f"at most {MAX_METADATA_DEPTH} levels."))
 
     @model_validator(mode="before")
     @classmethod
@@ -74,11 +82,59 @@ class JobCreate(BaseModel):
         check_values(data, "")
         return data
 
+    @field_validator("metadata")
+    @classmethod
+    def small(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is None:
+            return None
+        size = len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
+        if size > MAX_METADATA_BYTES:
+            raise SpecError("", f"must be at most {MAX_METADATA_BYTES} bytes as compact JSON, got {size}")
+        if _depth(value) > MAX_METADATA_DEPTH:
+            raise SpecError("", f"must be nested at most {MAX_METADATA_DEPTH} levels deep")
+        return value
+
     def as_submitted(self) -> dict[str, Any]:
-        """What the job keeps as its request (and what an idempotent replay must match): the top-level fields,
-        and the search fields the caller set."""
-        return {**self.model_dump(mode="json", exclude={"search"}),
-                "search": self.search.model_dump(mode="json", exclude_unset=True)}
+        """What an idempotent replay must match: the top-level fields, the search fields the caller set, and the
+        name and metadata when given (left out when not, as they were before jobs had them). The job keeps it
+        as its request, less the name and metadata (their own columns)."""
+        labels = {k: v for k, v in self.model_dump(mode="json", include=LABELS).items() if v is not None}
+        return {**self.model_dump(mode="json", exclude={"search", *LABELS}),
+                "search": self.search.model_dump(mode="json", exclude_unset=True), **labels}
+
+
+class JobFilters(BaseModel):
+    """What a list of jobs is narrowed to (GET /v1/jobs): every field optional, all of them together. The
+    creation range is half-open, created_after <= created_at < created_before; a time without a zone is UTC."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    status: list[Literal[STATUSES]] | None = Field(  # type: ignore[valid-type]
+        None, description="One status, or several (`status=failed&status=cancelled`).")
+    model: str | None = Field(None, max_length=200, description="A base model name.")
+    dataset_id: str | None = Field(None, max_length=40)
+    created_after: datetime | None = Field(None, description="ISO 8601, e.g. 2026-12-01T00:00:00Z (inclusive).")
+    created_before: datetime | None = Field(None, description="ISO 8601 (exclusive).")
+
+    @field_validator("created_after", "created_before")
+    @classmethod
+    def utc(cls, value: datetime | None) -> datetime | None:
+        return value.replace(tzinfo=timezone.utc) if value is not None and value.tzinfo is None else value
+
+    @model_validator(mode="after")
+    def ordered(self) -> JobFilters:
+        if self.created_after and self.created_before and self.created_after >= self.created_before:
+            raise SpecError("created_before", "must be later than created_after")
+        return self
+
+
+def _depth(value: Any) -> int:
+    """Levels of objects and arrays: 1 for {"a": 1}, 2 for {"a": [1]}."""
+    if isinstance(value, dict):
+        return 1 + max(map(_depth, value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max(map(_depth, value), default=0)
+    return 0
 
 
 def check_values(value: Any, at: str) -> None:
