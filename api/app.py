@@ -25,5 +25,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     dashboard.install(app)  # `/` and offline /docs, from files in the package
     app.add_middleware(UploadLimit, path=datasets.router.prefix, max_upload_bytes=settings.max_upload_bytes)
     app.add_middleware(NulGuard)
-    app.add_middleware(Admission, limit=settings.max_concurrency, wait_s=settings.admission_wait_s)  # outermost
+    app.add_middleware(Admission, limit=settings.max_concurrency, wait_s=settings.admission_wait_s,
+                       stream_limit=settings.max_streams)  # outermost
     return app

@@ -12,8 +12,8 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException
 
 from pruning.spec import SpecError, describe_error
-from store.datasets import DatasetError
-from store.jobs import IdempotencyConflict, NotCancellable
+from store.datasets import DatasetError, DatasetInUse
+from store.jobs import IdempotencyConflict, NotCancellable, NotDeletable
 from store.specs import JobCreate
 
 log = logging.getLogger("peftsearch.api")
@@ -91,6 +91,14 @@ def install(app: FastAPI) -> None:
     async def not_cancellable(_: Request, e: NotCancellable):
         return error_response(409, "not_cancellable", str(e))
 
+    @app.exception_handler(NotDeletable)
+    async def not_deletable(_: Request, e: NotDeletable):
+        return error_response(409, "not_deletable", str(e))
+
+    @app.exception_handler(DatasetInUse)
+    async def dataset_in_use(_: Request, e: DatasetInUse):
+        return error_response(409, "dataset_in_use", str(e))
+
     @app.exception_handler(PoolTimeout)
     async def pool_timeout(_: Request, e: PoolTimeout):
         log.warning("no database connection in time: %s", e)
@@ -109,6 +117,8 @@ def install(app: FastAPI) -> None:
         if first["type"] == "json_invalid":
             return error_response(422, "invalid_request", f"the body is not valid JSON: {first['ctx']['error']}")
         where = [part for part in first["loc"] if part not in ("body", "query", "path", "header")]
+        if first["type"] == "extra_forbidden" and first["loc"][0] == "query":
+            return error_response(422, "invalid_request", "unknown query parameter", str(where[-1]))
         param, message = describe_error({**first, "loc": where}, JobCreate)  # the only JSON body
         return error_response(422, "invalid_request", message, param or None)
 

@@ -11,6 +11,7 @@ The others wait here, in the event loop, holding no thread and no database conne
 has not got in after `wait_s` is answered 503 (`overloaded`, the error envelope, Retry-After), so an overload
 fails fast instead of piling up behind the database pool or the thread pool. The limit counts a request until its
 response and background tasks are done. /healthz (no database) is never held back: it says the process is alive.
+An event stream is counted apart (see Admission).
 """
 
 from __future__ import annotations
@@ -20,21 +21,36 @@ import weakref
 from urllib.parse import parse_qsl
 
 from .errors import error_response, overloaded
+from .streams import wants_event_stream
 
 NOT_HELD_BACK = ("/healthz",)
 MULTIPART_OVERHEAD = 64 * 1024  # form fields and part headers around the two files
 
 
 class Admission:
-    def __init__(self, app, limit: int, wait_s: float):
-        self.app, self.limit, self.wait_s = app, limit, wait_s
+    """An event stream (api/streams.py) lasts as long as its job, holding nothing between its looks: it takes one
+    of `stream_limit` places of its own instead of a slot, and finding them all taken is a 503 at once."""
+
+    def __init__(self, app, limit: int, wait_s: float, stream_limit: int = 100):
+        self.app, self.limit, self.wait_s, self.stream_limit = app, limit, wait_s, stream_limit
         # One semaphore per event loop: a server process has one loop, but the tests run several on one app.
         self._slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
+            weakref.WeakKeyDictionary())
+        self._streams: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
             weakref.WeakKeyDictionary())
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["path"] in NOT_HELD_BACK:
             return await self.app(scope, receive, send)
+        if is_stream_request(scope):
+            places = self._streams_of(asyncio.get_running_loop())
+            if places.locked():
+                return await overloaded()(scope, receive, send)
+            await places.acquire()  # free: returns at once
+            try:
+                return await self.app(scope, receive, send)
+            finally:
+                places.release()
         slots = self._slots_of(asyncio.get_running_loop())
         if slots.locked():  # full: wait for a turn, but not for ever
             try:
@@ -53,6 +69,20 @@ class Admission:
         if slots is None:
             slots = self._slots[loop] = asyncio.Semaphore(self.limit)
         return slots
+
+    def _streams_of(self, loop: asyncio.AbstractEventLoop) -> asyncio.Semaphore:
+        places = self._streams.get(loop)
+        if places is None:
+            places = self._streams[loop] = asyncio.Semaphore(self.stream_limit)
+        return places
+
+
+def is_stream_request(scope) -> bool:
+    """A GET of a job's events asking for text/event-stream: what the events route answers with a stream."""
+    if scope["method"] != "GET" or not scope["path"].endswith("/events"):
+        return False
+    accept = b", ".join(value for name, value in scope["headers"] if name == b"accept")
+    return wants_event_stream(accept.decode("latin-1"))
 
 
 class NulGuard:

@@ -32,10 +32,12 @@ class Page(BaseModel, Generic[T]):
     next: str | None = Field(None, description="Pass as `after` to get the next page; null on the last page.")
 
     @classmethod
-    def of(cls, rows: list[Any], limit: int, convert: Callable[[Any], T]) -> Page[T]:
-        """`rows` holds up to limit + 1 rows: one more than the page tells whether another page follows."""
+    def of(cls, rows: list[Any], limit: int, convert: Callable[[Any], T], **fields: Any) -> Page[T]:
+        """`rows` holds up to limit + 1 rows: one more than the page tells whether another page follows.
+        `fields`: a subclass's own (JobPage's total)."""
         more = len(rows) > limit
-        return cls(data=[convert(r) for r in rows[:limit]], next=str(rows[limit - 1].id) if more else None)
+        return cls(data=[convert(r) for r in rows[:limit]], next=str(rows[limit - 1].id) if more else None,
+                   **fields)
 
 
 def body_of(record: type, name: str, *, exclude: tuple[str, ...] = (), doc: str | None = None,
@@ -83,6 +85,8 @@ class JobFields(BaseModel):
 
     id: str
     status: Status
+    name: str | None = Field(description="Your label, as submitted.")
+    metadata: dict[str, Any] | None = Field(description="Your JSON object, as submitted.")
     model: str
     dataset_id: str
     budget: str | int
@@ -104,7 +108,8 @@ class JobOut(JobFields):
     def of(cls, job: Job) -> JobOut:
         artifact = job.artifact and ArtifactOut(url=f"/v1/jobs/{job.id}/artifact", sha256=job.artifact.sha256,
                                                 size_bytes=job.artifact.size_bytes)
-        return cls(id=job.id, status=job.status, model=job.request["model"], dataset_id=job.dataset_id,
+        return cls(id=job.id, status=job.status, name=job.name, metadata=job.job_metadata,
+                   model=job.request["model"], dataset_id=job.dataset_id,
                    budget=job.request["budget"], search=job.request["search"], attempt=job.attempt,
                    created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at,
                    updated_at=job.updated_at, progress=job.progress, result=job.result, error=job.error,
@@ -127,6 +132,10 @@ class JobSummary(JobFields):
     def of(cls, row: Any) -> JobSummary:
         """From a row of store.jobs.list_jobs."""
         return cls(**row._mapping)
+
+
+class JobPage(Page[JobSummary]):
+    total: int = Field(description="Jobs matching the filters, on every page.")
 
 
 class EventOut(BaseModel):

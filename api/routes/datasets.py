@@ -1,19 +1,28 @@
-"""/v1/datasets: upload a train+dev pair (CSV, TSV or JSONL), checked before it is kept; list yours. (The upload
-size limit is api/middleware.py's UploadLimit: it counts the bytes before FastAPI reads the form.)"""
+"""/v1/datasets: upload a train+dev pair (CSV, TSV or JSONL), checked before it is kept; list yours, get one,
+delete one. (The upload size limit is api/middleware.py's UploadLimit: it counts the bytes before FastAPI reads
+the form.)"""
 
 from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, File, Form, Query, UploadFile
+from fastapi import APIRouter, File, Form, Query, Response, UploadFile
 
-from store.datasets import DatasetError, create_dataset, list_datasets
+from store.datasets import (
+    DatasetError,
+    create_dataset,
+    delete_dataset,
+    get_dataset,
+    list_datasets,
+    remove_dataset_files,
+)
 
 from ..deps import Config, CurrentCaller
-from ..errors import documented
+from ..errors import ApiError, documented
 from ..schemas import DatasetOut, Page
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"], responses=documented(400, 401, 413, 422, 503))
+Missing = documented(404)
 
 
 @router.post("", status_code=201, response_model=DatasetOut, summary="Upload a dataset (train + dev files)")
@@ -49,3 +58,23 @@ def get_datasets(caller: CurrentCaller, after: str | None = None,
     with caller.session() as session:
         rows = list_datasets(session, caller.owner, after=after, limit=limit + 1)
     return Page[DatasetOut].of(rows, limit, DatasetOut.of)
+
+
+@router.get("/{dataset_id}", response_model=DatasetOut, responses=Missing, summary="One of your datasets")
+def get_one(dataset_id: str, caller: CurrentCaller) -> DatasetOut:
+    with caller.session() as session:
+        dataset = get_dataset(session, caller.owner, dataset_id)
+    if dataset is None:
+        raise ApiError(404, f"no dataset {dataset_id!r}", param="dataset_id")
+    return DatasetOut.of(dataset)
+
+
+@router.delete("/{dataset_id}", status_code=204, response_class=Response, responses=documented(404, 409),
+               summary="Delete a dataset and its files (not while a job that has not ended uses it)")
+def delete_one(dataset_id: str, caller: CurrentCaller, settings: Config) -> Response:
+    with caller.session() as session:
+        if not delete_dataset(session, caller.owner, dataset_id):
+            raise ApiError(404, f"no dataset {dataset_id!r}", param="dataset_id")
+        session.commit()
+    remove_dataset_files(settings.datasets, dataset_id)
+    return Response(status_code=204)

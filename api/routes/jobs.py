@@ -1,4 +1,5 @@
-"""/v1/jobs: submit, list, poll, cancel, follow events and rounds, download the pruned adapter.
+"""/v1/jobs: submit, list, poll, cancel, delete, follow events (JSON pages or a stream) and rounds, download the
+pruned adapter.
 
 Each route does its database work in one `with caller.session()` block (see deps.py) and builds its answer after.
 """
@@ -9,16 +10,19 @@ from typing import Annotated
 
 from fastapi import APIRouter, BackgroundTasks, Header, Query, Response
 from fastapi.responses import FileResponse
+from pydantic import Field
 from sqlalchemy.orm import Session
 
 from store import jobs
-from store.models import SUCCEEDED, Job
-from store.specs import INT64, JobCreate
+from store.artifacts import remove_job_files
+from store.models import FINAL, SUCCEEDED, Job
+from store.specs import INT64, JobCreate, JobFilters
 from worker.queue import enqueue
 
 from ..deps import Config, CurrentCaller
 from ..errors import ApiError, documented
-from ..schemas import EventOut, JobOut, JobSummary, Page, RoundOut, Status
+from ..schemas import EventOut, JobOut, JobPage, JobSummary, Page, RoundOut
+from ..streams import MEDIA_TYPE, event_stream, wants_event_stream
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=documented(400, 401, 404, 409, 422, 503))
 Limit = Annotated[int, Query(ge=1, le=100, description="Page size, at most 100.")]
@@ -47,12 +51,17 @@ def submit_job(body: JobCreate, response: Response, background: BackgroundTasks,
     return JobOut.of(job)
 
 
-@router.get("", response_model=Page[JobSummary], summary="List your jobs, newest first (summaries)")
-def list_jobs(caller: CurrentCaller, status: Status | None = None, after: str | None = None,
-              limit: Limit = 20) -> Page[JobSummary]:
+class JobListQuery(JobFilters):
+    after: str | None = Field(None, max_length=40, description="The previous page's `next`.")
+    limit: int = Field(20, ge=1, le=100, description="Page size, at most 100.")
+
+
+@router.get("", response_model=JobPage, summary="List your jobs, newest first (summaries), with filters")
+def list_jobs(caller: CurrentCaller, query: Annotated[JobListQuery, Query()]) -> JobPage:
     with caller.session() as session:
-        rows = jobs.list_jobs(session, caller.owner, status=status, after=after, limit=limit + 1)
-    return Page[JobSummary].of(rows, limit, JobSummary.of)
+        rows = jobs.list_jobs(session, caller.owner, query, after=query.after, limit=query.limit + 1)
+        total = jobs.count_jobs(session, caller.owner, query)
+    return JobPage.of(rows, query.limit, JobSummary.of, total=total)
 
 
 @router.get("/{job_id}", response_model=JobOut, summary="A job's status, progress and result")
@@ -71,14 +80,39 @@ def cancel_job(job_id: str, caller: CurrentCaller) -> JobOut:
     return JobOut.of(job)
 
 
-@router.get("/{job_id}/events", response_model=Page[EventOut], summary="A job's events, oldest first")
-def list_events(job_id: str, caller: CurrentCaller,
-                after: Annotated[int | None, Query(ge=0, le=INT64, description="The previous page's `next`.")] = None,
-                limit: Limit = 100) -> Page[EventOut]:
+@router.delete("/{job_id}", status_code=204, response_class=Response,
+               summary="Delete an ended job: its events, rounds and artifact, files too")
+def delete_job(job_id: str, caller: CurrentCaller, settings: Config) -> Response:
     with caller.session() as session:
-        owned_job(session, caller.owner, job_id)
-        rows = jobs.list_events(session, job_id, after=after, limit=limit + 1)
-    return Page[EventOut].of(rows, limit, EventOut.model_validate)
+        if not jobs.delete_job(session, caller.owner, job_id):
+            raise ApiError(404, f"no job {job_id!r}", param="job_id")
+        session.commit()
+    remove_job_files(settings.artifacts, settings.work, job_id)  # an ended job's files: no worker writes them
+    return Response(status_code=204)
+
+
+@router.get("/{job_id}/events", response_model=Page[EventOut], summary="A job's events, oldest first; or a stream",
+            description="JSON pages by default. With `Accept: text/event-stream`, Server-Sent Events until the job "
+                        "ends (see docs/service.md): each event with its id, `progress` when it changes, "
+                        "heartbeat comments, `end`; resumable with `Last-Event-ID`.",
+            responses={200: {"content": {MEDIA_TYPE: {"schema": {"type": "string"}}}},
+                       204: {"description": "Stream only: the job has ended and nothing follows the cursor."}})
+def list_events(job_id: str, caller: CurrentCaller, settings: Config,
+                after: Annotated[int | None, Query(ge=0, le=INT64, description="The previous page's `next`.")] = None,
+                limit: Limit = 100,
+                accept: Annotated[str | None, Header(description=f"`{MEDIA_TYPE}` for a stream.")] = None,
+                last_event_id: Annotated[int | None, Header(alias="Last-Event-ID", ge=0, le=INT64, description=(
+                    "A stream resumes after this event id (wins over `after`)."))] = None) -> Page[EventOut] | Response:
+    stream = wants_event_stream(accept)
+    cursor = last_event_id if stream and last_event_id is not None else after
+    with caller.session() as session:
+        job = owned_job(session, caller.owner, job_id)
+        rows = jobs.list_events(session, job_id, after=cursor, limit=1 if stream else limit + 1)
+    if not stream:
+        return Page[EventOut].of(rows, limit, EventOut.model_validate)
+    if job.status in FINAL and not rows:
+        return Response(status_code=204)
+    return event_stream(caller, job_id, cursor, settings)
 
 
 @router.get("/{job_id}/rounds", response_model=Page[RoundOut], summary="The search's rounds so far")

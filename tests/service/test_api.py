@@ -398,7 +398,8 @@ def test_openapi_describes_every_route_with_its_errors(client):
     assert operations == {
         ("POST", "/v1/jobs"), ("GET", "/v1/jobs"), ("GET", "/v1/jobs/{job_id}"), ("POST", "/v1/jobs/{job_id}/cancel"),
         ("GET", "/v1/jobs/{job_id}/events"), ("GET", "/v1/jobs/{job_id}/rounds"),
-        ("GET", "/v1/jobs/{job_id}/artifact"), ("POST", "/v1/datasets"), ("GET", "/v1/datasets"),
+        ("GET", "/v1/jobs/{job_id}/artifact"), ("DELETE", "/v1/jobs/{job_id}"), ("POST", "/v1/datasets"),
+        ("GET", "/v1/datasets"), ("GET", "/v1/datasets/{dataset_id}"), ("DELETE", "/v1/datasets/{dataset_id}"),
         ("GET", "/v1/models"), ("GET", "/healthz"), ("GET", "/readyz")}
     schemas = document["components"]["schemas"]
     assert {"JobCreate", "JobOut", "Progress", "JobResult", "DatasetOut", "RoundOut", "EventOut", "ErrorOut",
