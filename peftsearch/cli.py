@@ -13,8 +13,8 @@ COMMANDS = {
     "serve": ("peftsearch.serve", "run the REST API (embedded SQLite + in-process worker unless configured)"),
     "worker": ("peftsearch.worker_cmd", "run a Celery worker for the configured broker"),
     "keys": ("peftsearch.keys", "manage API keys"),
-    "jobs": ("peftsearch.jobs_cmd", "search jobs on a server: submit, list, get, watch, cancel, download"),
-    "datasets": ("peftsearch.datasets_cmd", "datasets on a server: upload, list"),
+    "jobs": ("peftsearch.jobs_cmd", "search jobs on a server: submit, list, get, watch, cancel, download, delete"),
+    "datasets": ("peftsearch.datasets_cmd", "datasets on a server: upload, list, get, delete"),
     "demo": ("peftsearch.demo", "start the embedded service, run a real search through the API, stop"),
 }
 

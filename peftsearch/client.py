@@ -35,7 +35,7 @@ from typing import Any, NamedTuple, TypeVar
 import httpx
 from pydantic import BaseModel, PrivateAttr
 
-from api.schemas import DatasetOut, EventOut, JobOut, JobSummary, ModelOut, Readiness, RoundOut
+from api.schemas import DatasetOut, EventOut, JobOut, JobSummary, ModelOut, Progress, Readiness, RoundOut
 from store.models import FINAL, SUCCEEDED
 
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -43,6 +43,8 @@ CHECKSUM_HEADER = "X-Checksum-SHA256"
 # Never sent: retrying these cannot make the server do anything twice, whatever the request.
 NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 BACKOFF_FIRST_S, BACKOFF_MAX_S = 0.5, 10.0
+# The longest silence of an event stream before the client reconnects: the server sends a heartbeat every 15 s.
+STREAM_READ_TIMEOUT_S = 45.0
 
 log = logging.getLogger("peftsearch.client")
 T = TypeVar("T", bound=BaseModel)
@@ -141,28 +143,53 @@ class Client:
         """Your datasets, newest first: `limit` of them (None: all)."""
         return self._page(DatasetOut, "/v1/datasets", limit=limit)
 
+    def dataset(self, dataset_id: str) -> DatasetOut:
+        return DatasetOut.model_validate(self._json("GET", f"/v1/datasets/{dataset_id}"))
+
+    def delete_dataset(self, dataset_id: str) -> None:
+        """DELETE /v1/datasets/{id}: the dataset and its files (ErrorResponse 409 `dataset_in_use` while a job
+        that has not ended uses it)."""
+        self._send("DELETE", f"/v1/datasets/{dataset_id}", read=lambda _: None, gone_on_retry=True)
+
     # --- jobs ---------------------------------------------------------------------------------------------------
     def submit(self, model: str, dataset: str | DatasetOut, *, budget: str | int | None = None,
-               search: dict[str, Any] | None = None, idempotency_key: str | None = None) -> Job:
+               search: dict[str, Any] | None = None, idempotency_key: str | None = None, name: str | None = None,
+               metadata: dict[str, Any] | None = None) -> Job:
         """POST /v1/jobs. The Idempotency-Key (a new uuid4 unless given) makes retries return the same job; pass
-        your own to make a rerun of your program return the job the first run submitted."""
+        your own to make a rerun of your program return the job the first run submitted. `name` and `metadata`
+        (a small JSON object) are yours, returned with the job."""
         body: dict[str, Any] = {"model": model, "dataset_id": dataset if isinstance(dataset, str) else dataset.id,
                                 "search": search or {}}
-        if budget is not None:
-            body["budget"] = budget
+        for field, value in (("budget", budget), ("name", name), ("metadata", metadata)):
+            if value is not None:
+                body[field] = value
         key = idempotency_key or str(uuid.uuid4())
         return self._job(self._json("POST", "/v1/jobs", json=body, headers={"Idempotency-Key": key}))
 
     def job(self, job_id: str) -> Job:
         return self._job(self._json("GET", f"/v1/jobs/{job_id}"))
 
-    def jobs(self, status: str | None = None, limit: int | None = 20) -> list[JobSummary]:
-        """Your jobs, newest first, optionally of one status: `limit` of them (None: all)."""
-        return self._page(JobSummary, "/v1/jobs", limit=limit, status=status)
+    def jobs(self, status: str | list[str] | None = None, limit: int | None = 20, *, model: str | None = None,
+             dataset: str | None = None, created_after: datetime | str | None = None,
+             created_before: datetime | str | None = None) -> JobList:
+        """Your jobs, newest first: `limit` of them (None: all), of these statuses, model, dataset and creation
+        range (created_after <= created < created_before) when given. `.total` is how many match in all."""
+        filters = {"status": status, "model": model, "dataset_id": dataset,
+                   "created_after": created_after.isoformat() if isinstance(created_after, datetime) else created_after,
+                   "created_before": (created_before.isoformat() if isinstance(created_before, datetime)
+                                      else created_before)}
+        pages: list[dict] = []
+        items = self._page(JobSummary, "/v1/jobs", limit=limit, pages=pages, **filters)
+        return JobList(items, total=pages[0]["total"] if pages else 0)
 
     def cancel(self, job_id: str) -> Job:
         """A queued job is cancelled at once, a running one becomes `cancelling` until its worker stops."""
         return self._job(self._json("POST", f"/v1/jobs/{job_id}/cancel"))
+
+    def delete_job(self, job_id: str) -> None:
+        """DELETE /v1/jobs/{id}: an ended job with its events, rounds and artifact (ErrorResponse 409
+        `not_deletable` while it is queued or running: cancel it first)."""
+        self._send("DELETE", f"/v1/jobs/{job_id}", read=lambda _: None, gone_on_retry=True)
 
     def events(self, job_id: str, after: int | None = None) -> list[EventOut]:
         """The job's events after event id `after` (all pages), oldest first."""
@@ -232,15 +259,18 @@ class Client:
         job._client = self
         return job
 
-    def _page(self, model: type[T], path: str, limit: int | None, **params: Any) -> list[T]:
-        """Follow `next` cursors until `limit` items (None: every page)."""
+    def _page(self, item_type: type[T], path: str, limit: int | None, pages: list[dict] | None = None,
+              **params: Any) -> list[T]:
+        """Follow `next` cursors until `limit` items (None: every page); each page's body goes to `pages`."""
         items: list[T] = []
         after = None
         while limit is None or len(items) < limit:
             size = 100 if limit is None else min(100, limit - len(items))
             query = {k: v for k, v in {**params, "limit": size, "after": after}.items() if v is not None}
             page = self._json("GET", path, params=query)
-            items += [model.model_validate(item) for item in page["data"]]
+            if pages is not None:
+                pages.append(page)
+            items += [item_type.model_validate(item) for item in page["data"]]
             after = page.get("next")
             if not after:
                 break
@@ -254,9 +284,11 @@ class Client:
         return self._send(method, path, read=read, **kwargs)
 
     def _send(self, method: str, path: str, *, read: Callable[[httpx.Response], Any], idempotent: bool = True,
-              files: Callable[[], dict] | None = None, headers: dict[str, str] | None = None, **kwargs: Any) -> Any:
+              files: Callable[[], dict] | None = None, headers: dict[str, str] | None = None,
+              gone_on_retry: bool = False, **kwargs: Any) -> Any:
         """Send the request, retrying as the module docstring says, and return `read(response)` of a 2xx answer
-        (read while the response is open: a download streams). Raises ErrorResponse, Unreachable."""
+        (read while the response is open: a download streams). `gone_on_retry`: a 404 to a retry is the first
+        attempt's success (a deletion whose answer was lost). Raises ErrorResponse, Unreachable."""
         headers = {**(headers or {}), **({"Authorization": f"Bearer {self.api_key}"} if self.api_key else {})}
         start, attempt = time.monotonic(), 0
         while True:
@@ -266,7 +298,7 @@ class Client:
                                                    files=files() if files else None, **kwargs)
                 response = self._http.send(request, stream=True)
                 try:
-                    if response.status_code < 400:
+                    if response.status_code < 400 or (gone_on_retry and attempt > 1 and response.status_code == 404):
                         return read(response)
                     response.read()
                     error, retry_after = ErrorResponse.of(response), _retry_after(response)
@@ -292,6 +324,14 @@ class Client:
             time.sleep(delay)
 
 
+class JobList(list):
+    """A list of JobSummary, with `total`: how many jobs match the filters on every page."""
+
+    def __init__(self, items: list[JobSummary], total: int):
+        super().__init__(items)
+        self.total = total
+
+
 class Job(JobOut):
     """A job as the server last described it (every field of GET /v1/jobs/{id}), with the calls that act on it.
     A Job does not change: refresh() and wait() return new ones."""
@@ -309,6 +349,9 @@ class Job(JobOut):
     def refresh(self) -> Job:
         return self._client.job(self.id)
 
+    def delete(self) -> None:
+        self._client.delete_job(self.id)
+
     def cancel(self) -> Job:
         return self._client.cancel(self.id)
 
@@ -318,15 +361,18 @@ class Job(JobOut):
     def rounds(self) -> list[RoundOut]:
         return self._client.rounds(self.id)
 
-    def follow(self, poll_s: float = 1.0, events: bool = True) -> Iterator[Snapshot]:
-        """Look at the job every `poll_s` seconds until it is final (the last snapshot is), yielding it with the
-        events since the last look. A look the server does not answer within the client's retry budget is
-        logged and the next one tried: a slow or restarting server never ends the following, nor the job."""
+    def follow(self, poll_s: float = 1.0, events: bool = True, stream: bool = True) -> Iterator[Snapshot]:
+        """Follow the job until it is final (the last snapshot is), yielding it with the events since the last
+        snapshot. With `stream` it listens to the server's event stream (GET /v1/jobs/{id}/events as
+        text/event-stream: events, progress and heartbeats as they come), resumed after the last event it had when
+        the stream closes or breaks; a server that does not offer a stream is polled every `poll_s` seconds. A
+        look the server does not answer within the client's retry budget is logged and the next one tried: a slow
+        or restarting server never ends the following, nor the job."""
         job, after = self, None
         while True:
             try:
                 job = job.refresh()
-                new = job.events(after) if events else []
+                new = job.events(after)
             except (Unreachable, ErrorResponse) as e:
                 if isinstance(e, ErrorResponse) and e.status != 503:
                     raise
@@ -335,10 +381,60 @@ class Job(JobOut):
                 continue
             if new:
                 after = new[-1].id
-            yield Snapshot(job, new)
+            yield Snapshot(job, new if events else [])
             if job.done:
                 return
-            time.sleep(poll_s)
+            if not stream:
+                time.sleep(poll_s)
+                continue
+            try:
+                job, after, ended, offered = yield from self._streamed(job, after, events)
+            except (Unreachable, ErrorResponse, httpx.TransportError) as e:
+                if isinstance(e, ErrorResponse) and e.status != 503:
+                    raise
+                log.warning("job %s: event stream: %s; looking again", self.id, _describe(e))
+                time.sleep(poll_s)
+                continue
+            if ended and job.done:
+                return
+            if not offered:  # an older server: JSON pages only
+                stream = False
+                time.sleep(poll_s)
+
+    def _streamed(self, job: Job, after: int | None, events: bool):
+        """One connection to the job's event stream, as Snapshots; returns (job, last event id, whether the job
+        has ended, whether the server streamed at all)."""
+        client = self._client
+        headers = {"Accept": "text/event-stream",
+                   **({"Authorization": f"Bearer {client.api_key}"} if client.api_key else {}),
+                   **({"Last-Event-ID": str(after)} if after is not None else {})}
+        timeout = httpx.Timeout(client._http.timeout.connect, read=max(client._http.timeout.read or 0,
+                                                                       STREAM_READ_TIMEOUT_S))
+        with client._http.stream("GET", f"/v1/jobs/{self.id}/events", headers=headers, timeout=timeout) as response:
+            if response.status_code == 204:  # ended, nothing after `after`
+                return job.refresh(), after, True, True
+            if response.status_code >= 400:
+                response.read()
+                raise ErrorResponse.of(response)
+            if not response.headers.get("content-type", "").startswith("text/event-stream"):
+                return job, after, False, False
+            for message in sse_messages(response.iter_lines()):
+                if message.event == "message" and message.data:
+                    event = EventOut.model_validate_json(message.data)
+                    after = event.id
+                    if event.kind == "status":
+                        job = job.refresh()
+                    yield Snapshot(job, [event] if events else [])
+                    if job.done:
+                        return job, after, True, True
+                elif message.event == "progress" and message.data:
+                    job = job.model_copy(update={"progress": Progress.model_validate_json(message.data)})
+                    yield Snapshot(job, [])
+                elif message.event == "end":
+                    return job.refresh(), after, True, True
+                elif message.comment is not None:  # a heartbeat: a caller waiting with a deadline looks at it
+                    yield Snapshot(job, [])
+        return job, after, False, True
 
     def wait(self, poll_s: float = 1.0, timeout_s: float | None = None) -> Job:
         """The job once it is final (succeeded, failed or cancelled: check `succeeded`). After `timeout_s` it
@@ -354,6 +450,36 @@ class Job(JobOut):
     def download(self, into: str | os.PathLike) -> Path:
         """The result directory, `into/<job id>/`; see Client.download."""
         return self._client.download(self.id, into)
+
+
+class SseMessage(NamedTuple):
+    event: str  # "message" unless the stream named it
+    data: str
+    id: str | None
+    comment: str | None  # set (and the rest empty) for a comment line
+
+
+def sse_messages(lines: Iterator[str]) -> Iterator[SseMessage]:
+    """A text/event-stream's messages and comments, as the HTML standard parses them (fields event, data, id;
+    several data lines joined with newlines; a blank line ends a message)."""
+    event, data, last_id = "", [], None
+    for line in lines:
+        if not line:
+            if data or event:
+                yield SseMessage(event or "message", "\n".join(data), last_id, None)
+            event, data = "", []
+            continue
+        if line.startswith(":"):
+            yield SseMessage("", "", None, line[1:].strip())
+            continue
+        name, _, value = line.partition(":")
+        value = value[1:] if value.startswith(" ") else value
+        if name == "event":
+            event = value
+        elif name == "data":
+            data.append(value)
+        elif name == "id" and "\x00" not in value:
+            last_id = value
 
 
 def _retry_after(response: httpx.Response) -> float | None:

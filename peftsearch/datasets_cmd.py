@@ -1,4 +1,4 @@
-"""`peftsearch datasets upload|list`: train + dev files on a server, through peftsearch.Client."""
+"""`peftsearch datasets upload|list|get|delete`: train + dev files on a server, through peftsearch.Client."""
 
 from __future__ import annotations
 
@@ -26,11 +26,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     listing.add_argument("--limit", type=int, default=20, help="how many (default 20; 0: all)")
     listing.add_argument("--json", action="store_true", help="JSON instead of a table")
 
+    get = actions.add_parser("get", parents=common, help="one dataset as JSON")
+    get.add_argument("dataset_id")
+
+    delete = actions.add_parser("delete", parents=common,
+                                help="delete a dataset and its files (not while a job that has not ended uses it)")
+    delete.add_argument("dataset_id")
+
 
 def run(args: argparse.Namespace) -> int:
     from .console import run_command
 
-    return run_command(args, {"upload": upload, "list": list_datasets})
+    return run_command(args, {"upload": upload, "list": list_datasets, "get": get, "delete": delete})
 
 
 def upload(client, args: argparse.Namespace) -> int:
@@ -64,4 +71,19 @@ def list_datasets(client, args: argparse.Namespace) -> int:
                       ", ".join(d.labels) if d.labels else d.columns.problem, str(d.train_rows), str(d.dev_rows),
                       age(d.created_at))
     out.print(table)
+    return 0
+
+
+def get(client, args: argparse.Namespace) -> int:
+    from .console import print_json
+
+    print_json(client.dataset(args.dataset_id).model_dump(mode="json"))
+    return 0
+
+
+def delete(client, args: argparse.Namespace) -> int:
+    from .console import out
+
+    client.delete_dataset(args.dataset_id)
+    out.print(f"{args.dataset_id} deleted", highlight=False)
     return 0

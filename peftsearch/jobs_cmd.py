@@ -1,4 +1,5 @@
-"""`peftsearch jobs submit|list|get|watch|cancel|download`: search jobs on a server, through peftsearch.Client."""
+"""`peftsearch jobs submit|list|get|watch|cancel|download|delete`: search jobs on a server, through
+peftsearch.Client."""
 
 from __future__ import annotations
 
@@ -61,11 +62,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_search_shortcuts(submit)
     submit.add_argument("--idempotency-key", help="default a new uuid4; give your own to make a rerun of the same "
                                                   "command return the job the first run submitted")
+    submit.add_argument("--name", help="your label for the job")
+    submit.add_argument("--metadata", type=json_object, metavar="JSON|@FILE",
+                        help="your own small JSON object, returned with the job (at most 4 KiB)")
     add_follow_arguments(submit)
     submit.add_argument("--watch", action="store_true", help="follow the job to its end, then print its summary")
 
     listing = actions.add_parser("list", parents=common, help="your jobs, newest first")
-    listing.add_argument("--status", choices=STATUSES)
+    listing.add_argument("--status", choices=STATUSES, action="append", help="repeat for several")
+    listing.add_argument("--model")
+    listing.add_argument("--dataset", help="a dataset id")
+    listing.add_argument("--created-after", metavar="TIME", help="ISO 8601, e.g. 2026-12-01 or 2026-12-01T12:00Z "
+                                                                 "(UTC unless it says otherwise)")
+    listing.add_argument("--created-before", metavar="TIME")
     listing.add_argument("--limit", type=int, default=20, help="how many (default 20; 0: all)")
     listing.add_argument("--json", action="store_true", help="JSON instead of a table")
 
@@ -88,6 +97,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     download.add_argument("--out", default=".", help="directory (default: here)")
     download.add_argument("--archive", action="store_true", help="keep the checked .tar.gz instead, OUT/<job id>.tar.gz")
 
+    delete = actions.add_parser("delete", parents=common, help="delete an ended job with its events, rounds and "
+                                                               "artifact (a queued or running one: cancel it first)")
+    delete.add_argument("job_id")
+
 
 def add_follow_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--download", metavar="DIR", help="once it has succeeded, download the result to DIR/<job id>")
@@ -98,14 +111,14 @@ def run(args: argparse.Namespace) -> int:
     from .console import run_command
 
     return run_command(args, {"submit": submit, "list": list_jobs, "get": get, "watch": watch, "cancel": cancel,
-                              "download": download})
+                              "download": download, "delete": delete})
 
 
 def submit(client, args: argparse.Namespace) -> int:
     from .console import out
 
     job = client.submit(args.model, args.dataset, budget=args.budget, search=search_with(args.search, args),
-                        idempotency_key=args.idempotency_key)
+                        idempotency_key=args.idempotency_key, name=args.name, metadata=args.metadata)
     out.print(job.id, highlight=False)
     return watch_job(job, args) if args.watch else 0
 
@@ -129,18 +142,22 @@ def list_jobs(client, args: argparse.Namespace) -> int:
 
     from .console import age, id_column, out, print_json
 
-    jobs = client.jobs(status=args.status, limit=args.limit or None)
+    from .console import err
+
+    jobs = client.jobs(status=args.status, limit=args.limit or None, model=args.model, dataset=args.dataset,
+                       created_after=args.created_after, created_before=args.created_before)
     if args.json:
         print_json([job.model_dump(mode="json") for job in jobs])
         return 0
-    table = Table(id_column("job", [j.id for j in jobs]), "status", "model",
+    err.print(f"{len(jobs)} of {jobs.total} job(s)", highlight=False)
+    table = Table(id_column("job", [j.id for j in jobs]), "name", "status", "model",
                   id_column("dataset", [j.dataset_id for j in jobs]), "progress", "metric", "params", "created",
                   box=box.SIMPLE_HEAD)
     for job in jobs:
         where = (job.phase or "") + (f" {job.round}/{job.rounds}" if job.round else "")
         metric = f"{job.metric_name} {job.metric:.4f}" if job.metric is not None else ""
         params = f"{job.trainable_params:,}" if job.trainable_params is not None else ""
-        table.add_row(job.id, job.status, job.model, job.dataset_id, where, metric, params,
+        table.add_row(job.id, job.name or "", job.status, job.model, job.dataset_id, where, metric, params,
                       age(job.created_at))
     out.print(table)
     return 0
@@ -171,4 +188,12 @@ def download(client, args: argparse.Namespace) -> int:
     else:
         path = client.download(args.job_id, args.out)
     out.print(str(path), highlight=False)
+    return 0
+
+
+def delete(client, args: argparse.Namespace) -> int:
+    from .console import out
+
+    client.delete_job(args.job_id)
+    out.print(f"{args.job_id} deleted", highlight=False)
     return 0

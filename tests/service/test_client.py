@@ -39,7 +39,8 @@ HOLD_AT_MOST_S = 60  # a held answer is let go after this, should the client nev
 class Fault:
     method: str
     path: str  # a regular expression, matched whole
-    action: str  # "overload", "hold" (the answer waits for the next matching request) or "bad_checksum"
+    action: str  # "overload", "hold" (the answer waits for the next matching request), "bad_checksum", "watch"
+    # (served, only seen) or "no_stream" (served without its Accept header)
     seen: list[dict[str, str]] = field(default_factory=list)  # the headers of each matching request
     released: asyncio.Event | None = None
 
@@ -91,6 +92,11 @@ class Faults:
                 return
             self.armed.remove(fault)
             fault.released.set()
+            return await self.app(scope, receive, send)
+        if fault.action == "watch":  # served as is; only seen
+            return await self.app(scope, receive, send)
+        if fault.action == "no_stream":  # as a server without event streams: the Accept header is not heard
+            scope = {**scope, "headers": [(k, v) for k, v in scope["headers"] if k.lower() != b"accept"]}
             return await self.app(scope, receive, send)
         if fault.action == "bad_checksum":
             async def corrupt(message):
@@ -343,3 +349,51 @@ def test_the_client_never_imports_torch(server):
     run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     assert "job_" in run.stdout
+
+
+def test_follow_listens_to_the_event_stream_and_polls_a_server_without_one(server, dataset):
+    with server.client() as client:
+        streamed = server.faults.arm("GET", r"/v1/jobs/job_\w+/events", "watch")
+        job = client.submit(TINY, dataset, budget="2%", search=TINY_SEARCH, name="streamed", metadata={"n": 1})
+        snapshots = list(job.follow(poll_s=0.1))
+        assert snapshots[-1].job.succeeded and (snapshots[-1].job.name, snapshots[-1].job.metadata) == (
+            "streamed", {"n": 1})
+        statuses = [e.message for s in snapshots for e in s.events if e.kind == "status"]
+        assert statuses == ["queued", "running", "succeeded"]  # each event once, in order
+        assert any(seen.get("accept") == "text/event-stream" for seen in streamed.seen)
+        server.faults.disarm()
+
+        polled = server.faults.arm("GET", r"/v1/jobs/job_\w+/events", "no_stream")
+        other = client.submit(TINY, dataset, budget="2%", search=TINY_SEARCH)
+        snapshots = list(other.follow(poll_s=0.1))
+        assert snapshots[-1].job.succeeded
+        assert [e.message for s in snapshots for e in s.events if e.kind == "status"] == [
+            "queued", "running", "succeeded"]
+        assert len(polled.seen) > 2  # it kept looking, by pages
+
+
+def test_delete_and_get_through_the_client_and_the_cli(server, capsys, toy_files):
+    with server.client() as client:
+        dataset = client.upload_dataset(*toy_files["csv"], name="to delete")
+        assert client.dataset(dataset.id) == dataset
+        job = client.submit(TINY, dataset, budget="2%", search=LONG_SEARCH, name="doomed")
+        with pytest.raises(ErrorResponse) as busy:
+            job.delete()
+        assert (busy.value.status, busy.value.code) == (409, "not_deletable")
+        with pytest.raises(ErrorResponse) as in_use:
+            client.delete_dataset(dataset.id)
+        assert in_use.value.code == "dataset_in_use"
+        listed = client.jobs(dataset=dataset.id)
+        assert [j.id for j in listed] == [job.id] and listed.total == 1 and listed[0].name == "doomed"
+        job.cancel().wait(poll_s=0.1)
+    status, out, err = server.cli(capsys, "jobs", "list", "--dataset", dataset.id)
+    assert status == 0 and "1 of 1 job(s)" in err and job.id in out
+    status, out, _ = server.cli(capsys, "datasets", "get", dataset.id)
+    assert status == 0 and json.loads(out)["name"] == "to delete"
+    status, out, err = server.cli(capsys, "datasets", "delete", dataset.id)  # the cancelled job holds it no more
+    assert (status, out.strip()) == (0, f"{dataset.id} deleted"), err
+    status, out, err = server.cli(capsys, "jobs", "delete", job.id)
+    assert (status, out.strip()) == (0, f"{job.id} deleted"), err
+    status, _, err = server.cli(capsys, "jobs", "get", job.id)
+    assert status == 1 and "not_found (404)" in err
+    assert not (server.settings.datasets / dataset.id).exists()
