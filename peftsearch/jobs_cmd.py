@@ -140,9 +140,7 @@ def list_jobs(client, args: argparse.Namespace) -> int:
     from rich import box
     from rich.table import Table
 
-    from .console import age, id_column, out, print_json
-
-    from .console import err
+    from .console import age, err, id_column, out, print_json
 
     jobs = client.jobs(status=args.status, limit=args.limit or None, model=args.model, dataset=args.dataset,
                        created_after=args.created_after, created_before=args.created_before)
