@@ -8,10 +8,12 @@ relative to a layer, except `layers` (relative to the model root).
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-from torch import nn
+from typing import TYPE_CHECKING
 
 from .spec import ROLES
+
+if TYPE_CHECKING:  # annotations only: the maps themselves are plain data, read without torch (sizes.py)
+    from torch import nn
 
 
 @dataclass(frozen=True)

@@ -224,9 +224,12 @@ def summary(result) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from .data import DataError, load_task
+    from .sizes import check_budget, read_config
 
     try:
         spec = spec_from_args(args)
+        # A budget the whole supernet cannot reach would prune nothing: refused from config.json, before torch.
+        check_budget(spec.budget, read_config(spec.model), spec.space)
     except SpecError as err:
         print(f"peftsearch search: invalid spec: {err}", file=sys.stderr)
         return 2

@@ -15,11 +15,11 @@ import math
 import typing
 from datetime import datetime, timezone
 from operator import attrgetter
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 
+from pruning.sizes import check_budget, read_config
 from pruning.spec import SearchSpec, SpecError, TaskSpec
 
 from .models import STATUSES
@@ -167,19 +167,19 @@ def resolve_model(models: dict[str, str], name: str) -> str:
 
 
 def model_config(path: str) -> dict[str, Any]:
-    """The base model's config.json (no torch); {} when it cannot be read."""
-    try:
-        config = json.loads((Path(path) / "config.json").read_text())
-    except (OSError, ValueError):
-        return {}
-    return config if isinstance(config, dict) else {}
+    """The base model's config.json (no torch): a local folder, or a hub id in the local hub cache; {} when it
+    cannot be read offline."""
+    return read_config(path) or {}
 
 
 def admit(body: JobCreate, settings: Settings) -> str:
-    """What a request is checked against besides its own fields, without a query: the model must be on offer
-    and the search within the deployment's and the model's limits. Returns the model's local path."""
+    """What a request is checked against besides its own fields, without a query: the model must be on offer,
+    the search within the deployment's and the model's limits, and the budget within the supernet (a larger one
+    prunes nothing; unchecked when the model's config cannot be read). Returns the model's local path."""
     path = resolve_model(settings.model_paths, body.model)
-    _check_limits(body.search, settings, model_config(path))
+    config = model_config(path)
+    _check_limits(body.search, settings, config)
+    check_budget(body.budget, config, body.search.space)
     return path
 
 

@@ -157,7 +157,7 @@ def test_routes_answer_from_their_own_sessions_once_closed(committed_client, toy
     built, so reading an attribute that was not loaded would raise DetachedInstanceError (a 500)."""
     client = committed_client
     dataset = upload(client, {}, *toy_files["csv"]).json()["id"]
-    for budget in ("2%", 70000):
+    for budget in ("2%", 7000):
         submitted = client.post("/v1/jobs", headers={"Idempotency-Key": f"closed-{dataset}-{budget}"},
                                 json=job_body(dataset, budget=budget))
         assert submitted.status_code == 201, submitted.text
@@ -165,8 +165,8 @@ def test_routes_answer_from_their_own_sessions_once_closed(committed_client, toy
                                json=job_body(dataset, budget=budget))
         assert replayed.status_code == 201 and replayed.json() == submitted.json()
     job_id = submitted.json()["id"]
-    assert client.get(f"/v1/jobs/{job_id}").json()["budget"] == 70000
-    assert {j["budget"] for j in client.get("/v1/jobs").json()["data"]} == {70000, "2%"}  # JSON extracts
+    assert client.get(f"/v1/jobs/{job_id}").json()["budget"] == 7000
+    assert {j["budget"] for j in client.get("/v1/jobs").json()["data"]} == {7000, "2%"}  # JSON extracts
     assert client.get(f"/v1/jobs/{job_id}/events").status_code == 200
     assert client.get(f"/v1/jobs/{job_id}/rounds").status_code == 200
     assert_error(client.get(f"/v1/jobs/{job_id}/artifact"), 409, "not_ready")

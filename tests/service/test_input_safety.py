@@ -91,6 +91,32 @@ def test_search_parameters_at_their_limits_are_accepted(client, auth, dataset_id
     assert response.status_code == 201, response.text
 
 
+def test_a_budget_above_the_supernet_is_422_saying_the_maximum(client, auth, dataset_id, settings):
+    from pruning.sizes import read_config, supernet_params
+    from pruning.spec import SpaceSpec
+
+    config = read_config(settings.models[TINY])
+    default_max = supernet_params(config, SpaceSpec())
+    for budget in (default_max + 1, "100%", f"{default_max // 1000 + 1}k"):
+        error = assert_error(client.post("/v1/jobs", headers=auth, json=job_body(dataset_id, budget=budget)), 422,
+                             "invalid_request", "budget")
+        assert f"at most {default_max:,} parameters" in error["message"], error
+    accepted = client.post("/v1/jobs", headers=auth, json=job_body(dataset_id, budget=default_max))
+    assert accepted.status_code == 201, accepted.text
+    # The maximum is the request's own space: LoRA on all six projections holds more.
+    wide = {**TINY_SEARCH, "space": {"lora": {"targets": ["q", "k", "v", "o", "ffn_in", "ffn_out"]}}}
+    accepted = client.post("/v1/jobs", headers=auth, json=job_body(dataset_id, budget=default_max + 1, search=wide))
+    assert accepted.status_code == 201, accepted.text
+
+
+def test_a_model_whose_config_cannot_be_read_offline_gets_no_budget_check(settings):
+    from store.specs import JobCreate, admit
+
+    remote = settings.model_copy(update={"models": {"remote": "someone/not-in-the-hub-cache"}})
+    body = JobCreate(model="remote", dataset_id="ds_0", budget=10**12)
+    assert admit(body, remote) == "someone/not-in-the-hub-cache"
+
+
 def test_a_database_outage_is_503_unavailable_with_retry_after(tmp_path):
     # A port nothing listens on: every query fails to connect, as when PostgreSQL is down.
     down = Settings(home=tmp_path, database_url="postgresql+psycopg://postgres@127.0.0.1:9/none",
