@@ -13,7 +13,7 @@ import json
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Row, delete, func, select, update
+from sqlalchemy import ColumnElement, Row, delete, func, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, defer
 from sqlalchemy.orm.attributes import set_committed_value
@@ -285,6 +285,16 @@ def finish(session: Session, job_id: str, attempt: int, status: str, *, result: 
 
 def next_queued(session: Session) -> str | None:
     return session.scalar(select(Job.id).where(Job.status == QUEUED).order_by(Job.id).limit(1))
+
+
+def reaper_turn(session: Session) -> bool:
+    """Whether this transaction may run a reaper pass: on PostgreSQL it takes a transaction-scoped advisory lock
+    of this schema's deployment (without waiting), so of several processes reaping (API processes, workers) one
+    passes at a time and the others skip; SQLite serialises its writers itself."""
+    if session.get_bind().dialect.name != "postgresql":
+        return True
+    return bool(session.scalar(text("SELECT pg_try_advisory_xact_lock(hashtext('peftsearch.reaper.' || "
+                                    "current_schema()))")))
 
 
 def reap(session: Session, *, stale_before: datetime, max_attempts: int, unsent_before: datetime,

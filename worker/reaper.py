@@ -22,6 +22,8 @@ def reap_once(settings: Settings) -> list[str]:
     now = utcnow()
     cutoff = now - timedelta(seconds=settings.reap_after_s)
     with sessions.begin() as session:
+        if not jobs.reaper_turn(session):  # another process is reaping this very moment
+            return []
         to_send = jobs.reap(session, stale_before=cutoff, max_attempts=settings.max_attempts, unsent_before=cutoff,
                             resend_after_s=settings.resend_after_s, resend_max_s=settings.resend_max_s)
     for job_id in to_send:

@@ -7,6 +7,7 @@ import dataclasses
 from datetime import timedelta
 
 import pytest
+import sqlalchemy
 
 from pruning.result import RemovedUnit, RoundRecord
 from store import jobs
@@ -179,3 +180,16 @@ def test_resend_waits_double_with_the_jobs_age():
     assert jobs.resend_due(resent + timedelta(seconds=1000), resent, created, 300, 3600)
     old = created + timedelta(days=1)  # never more than resend_max_s
     assert jobs.resend_due(old + timedelta(seconds=3600), old, created, 300, 3600)
+
+
+def test_one_reaper_passes_at_a_time(db, settings):
+    """Several processes reap (API processes, workers): while one holds the pass, another skips its own."""
+    from store.db import get_engine
+
+    with get_engine(settings.db_url).connect() as other:
+        with other.begin():
+            assert other.scalar(sqlalchemy.text(
+                "SELECT pg_try_advisory_xact_lock(hashtext('peftsearch.reaper.' || current_schema()))"))
+            assert jobs.reaper_turn(db) is False
+        # the other pass committed: its lock went with its transaction
+        assert jobs.reaper_turn(db) is True
