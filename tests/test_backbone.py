@@ -132,6 +132,34 @@ def test_choose_ranks_prunes_globally_and_keeps_one_per_module():
     assert kept == {("lora.0", "q"): [0, 1, 2], ("lora.1", "v"): [3]}
 
 
+def test_rank_importance_is_the_first_order_loss_change_of_removing_the_component(tiny_model):
+    """The same quantity for a narrow (q: 64 -> 64) and a wide (ffn_out: 128 -> 64) projection: the derivative of
+    the loss along shrinking one rank component, measured here by central differences."""
+    from pruning.backbone import RankTracker
+
+    net = _supernet(tiny_model, masks=False).double()  # the loss changes by ~1e-8: below float32's resolution
+    batch, labels = _batch(), torch.tensor([0, 1, 1, 0])
+
+    def loss() -> torch.Tensor:
+        return torch.nn.functional.cross_entropy(net(**batch), labels)
+
+    tracker = RankTracker(net.units.values())
+    loss().backward()
+    tracker.after_backward()
+    importance = tracker.importance()
+    for role in ("q", "ffn_out"):
+        lora_a, _ = net.unit("lora.1").ab(role)
+        for rank in (0, 5):
+            changes = []
+            with torch.no_grad():
+                for factor in (1 + 1e-3, 1 - 1e-3):
+                    lora_a.weight[rank] *= factor
+                    changes.append(float(loss()))
+                    lora_a.weight[rank] /= factor
+            derivative = (changes[0] - changes[1]) / 2e-3  # d loss / d (scale of component `rank`)
+            assert importance["lora.1", role][rank].item() == pytest.approx(abs(derivative), rel=1e-3)
+
+
 def test_lora_rank_slicing_matches_the_kept_ranks(tiny_model):
     net = _supernet(tiny_model, masks=False)
     unit = net.unit("lora.1")
@@ -143,7 +171,7 @@ def test_lora_rank_slicing_matches_the_kept_ranks(tiny_model):
     net.prune_ranks({("lora.1", "q"): keep})
     lora_a, lora_b = unit.ab("q")
     torch.testing.assert_close(lora_b(lora_a(x)), expected)
-    assert unit.ranks() == {"q": 3, "v": 8}
+    assert unit.ranks() == {"q": 3, "k": 8, "v": 8, "o": 8, "ffn_in": 8, "ffn_out": 8}
     assert net.peft_params() == params_before - 5 * (64 + 64)
     assert net.lora_ranks()["bert.encoder.layer.1.attention.self.query"] == 3
 

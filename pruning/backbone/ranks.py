@@ -1,6 +1,12 @@
 """LoRA rank pruning (Light-PEFT): a first-order Taylor importance per rank, accumulated over training steps,
-then the globally least important ranks are removed. For rank r of a LoRA module with factors A (r x in) and
-B (out x r): importance_r = |mean_j (A * dL/dA)[r, j]| + |mean_i (B * dL/dB)[i, r]|."""
+then the globally least important ranks are removed.
+
+For rank component r of a LoRA module with factors A (r x in) and B (out x r), the first-order change of the loss
+when the component is removed is sum_j (A * dL/dA)[r, j], which equals sum_i (B * dL/dB)[i, r] (both are
+<dL/dW, b_r a_r^T>). Its absolute value per step, averaged over steps, is the importance. Light-PEFT takes the
+mean over j and i instead, which divides the same quantity by the module's widths: harmless when every module has
+the same shape, but it ranks an FFN projection's components 1.6x too low against attention ones (1/in + 1/out),
+and the rank-grain search compares components across all projections."""
 
 from __future__ import annotations
 
@@ -25,8 +31,7 @@ class RankTracker:
                 lora_a, lora_b = unit.ab(role)
                 if lora_a.weight.grad is None or lora_b.weight.grad is None:
                     continue
-                value = ((lora_a.weight * lora_a.weight.grad).mean(1).abs()
-                         + (lora_b.weight * lora_b.weight.grad).mean(0).abs()).float().cpu()
+                value = (lora_a.weight * lora_a.weight.grad).sum(1).abs().float().cpu()
                 key = (unit.key, role)
                 self.total[key] = self.total.get(key, 0) + value
                 self.steps[key] = self.steps.get(key, 0) + 1
