@@ -160,6 +160,9 @@ class ImportancePolicy:
         split."""
         if self.random:
             return {key: self.rng.random() for key in keys}, None
-        measured = ablate(sample_per_type(keys, self.calibration_units)) if self.calibration_units else None
+        # one type left: nothing to weigh against, and the measurement would be most of a round's cost
+        several = len({key.partition(".")[0] for key in keys}) > 1
+        measured = ablate(sample_per_type(keys, self.calibration_units)) if self.calibration_units and several \
+            else None
         worth = type_values(measured) if measured else None
         return fuse(scores, partition_units(keys, num_layers, self.block_cuts), self.assignment, worth), worth
