@@ -39,6 +39,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, required=True, help="result directory")
     p.add_argument("--seed", type=int, help="seed of sampling, initialisation and batches")
     p.add_argument("--types", help="module types of the supernet, comma-separated")
+    p.add_argument("--lora-targets", help="projections LoRA adapts, comma-separated: q, k, v, o, ffn_in, ffn_out")
+    p.add_argument("--rank-step", type=int, help="LoRA ranks shrink this many components at a time (0: a layer's "
+                                                 "LoRA is kept or removed whole)")
     p.add_argument("--rounds", type=int, help="pruning rounds")
     p.add_argument("--steps-per-round", type=int, help="supernet training steps per round")
     p.add_argument("--steps", type=int, help="training steps of the final configuration")
@@ -67,7 +70,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 # flag (argparse dest) -> spec field, for the flags that map one to one; store_true flags set True or nothing
 FLAG_FIELDS = {
     "model": "model", "seed": "seed", "retrain": "retrain", "device": "device",
-    "rounds": "schedule.rounds", "steps_per_round": "schedule.steps_per_round",
+    "rank_step": "space.lora.rank_step", "rounds": "schedule.rounds", "steps_per_round": "schedule.steps_per_round",
     "steps": "train.steps", "batch_size": "train.batch_size", "lr": "train.lr", "max_length": "train.max_length",
     "assignment": "policy.assignment",
     "prune_backbone": "backbone.enabled", "head_ratio": "backbone.head_ratio",
@@ -76,6 +79,9 @@ FLAG_FIELDS = {
     "rank_ratio": "backbone.rank_ratio", "save_backbone": "backbone.save_backbone",
 }
 
+
+# comma-separated flag -> spec field holding a list
+LIST_FIELDS = {"types": "space.types", "lora_targets": "space.lora.targets"}
 
 # flags that set the task's field of the same name
 TASK_FLAGS = ("text_column", "text_pair_column", "label_column", "problem", "max_train_examples")
@@ -100,8 +106,7 @@ def show_defaults(parser: argparse.ArgumentParser) -> None:
 
     from .spec import TaskSpec
 
-    fields = {flag: (field, SearchSpec) for flag, field in {**FLAG_FIELDS, "budget": "budget",
-                                                              "types": "space.types"}.items()}
+    fields = {flag: (field, SearchSpec) for flag, field in {**FLAG_FIELDS, **LIST_FIELDS, "budget": "budget"}.items()}
     fields.update({flag: (flag, TaskSpec) for flag in TASK_FLAGS})
     for action in parser._actions:
         if action.dest not in fields or isinstance(action, argparse._StoreTrueAction):
@@ -129,7 +134,8 @@ def spec_from_args(args: argparse.Namespace) -> SearchSpec:
             task[flag] = getattr(args, flag)
     data["task"] = task
     _set(data, "budget", int(args.budget) if args.budget and args.budget.isdigit() else args.budget)
-    _set(data, "space.types", args.types.split(",") if args.types else None)
+    for flag, field in LIST_FIELDS.items():
+        _set(data, field, getattr(args, flag).split(",") if getattr(args, flag) else None)
     for flag, field in FLAG_FIELDS.items():
         value = getattr(args, flag)
         _set(data, field, True if value is True else (None if value is False else value))
