@@ -227,3 +227,24 @@ def test_assign_from_ablation_with_six_blocks():
     assert len(assignment["adapter"]) == 6
     assert all(assignment["adapter"][block] == ["weight"] for block in (1, 2, 3, 4))
     assert assignment["adapter"][0] == assignment["adapter"][5] == ["taylor"]  # single units: the fallback
+
+
+def test_types_are_measured_against_each_other_only_while_two_are_left():
+    from pruning import PolicySpec
+    from pruning.hybrid import ImportancePolicy
+
+    policy = ImportancePolicy(PolicySpec(), DEFAULT_ASSIGNMENT, seed=0)
+    scores = {name: {k: float(i) for i, k in enumerate(["lora.0", "lora.1", "adapter.0", "adapter.1"])}
+              for name in criteria_used(DEFAULT_ASSIGNMENT)}
+    measured: list[list[str]] = []
+
+    def ablate(keys: list[str]) -> dict[str, float]:
+        measured.append(keys)
+        return {k: 0.1 if k.startswith("lora") else 0.01 for k in keys}
+
+    _, worth = policy.importance(["lora.0", "lora.1", "adapter.0", "adapter.1"], 2, scores, ablate)
+    assert worth == pytest.approx({"lora": 0.1, "adapter": 0.01}) and len(measured) == 1
+    lora_scores = {name: {k: v for k, v in per.items() if k.startswith("lora")} for name, per in scores.items()}
+    importance, worth = policy.importance(["lora.0", "lora.1"], 2, lora_scores, ablate)
+    assert worth is None and len(measured) == 1  # one type left: no measurement
+    assert importance["lora.1"] > importance["lora.0"]
