@@ -260,7 +260,7 @@ def _start_or_resume(ctx: _Context, checkpoint: Checkpoint, report: _Reporter,
         supernet.load_trained_state(tensors)
         learned = state.learn["step"] if state.learn else 0
         report.replan(learn_limit(spec) - learned if state.learn else 0)
-        report.skip(learned + state.round * spec.schedule.steps_per_round
+        report.skip(learned + state.round * spec.round_steps()
                     + (spec.policy.warmup_steps if spec.policy.assignment == "warmup" else 0))
         report.emit(kind="phase", message=f"resuming after round {state.round} of {spec.schedule.rounds}")
         for record in state.records:  # a kill between checkpoint and report must not lose a round
@@ -318,7 +318,7 @@ def learn_limit(spec: SearchSpec) -> int:
 def planned_steps(spec: SearchSpec) -> int:
     """Every training step a search plans: warm-up, learning (at most), rounds, retraining."""
     warmup = spec.policy.warmup_steps if spec.policy.assignment == "warmup" else 0
-    return warmup + learn_limit(spec) + spec.schedule.rounds * spec.schedule.steps_per_round + spec.train.steps
+    return warmup + learn_limit(spec) + spec.schedule.rounds * spec.round_steps() + spec.train.steps
 
 
 def _run_round(ctx: _Context, supernet: Supernet, policy: ImportancePolicy, index: int, target: int, batches,
@@ -333,7 +333,7 @@ def _run_round(ctx: _Context, supernet: Supernet, policy: ImportancePolicy, inde
     # not while the backbone masks learn: speed mode prunes ranks itself when they are done
     grain = RankTracker(supernet.units.values()) if step and supernet.masks is None else None
     with tracker:
-        loss = _train_supernet(ctx, supernet, batches, spec.schedule.steps_per_round, ranks,
+        loss = _train_supernet(ctx, supernet, batches, spec.round_steps(), ranks,
                                report.steps(index + 1, supernet.peft_params()), should_stop,
                                trackers=(tracker, grain))
     metric = ctx.validation_metric(supernet)

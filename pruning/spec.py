@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import re
 import typing
 from dataclasses import dataclass, field
@@ -32,6 +33,11 @@ GLUE_TASKS = ("sst2", "mrpc", "cola", "stsb", "rte", "qnli")
 ROLES = ("q", "k", "v", "o", "ffn_in", "ffn_out")  # projections of a layer, as architecture maps name them
 ADAPTER_ACTIVATIONS = ("relu", "gelu", "silu", "tanh")
 ASSIGNMENT_PRESETS = ("default", "prunepeft", "warmup", "random")
+# A search round trains this share of train.steps unless schedule.steps_per_round says otherwise, so the search's
+# share of a run's cost does not depend on the run's length (bench/results/fidelity.md: how its choices move
+# with the rounds' length).
+ROUND_SHARE = 0.05
+MIN_ROUND_STEPS = 5
 
 # JSON's numbers as the engine takes them: no booleans or numeric strings for integers, no NaN or infinity.
 Int = Annotated[int, Strict()]
@@ -131,12 +137,15 @@ class LoraSpec:
     rank: Annotated[Int, Field(ge=1, description="LoRA rank r of every adapted projection.")] = 8
     alpha: Annotated[Real, Field(gt=0, description="LoRA scaling alpha (the update is scaled by alpha / r).")] = 16.0
     dropout: Annotated[Share, Field(description="Dropout on the LoRA branch's input.")] = 0.1
+    # Every linear role by default: at equal parameters, rank spread over more projections (the FFN included)
+    # beats rank concentrated on q, v (LoRA paper Table 5; peft's MetaMathQA comparison), and the rank grain lets
+    # the search land anywhere between "r=8 on q, v" and "r=2 everywhere".
     targets: Annotated[tuple[Literal[ROLES], ...], Field(  # type: ignore[valid-type]
-        min_length=1, description="Roles of the architecture map to adapt: q, k, v, o, ffn_in, ffn_out.")] = ("q", "v")
+        min_length=1, description="Roles of the architecture map to adapt: q, k, v, o, ffn_in, ffn_out.")] = ROLES
     rank_step: Annotated[Int, Field(ge=0, description=(
         "Rank granularity of the search: each adapted projection's rank shrinks this many components at a "
         "time (its least important ones by first-order Taylor importance, Light-PEFT's rank score), down to 0, "
-        "competing with whole units for the budget. 0: a layer's LoRA is kept or removed whole."))] = 0
+        "competing with whole units for the budget. 0: a layer's LoRA is kept or removed whole."))] = 2
 
 
 @dataclass(frozen=True)
@@ -226,7 +235,9 @@ class ScheduleSpec:
     __pydantic_config__ = SPEC_CONFIG
 
     rounds: Annotated[Int, Field(ge=1, description="Search rounds: train, score, remove.")] = 4
-    steps_per_round: Annotated[Int, Field(ge=1, description="Training steps of each round.")] = 30
+    steps_per_round: Annotated[Int | None, Field(ge=1, description=(
+        f"Training steps of each round; null: {ROUND_SHARE:g} x train.steps (at least {MIN_ROUND_STEPS}), "
+        "so the search's share of the run's cost does not depend on the run's length."))] = None
     lr: Annotated[Real, Field(gt=0, description="Learning rate of the search's training.")] = 1e-3
     eval_examples: Annotated[Int, Field(ge=0, description=(
         "The validation split, carved from train (the dev set is scored once, at the end): it gates the start "
@@ -302,6 +313,10 @@ class SearchSpec:
         if self.backbone.enabled and self.backbone.mask_rounds > self.schedule.rounds:
             raise SpecError("backbone.mask_rounds", f"must be at most schedule.rounds ({self.schedule.rounds})")
         return self
+
+    def round_steps(self) -> int:
+        """Training steps of each search round."""
+        return self.schedule.steps_per_round or max(MIN_ROUND_STEPS, math.ceil(ROUND_SHARE * self.train.steps))
 
     def validate(self) -> SearchSpec:
         """Check every field the engine would otherwise trip over later; raise SpecError naming the first bad one."""

@@ -208,7 +208,7 @@ def _check_limits(search: Any, settings: Settings, config: dict[str, Any]) -> No
     ]
     for field, cap, why in limits:
         value = attrgetter(field)(search)
-        if cap is not None and value > cap:
+        if cap is not None and value is not None and value > cap:
             raise SpecError(f"search.{field}", f"must be at most {cap} ({why}), got {value}")
 
 

@@ -15,7 +15,8 @@ import pytest
 
 # The tiny model's sizes (tests/tiny.py make_tiny_model defaults), used by hand-computed expectations.
 HIDDEN, LAYERS, HEADS, INTERMEDIATE = 64, 4, 4, 128
-# Default space (LoRA r=8 on q,v; adapter d=16; prefix p=8) on the tiny model, per unit:
+# The tests' space (make_spec's: LoRA r=8 on q,v kept or removed whole; adapter d=16; prefix p=8; the product's
+# default spreads LoRA over every projection at rank grain) on the tiny model, per unit:
 LORA_PARAMS = 2 * 8 * (HIDDEN + HIDDEN)  # 2048
 ADAPTER_PARAMS = HIDDEN * 16 + 16 + 16 * HIDDEN + HIDDEN  # 2128
 PREFIX_PARAMS = 2 * 8 * HIDDEN  # 1024
@@ -91,11 +92,12 @@ def make_spec(tiny_model, toy_task):
     """make_spec(**overrides) -> a SearchSpec small enough to search in about a second on the tiny model.
 
     Overrides name top-level fields, or nested ones with '__': make_spec(schedule__rounds=2, space__types=(...))."""
-    from pruning import ScheduleSpec, SearchSpec, TaskSpec, TrainSpec
+    from pruning import LoraSpec, ScheduleSpec, SearchSpec, SpaceSpec, TaskSpec, TrainSpec
 
     def make(**overrides) -> SearchSpec:
         spec = SearchSpec(
             model=tiny_model, task=TaskSpec(train=toy_task[0], dev=toy_task[1]), budget=8000,
+            space=SpaceSpec(lora=LoraSpec(targets=("q", "v"), rank_step=0)),  # the sizes above
             schedule=ScheduleSpec(rounds=3, steps_per_round=3, eval_examples=16, learn_max_share=0),
             train=TrainSpec(steps=4, batch_size=8, lr=3e-3, eval_batch_size=32))
         nested: dict[str, dict] = {}

@@ -33,8 +33,9 @@ def test_llama_units_have_the_right_sizes(llama):
     assert architecture_of(llama).name == "llama"
     net = Supernet(llama, SpaceSpec())
     sizes = net.unit_params()
-    # LoRA r=8 on q (64 -> 64) and v (64 -> 2 kv heads x 16 = 32); prefix: 2 kv heads x 8 x 16, keys and values
-    assert sizes["lora.0"] == 8 * (64 + 64) + 8 * (64 + 32)
+    # LoRA r=8 on every projection: q and o (64 -> 64), k and v (64 -> 2 kv heads x 16 = 32), gate and up
+    # (64 -> 128), down (128 -> 64); prefix: 2 kv heads x 8 x 16, keys and values
+    assert sizes["lora.0"] == 8 * (2 * (64 + 64) + 2 * (64 + 32) + 3 * (64 + 128))
     assert sizes["prefix.0"] == 2 * 2 * 8 * 16
     assert sizes["adapter.0"] == 64 * 16 + 16 + 16 * 64 + 64
 

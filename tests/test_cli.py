@@ -15,11 +15,13 @@ from pruning.cli import main
 
 ROOT = Path(__file__).parent.parent
 SMALL = ["--budget", "8000", "--rounds", "2", "--steps-per-round", "2", "--steps", "2", "--batch-size", "8"]
+WHOLE_QV = ["--lora-targets", "q,v", "--rank-step", "0"]  # the space conftest's sizes are of
 
 
 def test_search_from_flags_prints_the_summary(tiny_model, toy_task, tmp_path, capsys):
     out = tmp_path / "out"
-    code = main(["--model", tiny_model, "--train", toy_task[0], "--dev", toy_task[1], "--out", str(out), *SMALL])
+    code = main(["--model", tiny_model, "--train", toy_task[0], "--dev", toy_task[1], "--out", str(out), *SMALL,
+                 *WHOLE_QV])
     captured = capsys.readouterr()
     assert code == 0, captured.err
     result = json.loads((out / "result.json").read_text())
@@ -42,6 +44,20 @@ def test_search_from_flags_prints_the_summary(tiny_model, toy_task, tmp_path, ca
     assert f"{result['trainable_params']:,} params  validation accuracy " in front[2] and "chosen)" in front[2]
     # progress goes to stderr: phases and rounds
     assert "load: loading" in captured.err and "round 2/2:" in captured.err
+
+
+def test_the_default_space_spreads_lora_over_every_projection_at_rank_grain(tiny_model, toy_task, tmp_path,
+                                                                          capsys):
+    out = tmp_path / "out"
+    code = main(["--model", tiny_model, "--train", toy_task[0], "--dev", toy_task[1], "--out", str(out), *SMALL])
+    assert code == 0, capsys.readouterr().err
+    result = json.loads((out / "result.json").read_text())
+    space = json.loads((out / "peftsearch_config.json").read_text())["space"]
+    assert space["lora"]["targets"] == ["q", "k", "v", "o", "ffn_in", "ffn_out"] and space["lora"]["rank_step"] == 2
+    ranks = result["configuration"]["lora_ranks"]
+    assert ranks and all(rank in (2, 4, 6, 8) for rank in ranks.values())
+    assert result["trainable_params"] <= 8000
+    assert any(u["role"] for r in result["rounds"] for u in r["removed"])  # ranks shrank, not only whole units
 
 
 def test_spec_file_with_flag_overrides(tiny_model, toy_task, tmp_path, capsys):

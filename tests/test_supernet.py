@@ -53,11 +53,11 @@ def test_units_beyond_the_model_are_rejected(load_bare):
 
 
 @pytest.mark.parametrize("space, per_unit", [
-    (SpaceSpec(), {"lora": 2 * 8 * (HIDDEN + HIDDEN), "adapter": HIDDEN * 16 + 16 + 16 * HIDDEN + HIDDEN,
-                   "prefix": 2 * 8 * HIDDEN}),
-    (SpaceSpec(lora=LoraSpec(rank=3), adapter=AdapterSpec(size=5), prefix=PrefixSpec(length=2)),
+    # the default: LoRA on every projection (q, k, v, o are h -> h; ffn_in is h -> intermediate, ffn_out back)
+    (SpaceSpec(), {"lora": 8 * (4 * (HIDDEN + HIDDEN) + 2 * (HIDDEN + INTERMEDIATE)),
+                   "adapter": HIDDEN * 16 + 16 + 16 * HIDDEN + HIDDEN, "prefix": 2 * 8 * HIDDEN}),
+    (SpaceSpec(lora=LoraSpec(rank=3, targets=("q", "v")), adapter=AdapterSpec(size=5), prefix=PrefixSpec(length=2)),
      {"lora": 2 * 3 * (HIDDEN + HIDDEN), "adapter": HIDDEN * 5 + 5 + 5 * HIDDEN + HIDDEN, "prefix": 2 * 2 * HIDDEN}),
-    # q, k, v, o are h -> h; ffn_in is h -> intermediate, ffn_out intermediate -> h
     (SpaceSpec(types=("lora",), lora=LoraSpec(rank=2, targets=("q", "k", "o", "ffn_in", "ffn_out"))),
      {"lora": 2 * (3 * (HIDDEN + HIDDEN) + 2 * (HIDDEN + INTERMEDIATE))}),
 ])
@@ -80,7 +80,8 @@ def test_unit_parameter_counts_are_exact(load_bare, space, per_unit):
 
 
 def test_lora_unit_wraps_its_projections(load_bare):
-    supernet = Supernet(load_bare(), SpaceSpec(types=("lora",), lora=LoraSpec(rank=4, alpha=8.0)), ["lora.2"])
+    supernet = Supernet(load_bare(), SpaceSpec(types=("lora",), lora=LoraSpec(rank=4, alpha=8.0, targets=("q", "v"))),
+                         ["lora.2"])
     unit = supernet.unit("lora.2")
     assert unit.ranks() == {"q": 4, "v": 4}
     assert unit.describe() == {"ranks": {"q": 4, "v": 4}, "alpha": 8.0,
