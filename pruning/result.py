@@ -65,7 +65,7 @@ def pareto_front(start_params: int, records: list[RoundRecord], final_metric: fl
     front. Round r's record holds the metric of the configuration it started from (before its removals)."""
     params = [start_params, *(r.trainable_params for r in records)]
     metrics = [*(r.metric for r in records), final_metric]
-    points = [FrontPoint(i, p, m, chosen=i == len(records)) for i, (p, m) in enumerate(zip(params, metrics))]
+    points = [FrontPoint(i, p, m, chosen=i == len(records)) for i, (p, m) in enumerate(zip(params, metrics, strict=True))]
     for point in points:
         point.on_front = point.metric is not None and not any(  # dominated: as good for fewer, or better for as few
             other.metric is not None and other.params <= point.params and other.metric >= point.metric

@@ -144,7 +144,7 @@ def test_the_front_lists_every_configuration_passed_through(searched):
     assert front[-1].metric is not None and [p.chosen for p in front] == [False, False, False, True]
     assert front[-1].on_front  # nothing has fewer parameters
     on = sorted((p for p in front if p.on_front), key=lambda p: p.params)
-    assert all(a.metric < b.metric for a, b in zip(on, on[1:]))  # more parameters on the front buy more metric
+    assert all(a.metric < b.metric for a, b in zip(on, on[1:], strict=False))  # more parameters on the front buy more metric
     assert SearchResult.from_dict(json.loads(json.dumps(result.to_dict()))).front == front
 
 
