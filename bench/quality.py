@@ -13,7 +13,8 @@ On all-MiniLM-L6-v2, every method trains its final configuration with the same s
     adapter     bottleneck adapter (d=16) after the FFN of all layers
     prefix      prefix (p=16) in all layers
     random      the supernet pruned to the budget in random order (same rounds and retraining as peftsearch)
-    autopeft    AutoPEFT-style random search: 8 configurations sampled from the supernet at the budget, each
+    autopeft    AutoPEFT-style random search: 8 configurations sampled at the budget from a supernet of whole units
+                of comparable size (LoRA r=8 on q, v; adapter; prefix: on/off per layer), each
                 trained fully without the validation split, the best on that split trained again on all of train
                 and scored on dev (dev is not looked at before; rows without "selected_on" were selected on
                 dev, an optimistic bias, and are marked so)
@@ -55,7 +56,7 @@ def lora_budget(model: str, rank: int = 8) -> int:
 
 
 def base_spec(task: str, seed: int, data_dir: str, model: str):
-    from pruning import ScheduleSpec, SearchSpec, TaskSpec, TrainSpec
+    from pruning import SearchSpec, TaskSpec, TrainSpec
 
     setting = TASKS[task]
     return SearchSpec(
@@ -63,9 +64,7 @@ def base_spec(task: str, seed: int, data_dir: str, model: str):
         task=TaskSpec(glue=task, data_dir=data_dir, max_train_examples=setting.max_train_examples),
         budget=lora_budget(model),
         train=TrainSpec(steps=setting.steps, max_length=setting.max_length, batch_size=32, lr=1e-3),
-        # Low fidelity: 4 rounds of steps/40 supernet steps, 10% of the final training's steps in all.
-        schedule=ScheduleSpec(rounds=4, steps_per_round=max(5, setting.steps // 40), eval_examples=128),
-        seed=seed,
+        seed=seed,  # the product's default space, policy and schedule
     )
 
 
@@ -124,7 +123,8 @@ def run_method(method: str, task: str, seed: int, data_dir: str, model: str) -> 
     start = time.monotonic()
     with tempfile.TemporaryDirectory() as tmp:
         if method in ("lora", "adapter", "prefix"):
-            space = SpaceSpec(types=(method,), adapter=AdapterSpec(size=16), prefix=PrefixSpec(length=16))
+            space = SpaceSpec(types=(method,), lora=LoraSpec(targets=("q", "v")), adapter=AdapterSpec(size=16),
+                              prefix=PrefixSpec(length=16))
             result = pruning.fit(dataclasses.replace(spec, space=space), tmp)
             search_wall, candidates = 0.0, None
         elif method == "adalora":
@@ -146,6 +146,9 @@ def run_method(method: str, task: str, seed: int, data_dir: str, model: str) -> 
             result = pruning.search(spec, tmp)
             search_wall, candidates = result.search_wall_s, None
         elif method == "autopeft":
+            # on/off per (type, layer) over units of comparable size: one all-projection LoRA unit would take most
+            # of the budget, so sampled sets would hold almost no LoRA
+            spec = dataclasses.replace(spec, space=SpaceSpec(lora=LoraSpec(targets=("q", "v"), rank_step=0)))
             unit_params = _supernet_unit_params(spec)
             results = []
             configurations = sample_configurations(unit_params, spec.budget, AUTOPEFT_CANDIDATES, seed)
@@ -165,7 +168,7 @@ def run_method(method: str, task: str, seed: int, data_dir: str, model: str) -> 
         "metrics": result.metrics, "trainable_params": result.trainable_params, "budget": spec.budget,
         "search_wall_s": search_wall, "retrain_wall_s": 0.0 if method == "autopeft" else result.retrain_wall_s,
         "total_wall_s": time.monotonic() - start, "peak_memory_mb": result.peak_memory_mb,
-        "steps": spec.train.steps, "search_steps": spec.schedule.rounds * spec.schedule.steps_per_round,
+        "steps": spec.train.steps, "search_steps": spec.schedule.rounds * spec.round_steps(),
         "units": result.configuration["units"], "candidates": candidates,
         **({"selected_on": "validation"} if method == "autopeft" else {}),
         **({"lora_ranks": result.configuration["lora_ranks"]} if method == "alllinear" else {}),
@@ -347,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
                  for method in methods if (method == "autopeft") == last]
         for seed, task, method in order:
             key = {"task": task, "method": method, "seed": seed}
-            if store.done(key):
+            if store.done({**key, "steps": TASKS[task].steps}):  # a run at another step budget is stale
                 continue
             row = run_child("bench.quality", {**key, "data_dir": args.data_dir, "model": args.model})
             store.add({**row, "commit": commit()})
