@@ -166,3 +166,9 @@ class ImportancePolicy:
             else None
         worth = type_values(measured) if measured else None
         return fuse(scores, partition_units(keys, num_layers, self.block_cuts), self.assignment, worth), worth
+
+    def rank_scores(self, measured: dict[tuple[str, str], list[float]]) -> dict[tuple[str, str], list[float]]:
+        """The importance of each rank component of each (LoRA unit, projection): as measured, or random."""
+        if not self.random:
+            return measured
+        return {key: [self.rng.random() for _ in values] for key, values in measured.items()}

@@ -355,7 +355,8 @@ def _run_round(ctx: _Context, supernet: Supernet, policy: ImportancePolicy, inde
         supernet.remove(removed)
         records = [RemovedUnit(key, params[key], importance[key], scores_of(key)) for key in removed]
     else:
-        records = _shrink(supernet, importance, params, target, grain, step, scores_of)
+        records = _shrink(supernet, importance, params, target, policy.rank_scores(
+            {key: values.tolist() for key, values in grain.importance().items()}), step, scores_of)
     return RoundRecord(
         round=index + 1, units_left=supernet.unit_keys(), trainable_params=supernet.peft_params(),
         target_params=target, metric_name=ctx.task.primary_metric, metric=metric, train_loss=loss,
@@ -364,11 +365,10 @@ def _run_round(ctx: _Context, supernet: Supernet, policy: ImportancePolicy, inde
 
 
 def _shrink(supernet: Supernet, importance: dict[str, float], params: dict[str, int], target: int,
-            grain: RankTracker, step: int, scores_of) -> list[RemovedUnit]:
+            rank_scores: dict[tuple[str, str], list[float]], step: int, scores_of) -> list[RemovedUnit]:
     """Rank granularity: LoRA units compete as chunks of `step` rank components per projection (their share
     of the unit's importance by rank importance), the other units whole; the chosen chunks shrink their
     projections' ranks (a projection at 0 is unwrapped, a LoRA unit with none left is gone)."""
-    rank_scores = {key: values.tolist() for key, values in grain.importance().items()}
     lora = {unit for unit, _ in rank_scores}
     per_rank = {(unit, role): supernet.unit(unit).params_per_rank(role) for unit, role in rank_scores}
     chunk_importance, chunk_params = rank_chunks(importance, rank_scores, per_rank, step)

@@ -248,3 +248,14 @@ def test_types_are_measured_against_each_other_only_while_two_are_left():
     importance, worth = policy.importance(["lora.0", "lora.1"], 2, lora_scores, ablate)
     assert worth is None and len(measured) == 1  # one type left: no measurement
     assert importance["lora.1"] > importance["lora.0"]
+
+
+def test_random_pruning_draws_rank_components_at_random_too():
+    from pruning import PolicySpec
+    from pruning.hybrid import ImportancePolicy
+
+    measured = {("lora.0", "q"): [0.0, 1.0, 2.0, 3.0], ("lora.1", "v"): [5.0, 4.0]}
+    assert ImportancePolicy(PolicySpec(), DEFAULT_ASSIGNMENT, seed=0).rank_scores(measured) == measured
+    drawn = ImportancePolicy(PolicySpec(assignment="random"), {}, seed=0).rank_scores(measured)
+    assert {k: len(v) for k, v in drawn.items()} == {k: len(v) for k, v in measured.items()}
+    assert all(0 <= x < 1 for values in drawn.values() for x in values)
