@@ -15,6 +15,7 @@ from pruning.spec import SpecError, describe_error
 from store.datasets import DatasetError, DatasetInUse
 from store.jobs import IdempotencyConflict, NotCancellable, NotDeletable
 from store.specs import JobCreate
+from store.webhooks import TooManyWebhooks
 
 log = logging.getLogger("peftsearch.api")
 
@@ -70,6 +71,12 @@ def allowed_methods(app: FastAPI, request: Request) -> list[str]:
     return sorted(methods | ({"HEAD"} if "GET" in methods else set()))
 
 
+def body_model(request: Request) -> type:
+    """The model of the request's JSON body (what an unknown field's message lists the known fields of)."""
+    body = getattr(request.scope.get("route"), "body_field", None)
+    return body.field_info.annotation if body is not None else JobCreate
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def api_error(_: Request, e: ApiError):
@@ -99,6 +106,10 @@ def install(app: FastAPI) -> None:
     async def dataset_in_use(_: Request, e: DatasetInUse):
         return error_response(409, "dataset_in_use", str(e))
 
+    @app.exception_handler(TooManyWebhooks)
+    async def too_many_webhooks(_: Request, e: TooManyWebhooks):
+        return error_response(409, "too_many_webhooks", str(e))
+
     @app.exception_handler(PoolTimeout)
     async def pool_timeout(_: Request, e: PoolTimeout):
         log.warning("no database connection in time: %s", e)
@@ -112,14 +123,14 @@ def install(app: FastAPI) -> None:
                               "header's seconds", headers={"Retry-After": str(UNAVAILABLE_RETRY_S)})
 
     @app.exception_handler(RequestValidationError)
-    async def invalid_request(_: Request, e: RequestValidationError):
+    async def invalid_request(request: Request, e: RequestValidationError):
         first = e.errors()[0]
         if first["type"] == "json_invalid":
             return error_response(422, "invalid_request", f"the body is not valid JSON: {first['ctx']['error']}")
         where = [part for part in first["loc"] if part not in ("body", "query", "path", "header")]
         if first["type"] == "extra_forbidden" and first["loc"][0] == "query":
             return error_response(422, "invalid_request", "unknown query parameter", str(where[-1]))
-        param, message = describe_error({**first, "loc": where}, JobCreate)  # the only JSON body
+        param, message = describe_error({**first, "loc": where}, body_model(request))
         return error_response(422, "invalid_request", message, param or None)
 
     @app.exception_handler(HTTPException)

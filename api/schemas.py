@@ -8,10 +8,11 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, create_model
 
 from pruning.result import PHASES, ProgressEvent, RoundRecord, SearchResult
-from store.models import STATUSES, Dataset, Job
+from store.models import DELIVERY_STATUSES, STATUSES, Dataset, Job, Webhook
+from store.webhooks import EVENT_TYPES, EventType, WebhookUrl
 
 Status = Literal[STATUSES]  # type: ignore[valid-type]
 T = TypeVar("T")
@@ -96,6 +97,13 @@ class JobFields(BaseModel):
     updated_at: datetime
 
 
+class JobWebhookOut(BaseModel):
+    """The webhook given at submission (`webhook_url`); its deliveries: GET /v1/jobs/{id}/deliveries."""
+
+    id: str
+    url: str
+
+
 class JobOut(JobFields):
     search: dict[str, Any]
     attempt: int
@@ -103,17 +111,32 @@ class JobOut(JobFields):
     result: JobResult | None
     error: JobErrorOut | None
     artifact: ArtifactOut | None
+    webhook: JobWebhookOut | None = Field(None, description="The job's own webhook, when one was given.")
 
     @classmethod
-    def of(cls, job: Job) -> JobOut:
+    def of(cls, job: Job, **fields: Any) -> JobOut:
+        """`fields`: a subclass's own (JobCreated's webhook_secret)."""
         artifact = job.artifact and ArtifactOut(url=f"/v1/jobs/{job.id}/artifact", sha256=job.artifact.sha256,
                                                 size_bytes=job.artifact.size_bytes)
+        webhook = job.webhook and JobWebhookOut(id=job.webhook.id, url=job.webhook.url)
         return cls(id=job.id, status=job.status, name=job.name, metadata=job.job_metadata,
                    model=job.request["model"], dataset_id=job.dataset_id,
                    budget=job.request["budget"], search=job.request["search"], attempt=job.attempt,
                    created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at,
                    updated_at=job.updated_at, progress=job.progress, result=job.result, error=job.error,
-                   artifact=artifact)
+                   artifact=artifact, webhook=webhook, **fields)
+
+
+class JobCreated(JobOut):
+    """The submitted job, with the secret of its own webhook."""
+
+    webhook_secret: str | None = Field(None, description=(
+        "Signs the deliveries to `webhook_url` (docs/client.md: verifying a delivery). Only in the submission's "
+        "answer (and its idempotent replays): keep it."))
+
+    @classmethod
+    def of(cls, job: Job) -> JobCreated:
+        return super().of(job, webhook_secret=job.webhook and job.webhook.secret)
 
 
 class JobSummary(JobFields):
@@ -145,6 +168,63 @@ class EventOut(BaseModel):
     kind: str = Field(description="status, phase, round or error.")
     message: str
     data: dict[str, Any] | None
+    created_at: datetime
+
+
+class WebhookCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"url": "https://example.com/hooks/peftsearch", "events": ["job.succeeded", "job.failed"]}]})
+
+    url: WebhookUrl  # type: ignore[valid-type]
+    events: list[EventType] | None = Field(None, min_length=1, description=(  # type: ignore[valid-type]
+        f"Which job ends to be told of, of {', '.join(EVENT_TYPES)}; default all of them."))
+
+
+class WebhookOut(BaseModel):
+    """A webhook: every end of the owner's jobs (or of one job: `job_id`) that `events` names is POSTed to `url`,
+    signed with the webhook's secret."""
+
+    id: str
+    url: str
+    events: list[EventType]  # type: ignore[valid-type]
+    job_id: str | None = Field(description="Set for a job's own webhook (the submission's `webhook_url`).")
+    created_at: datetime
+
+    @classmethod
+    def of(cls, hook: Webhook, **fields: Any) -> WebhookOut:
+        """`fields`: a subclass's own (WebhookCreated's secret)."""
+        return cls(id=hook.id, url=hook.url, events=hook.event_types, job_id=hook.job_id,
+                   created_at=hook.created_at, **fields)
+
+
+class WebhookCreated(WebhookOut):
+    secret: str = Field(description="Signs every delivery (docs/client.md: verifying a delivery). Only in this "
+                                    "answer: keep it.")
+
+    @classmethod
+    def of(cls, hook: Webhook) -> WebhookCreated:
+        return super().of(hook, secret=hook.secret)
+
+
+class DeliveryOut(BaseModel):
+    """One notification of a job's end to one webhook, and how its sending went."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str = Field(description="The payload's `id` and the `webhook-id` header (the same on every attempt).")
+    webhook_id: str
+    job_id: str
+    type: EventType = Field(validation_alias=AliasChoices("type", "event_type"))  # type: ignore[valid-type]
+    status: Literal[DELIVERY_STATUSES] = Field(description=(  # type: ignore[valid-type]
+        "pending (its next attempt is due at `next_attempt_at`), delivered (a 2xx answer), failed (every "
+        "attempt failed)."))
+    attempts: int
+    next_attempt_at: datetime | None
+    last_attempt_at: datetime | None
+    response_status: int | None = Field(description="The last attempt's answer; null when there was none.")
+    response_excerpt: str | None = Field(description="The beginning of that answer's body (no more is kept).")
+    error: str | None = Field(description="Why the last attempt failed: no answer in time, no connection, "
+                                          "a non-2xx status.")
     created_at: datetime
 
 

@@ -3,7 +3,8 @@ and the Python client of a server (`peftsearch.Client`, in peftsearch/client.py)
 
 from __future__ import annotations
 
-CLIENT_NAMES = ("Client", "Job", "PeftsearchError", "ErrorResponse", "Unreachable", "ChecksumMismatch")
+CLIENT_NAMES = ("Client", "Job", "PeftsearchError", "ErrorResponse", "Unreachable", "ChecksumMismatch",
+                "InvalidWebhook", "verify_webhook")
 __all__ = list(CLIENT_NAMES)
 
 

@@ -12,13 +12,18 @@ REST API. No torch, no database: httpx and pydantic only (api.schemas imports th
 Requests that fail on the way are retried with backoff for up to `retry_for_s`: a 503 (overloaded, or not ready;
 after its Retry-After), and connection errors and timeouts where a retry cannot do a thing twice: GETs, a
 submission (it carries an Idempotency-Key, so the server returns the same job), a cancel, and any request that
-never reached the server. A dataset upload that may have reached the server is not retried: it would make two.
+never reached the server. A dataset upload (or a webhook's creation) that may have reached the server is not
+retried: it would make two.
+
+A receiver of the server's webhooks checks each delivery with `verify_webhook` (docs/client.md).
 """
 
 from __future__ import annotations
 
 import email.utils
 import hashlib
+import hmac
+import json
 import logging
 import os
 import random
@@ -26,7 +31,7 @@ import tarfile
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack
 from datetime import datetime, timezone
 from pathlib import Path
@@ -35,8 +40,21 @@ from typing import Any, NamedTuple, TypeVar
 import httpx
 from pydantic import BaseModel, PrivateAttr
 
-from api.schemas import DatasetOut, EventOut, JobOut, JobSummary, ModelOut, Progress, Readiness, RoundOut
+from api.schemas import (
+    DatasetOut,
+    DeliveryOut,
+    EventOut,
+    JobOut,
+    JobSummary,
+    ModelOut,
+    Progress,
+    Readiness,
+    RoundOut,
+    WebhookCreated,
+    WebhookOut,
+)
 from store.models import FINAL, SUCCEEDED
+from store.webhooks import signature
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 CHECKSUM_HEADER = "X-Checksum-SHA256"
@@ -45,6 +63,9 @@ NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 BACKOFF_FIRST_S, BACKOFF_MAX_S = 0.5, 10.0
 # The longest silence of an event stream before the client reconnects: the server sends a heartbeat every 15 s.
 STREAM_READ_TIMEOUT_S = 45.0
+# How far a webhook delivery's timestamp may be from the receiver's clock (Standard Webhooks' usual bound): an
+# older delivery captured on the way cannot be replayed later.
+WEBHOOK_TOLERANCE_S = 300
 
 log = logging.getLogger("peftsearch.client")
 T = TypeVar("T", bound=BaseModel)
@@ -76,6 +97,10 @@ class Unreachable(PeftsearchError):
 
 class ChecksumMismatch(PeftsearchError):
     """The downloaded archive's sha256 is not the one the server announced; nothing was kept."""
+
+
+class InvalidWebhook(PeftsearchError):
+    """A webhook delivery that was not signed with the secret given (or whose timestamp is too far from now)."""
 
 
 class Snapshot(NamedTuple):
@@ -154,17 +179,22 @@ class Client:
     # --- jobs ---------------------------------------------------------------------------------------------------
     def submit(self, model: str, dataset: str | DatasetOut, *, budget: str | int | None = None,
                search: dict[str, Any] | None = None, idempotency_key: str | None = None, name: str | None = None,
-               metadata: dict[str, Any] | None = None) -> Job:
+               metadata: dict[str, Any] | None = None, webhook_url: str | None = None) -> Job:
         """POST /v1/jobs. The Idempotency-Key (a new uuid4 unless given) makes retries return the same job; pass
         your own to make a rerun of your program return the job the first run submitted. `name` and `metadata`
-        (a small JSON object) are yours, returned with the job."""
+        (a small JSON object) are yours, returned with the job. `webhook_url`: the job's end is POSTed there too,
+        signed with the returned job's `webhook_secret` (only this Job has it: keep it)."""
         body: dict[str, Any] = {"model": model, "dataset_id": dataset if isinstance(dataset, str) else dataset.id,
                                 "search": search or {}}
-        for field, value in (("budget", budget), ("name", name), ("metadata", metadata)):
+        for field, value in (("budget", budget), ("name", name), ("metadata", metadata),
+                             ("webhook_url", webhook_url)):
             if value is not None:
                 body[field] = value
         key = idempotency_key or str(uuid.uuid4())
-        return self._job(self._json("POST", "/v1/jobs", json=body, headers={"Idempotency-Key": key}))
+        data = self._json("POST", "/v1/jobs", json=body, headers={"Idempotency-Key": key})
+        job = self._job(data)
+        job._webhook_secret = data.get("webhook_secret")
+        return job
 
     def job(self, job_id: str) -> Job:
         return self._job(self._json("GET", f"/v1/jobs/{job_id}"))
@@ -204,6 +234,15 @@ class Client:
 
     def rounds(self, job_id: str) -> list[RoundOut]:
         return [RoundOut.model_validate(r) for r in self._json("GET", f"/v1/jobs/{job_id}/rounds")["data"]]
+
+    def deliveries(self, webhook_id: str | None = None, *, job: str | None = None,
+                   limit: int | None = 20) -> list[DeliveryOut]:
+        """The webhook deliveries of one webhook, or of one job's end (`job`), newest first: `limit` of them
+        (None: all)."""
+        if (webhook_id is None) == (job is None):
+            raise PeftsearchError("deliveries of a webhook or of a job: give one of webhook_id and job")
+        path = f"/v1/webhooks/{webhook_id}/deliveries" if job is None else f"/v1/jobs/{job}/deliveries"
+        return self._page(DeliveryOut, path, limit=limit)
 
     def download_archive(self, job_id: str, path: str | os.PathLike) -> Path:
         """The job's .tar.gz at `path`, its sha256 checked against the server's X-Checksum-SHA256 (written aside,
@@ -252,6 +291,26 @@ class Client:
                 raise PeftsearchError(f"job {job_id}'s archive does not hold one directory named after the job")
             (unpacked / job_id).rename(target)  # same file system; refuses a target that appeared meanwhile
         return target
+
+    # --- webhooks -----------------------------------------------------------------------------------------------
+    def create_webhook(self, url: str, events: list[str] | None = None) -> WebhookCreated:
+        """POST /v1/webhooks: the ends of your jobs that `events` names (of job.succeeded, job.failed,
+        job.cancelled; default all) are POSTed to `url`, signed with the answer's `secret`, which the server shows
+        only now (see verify_webhook). Not retried once it may have reached the server: it would make two
+        (webhooks() shows whether it arrived)."""
+        body: dict[str, Any] = {"url": url, **({"events": events} if events is not None else {})}
+        return WebhookCreated.model_validate(self._json("POST", "/v1/webhooks", json=body, idempotent=False))
+
+    def webhooks(self, limit: int | None = 20) -> list[WebhookOut]:
+        """Your webhooks for all your jobs, newest first: `limit` of them (None: all)."""
+        return self._page(WebhookOut, "/v1/webhooks", limit=limit)
+
+    def webhook(self, webhook_id: str) -> WebhookOut:
+        return WebhookOut.model_validate(self._json("GET", f"/v1/webhooks/{webhook_id}"))
+
+    def delete_webhook(self, webhook_id: str) -> None:
+        """DELETE /v1/webhooks/{id}: the webhook and its deliveries; nothing more is sent to it."""
+        self._send("DELETE", f"/v1/webhooks/{webhook_id}", read=lambda _: None, gone_on_retry=True)
 
     # --- HTTP ---------------------------------------------------------------------------------------------------
     def _job(self, data: dict[str, Any]) -> Job:
@@ -337,6 +396,13 @@ class Job(JobOut):
     A Job does not change: refresh() and wait() return new ones."""
 
     _client: Client = PrivateAttr()
+    _webhook_secret: str | None = PrivateAttr(None)
+
+    @property
+    def webhook_secret(self) -> str | None:
+        """The secret that signs the deliveries to the job's own webhook (`webhook_url`): on the Job submit()
+        returned only, as the server shows it only in the submission's answer."""
+        return self._webhook_secret
 
     @property
     def done(self) -> bool:
@@ -360,6 +426,10 @@ class Job(JobOut):
 
     def rounds(self) -> list[RoundOut]:
         return self._client.rounds(self.id)
+
+    def deliveries(self) -> list[DeliveryOut]:
+        """The webhook deliveries of this job's end (its own webhook's and your others'), newest first."""
+        return self._client.deliveries(job=self.id, limit=None)
 
     def follow(self, poll_s: float = 1.0, events: bool = True, stream: bool = True) -> Iterator[Snapshot]:
         """Follow the job until it is final (the last snapshot is), yielding it with the events since the last
@@ -450,6 +520,27 @@ class Job(JobOut):
     def download(self, into: str | os.PathLike) -> Path:
         """The result directory, `into/<job id>/`; see Client.download."""
         return self._client.download(self.id, into)
+
+
+def verify_webhook(body: bytes, headers: Mapping[str, str], secret: str, *,
+                   tolerance_s: float = WEBHOOK_TOLERANCE_S) -> dict[str, Any]:
+    """The payload of a webhook delivery ({"id", "type", "created_at", "data": {"job": ...}}) once its signature
+    checks out: `body` as received (bytes, before any parsing), its headers (webhook-id, webhook-timestamp,
+    webhook-signature; any case), the webhook's secret. Raises InvalidWebhook when it was not signed with that
+    secret, or its timestamp is more than `tolerance_s` from this machine's clock (a replay)."""
+    headers = {name.lower(): value for name, value in headers.items()}
+    try:
+        message_id, timestamp, signatures = (headers[h] for h in ("webhook-id", "webhook-timestamp",
+                                                                  "webhook-signature"))
+        sent_at = int(timestamp)
+    except (KeyError, ValueError) as e:
+        raise InvalidWebhook(f"not a signed webhook delivery: missing or malformed header {e}") from e
+    if abs(time.time() - sent_at) > tolerance_s:
+        raise InvalidWebhook(f"webhook timestamp {sent_at} is more than {tolerance_s:g} s from now")
+    expected = signature(secret, message_id, sent_at, body)
+    if not any(hmac.compare_digest(expected, given) for given in signatures.split()):  # several while rotating
+        raise InvalidWebhook("webhook signature does not match: another secret, or the body was changed")
+    return json.loads(body)
 
 
 class SseMessage(NamedTuple):

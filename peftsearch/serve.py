@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     from api.app import create_app
     from store.db import upgrade
     from store.settings import get_settings
-    from worker import reaper
+    from worker import reaper, webhooks
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = get_settings()
@@ -49,6 +49,8 @@ def run(args: argparse.Namespace) -> int:
         threading.Thread(target=embedded.run_forever, args=(settings, stop), name="worker", daemon=True).start()
     # Any API process may reap: each re-queue is a conditional update, so only one of several wins.
     threading.Thread(target=reaper.reap_forever, args=(settings, stop), name="reaper", daemon=True).start()
+    # Likewise any may send webhook deliveries: each is claimed by one sender at a time (store/webhooks.py).
+    threading.Thread(target=webhooks.deliver_forever, args=(settings, stop), name="webhooks", daemon=True).start()
     mode = "embedded worker" if settings.embedded else f"broker {settings.broker_url}, queue {settings.queue}"
     logging.getLogger("peftsearch").info("serving on http://%s:%d (%s, %d API process%s)", args.host, args.port,
                                          mode, args.workers, "es" if args.workers > 1 else "")

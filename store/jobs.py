@@ -38,7 +38,8 @@ from .models import (
     utcnow,
 )
 from .settings import Settings
-from .specs import LABELS, JobCreate, JobFilters, admit, build_spec
+from .specs import ABOUT_THE_JOB, JobCreate, JobFilters, admit, build_spec
+from .webhooks import create_webhook, record_deliveries
 
 
 class NotCancellable(Exception):
@@ -76,11 +77,11 @@ def submit(session: Session, *, owner: str, body: JobCreate, idempotency_key: st
     if dataset is None:
         raise SpecError("dataset_id", f"no dataset {body.dataset_id!r}; upload one with POST /v1/datasets")
     spec = build_spec(body, model_path, task_spec(dataset, settings.datasets))
-    request = {k: v for k, v in submitted.items() if k not in LABELS}
+    request = {k: v for k, v in submitted.items() if k not in ABOUT_THE_JOB}
     try:
         return create_job(session, owner=owner, request=request, request_hash=request_hash,
                           idempotency_key=idempotency_key, spec=spec, dataset_id=dataset.id, name=body.name,
-                          metadata=body.metadata), False
+                          metadata=body.metadata, webhook_url=body.webhook_url), False
     except IntegrityError:  # a concurrent request with the same key got there first
         session.rollback()
         return _replay(job_by_idempotency_key(session, owner, idempotency_key), request_hash), True
@@ -94,7 +95,8 @@ def _replay(job: Job, request_hash: str) -> Job:
 
 def create_job(session: Session, *, owner: str, request: dict[str, Any], request_hash: str,
                idempotency_key: str | None, spec: dict[str, Any], dataset_id: str, name: str | None = None,
-               metadata: dict[str, Any] | None = None) -> Job:
+               metadata: dict[str, Any] | None = None, webhook_url: str | None = None) -> Job:
+    """The queued job, with its own webhook when a URL is given (notified of every end)."""
     job = Job(id=new_id("job"), owner=owner, status=QUEUED, request=request, request_hash=request_hash,
               idempotency_key=idempotency_key, spec=spec, dataset_id=dataset_id, name=name,
               job_metadata=metadata)
@@ -102,6 +104,8 @@ def create_job(session: Session, *, owner: str, request: dict[str, Any], request
     session.add(job)
     add_event(session, job.id, "status", QUEUED)
     session.flush()  # here, so that a duplicate idempotency key raises inside submit's try
+    hook = create_webhook(session, owner=owner, url=webhook_url, job_id=job.id) if webhook_url else None
+    set_committed_value(job, "webhook", hook)
     return job
 
 
@@ -176,6 +180,7 @@ def cancel(session: Session, job: Job) -> None:
     now = utcnow()
     if _move(session, job.id, (QUEUED,), status=CANCELLED, finished_at=now):
         add_event(session, job.id, "status", CANCELLED)
+        record_deliveries(session, job.id, CANCELLED)
     elif _move(session, job.id, (RUNNING,), status=CANCELLING):
         add_event(session, job.id, "status", CANCELLING)
     session.refresh(job)
@@ -280,6 +285,7 @@ def finish(session: Session, job_id: str, attempt: int, status: str, *, result: 
     if artifact is not None:
         session.add(Artifact(id=new_id("art"), job_id=job_id, **artifact))
     add_event(session, job_id, "status", status, error)
+    record_deliveries(session, job_id, status)
     return True
 
 
@@ -318,6 +324,8 @@ def reap(session: Session, *, stale_before: datetime, max_attempts: int, unsent_
             values, message = dict(status=QUEUED, enqueued_at=None), QUEUED
         if session.execute(update(Job).where(still_stale).values(updated_at=now, **values)).rowcount:
             add_event(session, job_id, "status", message, {"reason": "no heartbeat from the worker"})
+            if message in FINAL:
+                record_deliveries(session, job_id, message)
             requeued += [job_id] if message == QUEUED else []
     unsent = (Job.status == QUEUED) & Job.enqueued_at.is_(None) & (Job.updated_at < unsent_before)
     to_send = set(requeued)

@@ -16,6 +16,9 @@ QUEUED, RUNNING, CANCELLING, SUCCEEDED, FAILED, CANCELLED = (
 STATUSES = (QUEUED, RUNNING, CANCELLING, SUCCEEDED, FAILED, CANCELLED)
 ACTIVE = (RUNNING, CANCELLING)  # a worker holds the job
 FINAL = (SUCCEEDED, FAILED, CANCELLED)
+# A webhook delivery's statuses: waiting for its (next) attempt, answered with a 2xx, given up on.
+PENDING, DELIVERED = "pending", "delivered"
+DELIVERY_STATUSES = (PENDING, DELIVERED, FAILED)
 
 JsonDoc = JSON().with_variant(JSONB(), "postgresql")
 BigId = BigInteger().with_variant(Integer(), "sqlite")  # SQLite autoincrements only INTEGER PRIMARY KEY
@@ -112,8 +115,9 @@ class Job(Base):
     finished_at: Mapped[datetime | None]
     heartbeat_at: Mapped[datetime | None]
 
-    # Loaded with the job in the same query (a LEFT JOIN on a unique key): every reader of a job shows it.
+    # Loaded with the job in the same query (LEFT JOINs on unique keys): every reader of a job shows them.
     artifact: Mapped[Artifact | None] = relationship(lazy="joined", viewonly=True)
+    webhook: Mapped[Webhook | None] = relationship(lazy="joined", viewonly=True)  # given at submission
 
 
 class JobEvent(Base):
@@ -158,4 +162,49 @@ class Artifact(Base):
     path: Mapped[str] = mapped_column(Text)  # relative to the artifact directory
     sha256: Mapped[str] = mapped_column(String(64))
     size_bytes: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Webhook(Base):
+    """Where an owner's job notifications go: every job of the owner (job_id None), or one job (its submission's
+    webhook_url; deleted with the job)."""
+
+    __tablename__ = "webhooks"
+    __table_args__ = (Index("ix_webhooks_owner_id", "owner", "id"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(200))
+    url: Mapped[str] = mapped_column(Text)
+    # Signs each delivery (HMAC-SHA256); kept as given out, since signing needs it, and shown only at creation.
+    secret: Mapped[str] = mapped_column(String(100))
+    event_types: Mapped[list[Any]]  # of store.webhooks.EVENT_TYPES
+    job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class WebhookDelivery(Base):
+    """One notification of one webhook about one job's end, and how its sending went (worker/webhooks.py)."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        Index("ix_webhook_deliveries_status_next_attempt_at", "status", "next_attempt_at"),  # the sender's scan
+        Index("ix_webhook_deliveries_webhook_id_id", "webhook_id", "id"),
+        Index("ix_webhook_deliveries_job_id_id", "job_id", "id"),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)  # the payload's id and the webhook-id header
+    webhook_id: Mapped[str] = mapped_column(ForeignKey("webhooks.id", ondelete="CASCADE"))
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    event_type: Mapped[str] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(16), default=PENDING)
+    attempts: Mapped[int] = mapped_column(default=0)  # started so far; also fences a sender's outcome
+    # Pending: when the next attempt is due (while an attempt is under way, when it may be taken over). None once
+    # delivered or failed.
+    next_attempt_at: Mapped[datetime | None]
+    last_attempt_at: Mapped[datetime | None]
+    # The last attempt: its answer's status and the beginning of its body (no more is kept; None: no answer),
+    # and why it failed (None: it succeeded).
+    response_status: Mapped[int | None]
+    response_excerpt: Mapped[str | None] = mapped_column(String(200))
+    error: Mapped[str | None] = mapped_column(String(500))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

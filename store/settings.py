@@ -66,6 +66,15 @@ class Settings(BaseSettings):
     events_poll_s: float = 1.0
     events_heartbeat_s: float = 15.0
     events_stream_max_s: float = 60.0
+    # Webhooks (store/webhooks.py, worker/webhooks.py): every `peftsearch serve` looks for due deliveries every
+    # webhook_poll_s; a receiver gets webhook_timeout_s for its whole answer; a failed attempt (timeout,
+    # connection error, non-2xx answer) is tried again after each wait of webhook_retry_s in turn, and the
+    # delivery is failed once they are spent (at most 1 + len(webhook_retry_s) attempts). JSON in the environment,
+    # e.g. PEFTSEARCH_WEBHOOK_RETRY_S='[10, 60]'. An owner has at most max_webhooks webhooks for all its jobs.
+    webhook_poll_s: float = Field(1.0, gt=0)
+    webhook_timeout_s: float = Field(10.0, gt=0)
+    webhook_retry_s: list[float] = Field(default_factory=lambda: [10.0, 60.0, 300.0, 1800.0, 7200.0])
+    max_webhooks: int = 20
 
     @property
     def embedded(self) -> bool:

@@ -24,6 +24,7 @@ from pruning.spec import SearchSpec, SpecError, TaskSpec
 
 from .models import STATUSES
 from .settings import Settings
+from .webhooks import WebhookUrl
 
 INT64 = 2**63 - 1  # what the database's integers hold
 SEED_MAX = 2**32 - 1  # numpy's seed range
@@ -31,7 +32,9 @@ SEED_MAX = 2**32 - 1  # numpy's seed range
 # the device by where the deployment's workers run.
 SET_BY_SERVICE = ("model", "task", "budget", "device")
 MAX_METADATA_BYTES, MAX_METADATA_DEPTH = 4096, 8  # a job's metadata: a label set, not a store
-LABELS = {"name", "metadata"}  # what a job request says about the job, not about its search
+# What a job request says about the job, not about its search: kept apart from the job's request (columns, a
+# webhook of their own), and in what an idempotent replay must match only when given.
+ABOUT_THE_JOB = {"name", "metadata", "webhook_url"}
 
 
 def overrides_model(cls: type, name: str, exclude: tuple[str, ...] = ()) -> type[BaseModel]:
@@ -75,6 +78,9 @@ class JobCreate(BaseModel):
     metadata: dict[str, Any] | None = Field(None, description=(
         f"Your own JSON object, returned as given: at most {MAX_METADATA_BYTES} bytes as compact JSON, nested "
         f"at most {MAX_METADATA_DEPTH} levels."))
+    webhook_url: WebhookUrl | None = Field(None, description=(  # type: ignore[valid-type]
+        "Notify this URL when the job ends (job.succeeded, job.failed, job.cancelled), besides your webhooks "
+        "for all jobs (POST /v1/webhooks). The answer's `webhook_secret` signs its deliveries."))
 
     @model_validator(mode="before")
     @classmethod
@@ -96,11 +102,11 @@ class JobCreate(BaseModel):
 
     def as_submitted(self) -> dict[str, Any]:
         """What an idempotent replay must match: the top-level fields, the search fields the caller set, and the
-        name and metadata when given (left out when not, as they were before jobs had them). The job keeps it
-        as its request, less the name and metadata (their own columns)."""
-        labels = {k: v for k, v in self.model_dump(mode="json", include=LABELS).items() if v is not None}
-        return {**self.model_dump(mode="json", exclude={"search", *LABELS}),
-                "search": self.search.model_dump(mode="json", exclude_unset=True), **labels}
+        name, metadata and webhook URL when given (left out when not, as they were before jobs had them). The job
+        keeps it as its request, less those three (their own columns, and the job's webhook)."""
+        about = {k: v for k, v in self.model_dump(mode="json", include=ABOUT_THE_JOB).items() if v is not None}
+        return {**self.model_dump(mode="json", exclude={"search", *ABOUT_THE_JOB}),
+                "search": self.search.model_dump(mode="json", exclude_unset=True), **about}
 
 
 class JobFilters(BaseModel):

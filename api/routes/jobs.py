@@ -1,5 +1,5 @@
 """/v1/jobs: submit, list, poll, cancel, delete, follow events (JSON pages or a stream) and rounds, download the
-pruned adapter.
+pruned adapter, see the webhook deliveries of its end.
 
 Each route does its database work in one `with caller.session()` block (see deps.py) and builds its answer after.
 """
@@ -13,7 +13,7 @@ from fastapi.responses import FileResponse
 from pydantic import Field
 from sqlalchemy.orm import Session
 
-from store import jobs
+from store import jobs, webhooks
 from store.artifacts import remove_job_files
 from store.models import FINAL, SUCCEEDED, Job
 from store.specs import INT64, JobCreate, JobFilters
@@ -21,7 +21,7 @@ from worker.queue import enqueue
 
 from ..deps import Config, CurrentCaller
 from ..errors import ApiError, documented
-from ..schemas import EventOut, JobOut, JobPage, JobSummary, Page, RoundOut
+from ..schemas import DeliveryOut, EventOut, JobCreated, JobOut, JobPage, JobSummary, Page, RoundOut
 from ..streams import MEDIA_TYPE, event_stream, wants_event_stream
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=documented(400, 401, 404, 409, 422, 503))
@@ -35,11 +35,11 @@ def owned_job(session: Session, owner: str, job_id: str) -> Job:
     return job
 
 
-@router.post("", status_code=201, response_model=JobOut, summary="Submit a search job")
+@router.post("", status_code=201, response_model=JobCreated, summary="Submit a search job")
 def submit_job(body: JobCreate, response: Response, background: BackgroundTasks, caller: CurrentCaller,
                settings: Config, idempotency_key: Annotated[str | None, Header(max_length=255, description=(
                    "Retry-safe submission: the same key and body return the same job; "
-                   "the same key with another body is a 409."))] = None) -> JobOut:
+                   "the same key with another body is a 409."))] = None) -> JobCreated:
     with caller.session() as session:
         job, replayed = jobs.submit(session, owner=caller.owner, body=body,
                                     idempotency_key=idempotency_key, settings=settings)
@@ -48,7 +48,7 @@ def submit_job(body: JobCreate, response: Response, background: BackgroundTasks,
         response.headers["Idempotent-Replayed"] = "true"
     else:  # committed, so the worker finds the row; sent after the answer, which a slow broker must not delay
         background.add_task(enqueue, settings, job.id)
-    return JobOut.of(job)
+    return JobCreated.of(job)
 
 
 class JobListQuery(JobFilters):
@@ -121,6 +121,17 @@ def list_rounds(job_id: str, caller: CurrentCaller) -> Page[RoundOut]:
         owned_job(session, caller.owner, job_id)
         rows = jobs.list_rounds(session, job_id)
     return Page[RoundOut](data=[RoundOut.model_validate(r) for r in rows])
+
+
+@router.get("/{job_id}/deliveries", response_model=Page[DeliveryOut],
+            summary="The webhook deliveries of the job's end, newest first (its own webhook's and your others')")
+def list_deliveries(job_id: str, caller: CurrentCaller,
+                    after: Annotated[str | None, Query(max_length=40, description="The previous page's `next`.")] = None,
+                    limit: Limit = 20) -> Page[DeliveryOut]:
+    with caller.session() as session:
+        owned_job(session, caller.owner, job_id)
+        rows = webhooks.list_deliveries(session, job_id=job_id, after=after, limit=limit + 1)
+    return Page[DeliveryOut].of(rows, limit, DeliveryOut.model_validate)
 
 
 @router.get("/{job_id}/artifact", response_class=FileResponse, summary="Download the pruned adapter (.tar.gz)",

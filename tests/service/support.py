@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -78,15 +81,72 @@ def wait_until(check: Callable[[], object], timeout: float, what: str, logs: lis
 
 
 def forget_owner(url: str, owner: str) -> None:
-    """Delete what a test committed for `owner` (jobs with their events, rounds and artifacts; datasets; keys):
+    """Delete what a test committed for `owner` (webhooks and deliveries; jobs with their events, rounds and
+    artifacts; datasets; keys):
     the session's schema is shared, and the reaper's tests see every queued job in it."""
     from sqlalchemy import delete
 
     from store.db import session_factory
-    from store.models import ApiKey, Dataset, Job
+    from store.models import ApiKey, Dataset, Job, Webhook
 
     with session_factory(url).begin() as session:
+        session.execute(delete(Webhook).where(Webhook.owner == owner))
         session.execute(delete(Job).where(Job.owner == owner))
         session.execute(delete(Dataset).where(Dataset.owner == owner))
         session.execute(delete(ApiKey).where(ApiKey.owner == owner))
 
+
+
+@dataclasses.dataclass(frozen=True)
+class Received:
+    path: str
+    headers: dict[str, str]  # names in lower case
+    body: bytes
+
+
+class Receiver:
+    """A webhook receiver on 127.0.0.1 (a free port) that records every POST. It answers each with the next of
+    `answers` (HTTP statuses; 200 once they are used up), after holding it while `hold` is set (a slow
+    receiver; released on close)."""
+
+    def __init__(self):
+        self.received: list[Received] = []
+        self.answers: list[int] = []
+        self.hold = threading.Event()
+        self.released = threading.Event()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                receiver.received.append(Received(self.path, {k.lower(): v for k, v in self.headers.items()},
+                                                  body))
+                if receiver.hold.is_set():
+                    receiver.released.wait(60)
+                status = receiver.answers.pop(0) if receiver.answers else 200
+                self.send_response(status)
+                self.send_header("Content-Type", "text/plain")
+                self.end_headers()
+                self.wfile.write(f"status {status} ".encode() + b"x" * 1000)  # longer than what is kept
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.released.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@contextmanager
+def receiver() -> Iterator[Receiver]:
+    running = Receiver()
+    try:
+        yield running
+    finally:
+        running.close()

@@ -87,7 +87,8 @@ def test_submit_returns_a_queued_job_and_records_its_spec(client, auth, dataset_
     assert spec["model"] == tiny_model and spec["budget"] == "2%"
     assert spec["schedule"]["rounds"] == 2 and spec["train"]["steps"] == 30
     assert spec["task"]["train"].endswith(f"{dataset_id}/train.csv")
-    assert client.get(f"/v1/jobs/{job['id']}", headers=auth).json() == job
+    # The submission's answer is the job, and the secret of its own webhook (none asked for here).
+    assert {**client.get(f"/v1/jobs/{job['id']}", headers=auth).json(), "webhook_secret": None} == job
     events = client.get(f"/v1/jobs/{job['id']}/events", headers=auth).json()
     assert [(e["kind"], e["message"]) for e in events["data"]] == [("status", "queued")]
     assert client.get(f"/v1/jobs/{job['id']}/rounds", headers=auth).json() == {"data": [], "next": None}
@@ -400,10 +401,13 @@ def test_openapi_describes_every_route_with_its_errors(client):
         ("GET", "/v1/jobs/{job_id}/events"), ("GET", "/v1/jobs/{job_id}/rounds"),
         ("GET", "/v1/jobs/{job_id}/artifact"), ("DELETE", "/v1/jobs/{job_id}"), ("POST", "/v1/datasets"),
         ("GET", "/v1/datasets"), ("GET", "/v1/datasets/{dataset_id}"), ("DELETE", "/v1/datasets/{dataset_id}"),
+        ("GET", "/v1/jobs/{job_id}/deliveries"), ("POST", "/v1/webhooks"), ("GET", "/v1/webhooks"),
+        ("GET", "/v1/webhooks/{webhook_id}"), ("DELETE", "/v1/webhooks/{webhook_id}"),
+        ("GET", "/v1/webhooks/{webhook_id}/deliveries"),
         ("GET", "/v1/models"), ("GET", "/healthz"), ("GET", "/readyz")}
     schemas = document["components"]["schemas"]
     assert {"JobCreate", "JobOut", "Progress", "JobResult", "DatasetOut", "RoundOut", "EventOut", "ErrorOut",
-            "ModelOut"} <= set(schemas)
+            "ModelOut", "WebhookCreate", "WebhookOut", "WebhookCreated", "DeliveryOut"} <= set(schemas)
     assert "HTTPValidationError" not in schemas  # every 422 is the envelope
     envelope = {"$ref": "#/components/schemas/ErrorOut"}
     for path, item in document["paths"].items():

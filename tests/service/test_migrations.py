@@ -18,7 +18,8 @@ from store.models import Base
 
 from .support import PG_URL, ROOT
 
-TABLES = {"alembic_version", "api_keys", "datasets", "jobs", "job_events", "rounds", "artifacts"}
+TABLES = {"alembic_version", "api_keys", "datasets", "jobs", "job_events", "rounds", "artifacts", "webhooks",
+          "webhook_deliveries"}
 
 
 def differences(url: str, metadata: MetaData) -> list:
