@@ -15,6 +15,8 @@ COMMANDS = {
     "keys": ("peftsearch.keys", "manage API keys"),
     "jobs": ("peftsearch.jobs_cmd", "search jobs on a server: submit, list, get, watch, cancel, download, delete"),
     "datasets": ("peftsearch.datasets_cmd", "datasets on a server: upload, list, get, delete"),
+    "webhooks": ("peftsearch.webhooks_cmd", "where a server POSTs your jobs' ends: create, list, get, delete, "
+                                            "deliveries"),
     "demo": ("peftsearch.demo", "start the embedded service, run a real search through the API, stop"),
 }
 

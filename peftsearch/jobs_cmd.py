@@ -65,6 +65,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     submit.add_argument("--name", help="your label for the job")
     submit.add_argument("--metadata", type=json_object, metavar="JSON|@FILE",
                         help="your own small JSON object, returned with the job (at most 4 KiB)")
+    submit.add_argument("--webhook-url", metavar="URL",
+                        help="POST the job's end there too; the secret that signs it is printed on stderr, once")
     add_follow_arguments(submit)
     submit.add_argument("--watch", action="store_true", help="follow the job to its end, then print its summary")
 
@@ -115,11 +117,15 @@ def run(args: argparse.Namespace) -> int:
 
 
 def submit(client, args: argparse.Namespace) -> int:
-    from .console import out
+    from .console import err, out
 
     job = client.submit(args.model, args.dataset, budget=args.budget, search=search_with(args.search, args),
-                        idempotency_key=args.idempotency_key, name=args.name, metadata=args.metadata)
+                        idempotency_key=args.idempotency_key, name=args.name, metadata=args.metadata,
+                        webhook_url=args.webhook_url)
     out.print(job.id, highlight=False)
+    if job.webhook_secret:
+        err.print(f"webhook {job.webhook.id} -> {job.webhook.url}, signed with (shown once): {job.webhook_secret}",
+                  highlight=False)
     return watch_job(job, args) if args.watch else 0
 
 

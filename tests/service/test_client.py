@@ -21,7 +21,15 @@ from pathlib import Path
 import pytest
 import uvicorn
 
-from peftsearch import ChecksumMismatch, Client, ErrorResponse, PeftsearchError, Unreachable
+from peftsearch import (
+    ChecksumMismatch,
+    Client,
+    ErrorResponse,
+    InvalidWebhook,
+    PeftsearchError,
+    Unreachable,
+    verify_webhook,
+)
 from peftsearch.cli import main
 from store.db import session_factory, upgrade
 from store.keys import create_key
@@ -397,3 +405,66 @@ def test_delete_and_get_through_the_client_and_the_cli(server, capsys, toy_files
     status, _, err = server.cli(capsys, "jobs", "get", job.id)
     assert status == 1 and "not_found (404)" in err
     assert not (server.settings.datasets / dataset.id).exists()
+
+
+def test_webhooks_through_the_client_and_the_cli(server, dataset, capsys):
+    """`webhooks create|list|get|deliveries|delete`, `jobs submit --webhook-url` and the SDK's calls, with one real
+    job whose end the sender (here one pass of it, as `peftsearch serve` runs it) delivers to both webhooks."""
+    from worker.webhooks import deliver_once
+
+    from .support import receiver
+
+    with receiver() as hooks:
+        status, out, err = server.cli(capsys, "webhooks", "create", hooks.url + "/all", "--event", "job.succeeded",
+                                      "--event", "job.failed")
+        assert status == 0, err
+        secret = out.strip()
+        assert secret.startswith("whsec_") and "\n" not in secret  # the secret alone on stdout
+        hook_id = re.search(r"webhook (wh_\w+)", err).group(1)
+        status, out, _ = server.cli(capsys, "webhooks", "list", "--json")
+        assert status == 0 and [h["id"] for h in json.loads(out)] == [hook_id] and "whsec_" not in out
+        status, out, _ = server.cli(capsys, "webhooks", "get", hook_id)
+        assert json.loads(out)["events"] == ["job.succeeded", "job.failed"]
+
+        status, out, err = server.cli(capsys, "jobs", "submit", "--model", TINY, "--dataset", dataset.id,
+                                      "--budget", "2%", "--search", json.dumps(TINY_SEARCH), "--webhook-url",
+                                      hooks.url + "/own", "--watch", "--poll", "0.2")
+        assert status == 0, err
+        job_id = out.splitlines()[0]
+        own_secret = re.search(r"shown once\): (whsec_\S+)", err).group(1)
+        assert deliver_once(server.settings) == 2
+        secrets = {"/all": secret, "/own": own_secret}
+        for request in hooks.received:
+            payload = verify_webhook(request.body, request.headers, secrets[request.path])
+            assert (payload["type"], payload["data"]["job"]["id"]) == ("job.succeeded", job_id)
+            with pytest.raises(InvalidWebhook):
+                verify_webhook(request.body, request.headers, secrets[{"/all": "/own", "/own": "/all"}[request.path]])
+        assert sorted(r.path for r in hooks.received) == ["/all", "/own"]
+
+        status, out, _ = server.cli(capsys, "webhooks", "deliveries", hook_id, "--json")
+        (delivered,) = json.loads(out)
+        assert (delivered["job_id"], delivered["status"], delivered["attempts"]) == (job_id, "delivered", 1)
+        status, out, _ = server.cli(capsys, "webhooks", "deliveries", "--job", job_id)
+        assert status == 0 and out.count("delivered") == 2 and "job.succeeded" in out
+        status, _, err = server.cli(capsys, "webhooks", "deliveries")
+        assert status == 2 and "one of the arguments webhook_id --job is required" in err
+
+        with server.client() as client:
+            job = client.job(job_id)
+            assert job.webhook.url == hooks.url + "/own"
+            assert sorted(d.webhook_id for d in job.deliveries()) == sorted([hook_id, job.webhook.id])
+            assert job.webhook_secret is None  # shown in the submission's answer only
+            created = client.create_webhook(hooks.url + "/sdk")
+            assert created.secret.startswith("whsec_") and created.events == ["job.succeeded", "job.failed",
+                                                                              "job.cancelled"]
+            assert {h.id for h in client.webhooks()} == {hook_id, created.id}
+            assert client.deliveries(created.id) == []
+            client.delete_webhook(created.id)
+            with pytest.raises(ErrorResponse, match="invalid_request") as bad:
+                client.create_webhook("ftp://example.com/")
+            assert bad.value.param == "url"
+
+        status, out, _ = server.cli(capsys, "webhooks", "delete", hook_id)
+        assert status == 0 and f"{hook_id} deleted" in out
+        status, _, err = server.cli(capsys, "webhooks", "get", hook_id)
+        assert status == 1 and "not_found (404)" in err
