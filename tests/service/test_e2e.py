@@ -1,7 +1,8 @@
 """End to end, with real processes: the docker-compose services' own commands run on this host against the local
 PostgreSQL and Redis (a real Celery worker), and `peftsearch serve` with no configuration (SQLite, in-process
 worker). Each submits a tiny search over REST, follows it to the end, downloads the archive, checks its sha256,
-and reloads the adapter inside to reproduce the job's dev metric."""
+reloads the adapter inside to reproduce the job's dev metric, and gets the job's end at a webhook (sent by the
+serving process)."""
 
 from __future__ import annotations
 
@@ -22,8 +23,10 @@ from .support import (
     ROOT,
     TINY,
     TINY_SEARCH,
+    Receiver,
     empty_schema,
     free_port,
+    receiver,
     start,
     stop,
     wait_until,
@@ -81,10 +84,34 @@ def full_env(env: dict[str, str]) -> dict[str, str]:
 def run_a_job(base_url: str, key: str, toy: tuple[Path, Path], tiny_model: str, tmp_path: Path,
               logs: list[Path]) -> None:
     """The user's path through the API, checked at each step."""
-    from pruning import evaluate
-
     client = httpx.Client(base_url=base_url, headers={"Authorization": f"Bearer {key}"}, timeout=30)
     wait_until(lambda: _ready(client), 120, "the API to be ready", logs)
+    with receiver() as hooks:
+        hook = client.post("/v1/webhooks", json={"url": hooks.url + "/e2e"})
+        assert hook.status_code == 201, hook.text
+        job_id = follow_a_job(client, toy, tiny_model, tmp_path, logs)
+        notified(client, hooks, hook.json(), job_id, logs)
+
+
+def notified(client: httpx.Client, hooks: Receiver, hook: dict, job_id: str, logs: list[Path]) -> None:
+    """The serving process's sender POSTed the job's end to the webhook, once, signed, and recorded it."""
+    from peftsearch import verify_webhook
+
+    wait_until(lambda: hooks.received, 60, "the job's end at the webhook", logs)
+    payload = verify_webhook(hooks.received[0].body, hooks.received[0].headers, hook["secret"])
+    assert payload["type"] == "job.succeeded"
+    assert payload["data"]["job"] == client.get(f"/v1/jobs/{job_id}").json()
+    (delivery,) = wait_until(lambda: [d for d in client.get(f"/v1/webhooks/{hook['id']}/deliveries").json()["data"]
+                                      if d["status"] == "delivered"], 30, "the delivery's record", logs)
+    assert (delivery["id"], delivery["attempts"], delivery["response_status"]) == (payload["id"], 1, 200)
+    assert len(hooks.received) == 1
+
+
+def follow_a_job(client: httpx.Client, toy: tuple[Path, Path], tiny_model: str, tmp_path: Path,
+                 logs: list[Path]) -> str:
+    """Submit, follow, download, reload and re-evaluate; returns the job's id."""
+    from pruning import evaluate
+
     assert [m["name"] for m in client.get("/v1/models").json()["data"]] == [TINY]
     train, dev = toy
     dataset = client.post("/v1/datasets", files={"train": (train.name, train.read_bytes()),
@@ -133,6 +160,7 @@ def run_a_job(base_url: str, key: str, toy: tuple[Path, Path], tiny_model: str, 
     replay = client.post("/v1/jobs", json=body, headers={"Idempotency-Key": "e2e-1"})
     assert replay.json()["id"] == job_id and replay.json()["status"] == "succeeded"
     assert client.post(f"/v1/jobs/{job_id}/cancel").status_code == 409
+    return job_id
 
 
 def _ready(client: httpx.Client) -> bool:
