@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -73,7 +74,8 @@ class Settings(BaseSettings):
     # e.g. PEFTSEARCH_WEBHOOK_RETRY_S='[10, 60]'. An owner has at most max_webhooks webhooks for all its jobs.
     webhook_poll_s: float = Field(1.0, gt=0)
     webhook_timeout_s: float = Field(10.0, gt=0)
-    webhook_retry_s: list[float] = Field(default_factory=lambda: [10.0, 60.0, 300.0, 1800.0, 7200.0])
+    webhook_retry_s: list[Annotated[float, Field(ge=0)]] = Field(
+        default_factory=lambda: [10.0, 60.0, 300.0, 1800.0, 7200.0])
     max_webhooks: int = 20
 
     @property
