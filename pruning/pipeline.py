@@ -213,7 +213,7 @@ def search(spec: SearchSpec, out_dir: str | Path, *, on_progress: ProgressCallba
         checkpoint.save(state, supernet.trained_state())
 
     policy = ImportancePolicy(spec.policy, state.assignment, spec.seed + state.round)
-    backbone_before = backbone_parameter_count(supernet.model, supernet.arch)
+    backbone_before = _unpruned_backbone_params(supernet, state)
     budget = budget_params(spec.budget, backbone_before)
     targets = round_targets(state.start_params, budget, schedule.rounds)
     report.phase("search", f"{schedule.rounds} rounds from {state.start_params:,} to {budget:,} parameters")
@@ -246,6 +246,14 @@ def search(spec: SearchSpec, out_dir: str | Path, *, on_progress: ProgressCallba
     export.write_result(out_dir, result)
     report.phase("done", f"{result.metric_name} {result.metric:.4f} with {result.trainable_params:,} parameters")
     return result
+
+
+def _unpruned_backbone_params(supernet: Supernet, state: SearchState) -> int:
+    """The backbone's size before any pruning: what a percentage budget is a share of. A search resumed after its
+    backbone was pruned reads it from the pruning record (the model in hand is the pruned one)."""
+    if state.backbone is not None:
+        return state.backbone["backbone_params_before"]
+    return backbone_parameter_count(supernet.model, supernet.arch)
 
 
 def _start_or_resume(ctx: _Context, checkpoint: Checkpoint, report: _Reporter,

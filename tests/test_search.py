@@ -328,3 +328,19 @@ def test_a_learning_phase_that_ends_early_shrinks_the_plan(make_spec, tmp_path):
     assert learn["learned"] is False and learn["step"] == learn["max_steps"] == 10  # a 99% margin is not met
     assert events[0].total_steps == 10 + 1 + 20
     assert events[-1].done_steps == events[-1].total_steps == 31
+
+
+def test_a_resumed_speed_mode_search_resolves_its_budget_against_the_unpruned_backbone(make_spec, tmp_path):
+    from pruning import BackboneSpec
+
+    spec = make_spec(budget="3%", backbone=BackboneSpec(enabled=True, mask_rounds=1))
+    whole = search(spec, tmp_path / "whole")
+    ckpt = tmp_path / "ckpt"
+    with pytest.raises(Cancelled):  # round 1 pruned the backbone and was checkpointed; round 2 is cancelled
+        search(spec, tmp_path / "a", should_stop=stop_after(4), checkpoint_dir=ckpt)
+    assert json.loads((ckpt / "state.json").read_text())["backbone"] is not None
+    resumed = search(spec, tmp_path / "b", checkpoint_dir=ckpt)
+    assert resumed.backbone_params < resumed.backbone_params_before == whole.backbone_params_before
+    assert resumed.budget_params == whole.budget_params
+    targets = [json.loads((tmp_path / run / "trace.json").read_text())["targets"] for run in ("whole", "b")]
+    assert targets[0] == targets[1]
