@@ -68,9 +68,25 @@ def slots(spec, units: list[str], lora_ranks: dict[str, int]) -> dict[str, int]:
     return out
 
 
+def by_role(configuration: dict[str, int]) -> dict[str, int]:
+    """The same parameters summed over layers: per LoRA projection role (the module path after the layer
+    index) and per whole-unit type."""
+    out: dict[str, int] = {}
+    for slot, params in configuration.items():
+        parts = slot.split(".")
+        digit = next((i for i, part in enumerate(parts) if part.isdigit()), None)
+        role = ".".join(parts[digit + 1:]) if "layer" in parts else parts[0]
+        out[role] = out.get(role, 0) + params
+    return out
+
+
 def agreement(a: dict[str, int], b: dict[str, int]) -> float:
     shared = sum(min(a.get(slot, 0), b.get(slot, 0)) for slot in set(a) | set(b))
     return shared / max(sum(a.values()), sum(b.values()), 1)
+
+
+def _agree(runs: dict, a: tuple, b: tuple, grain=lambda configuration: configuration) -> float:
+    return agreement(grain(runs[a]["configuration"]), grain(runs[b]["configuration"]))
 
 
 def report(store: Store, command: str) -> tuple[dict, str]:
@@ -85,14 +101,19 @@ def report(store: Store, command: str) -> tuple[dict, str]:
         per_length = {}
         for length in lengths:
             seeds = sorted(seed for seed, s in runs if s == length)
-            to_longest = [agreement(runs[seed, length]["configuration"], runs[seed, longest]["configuration"])
-                          for seed in seeds if (seed, longest) in runs and length != longest]
-            between = [agreement(runs[a, length]["configuration"], runs[b, length]["configuration"])
-                       for i, a in enumerate(seeds) for b in seeds[i + 1:]]
+            pairs_longest = [((seed, length), (seed, longest)) for seed in seeds
+                             if (seed, longest) in runs and length != longest]
+            pairs_seeds = [((a, length), (b, length)) for i, a in enumerate(seeds) for b in seeds[i + 1:]]
+            to_longest = [_agree(runs, *pair) for pair in pairs_longest]
+            between = [_agree(runs, *pair) for pair in pairs_seeds]
+            roles_longest = [_agree(runs, *pair, grain=by_role) for pair in pairs_longest]
+            roles_between = [_agree(runs, *pair, grain=by_role) for pair in pairs_seeds]
             walls = [runs[seed, length]["search_wall_s"] for seed in seeds]
             per_length[length] = {
                 "seeds": seeds, "agreement_with_longest": mean_spread(to_longest)[0] if to_longest else None,
                 "agreement_between_seeds": mean_spread(between)[0] if between else None,
+                "role_agreement_with_longest": mean_spread(roles_longest)[0] if roles_longest else None,
+                "role_agreement_between_seeds": mean_spread(roles_between)[0] if roles_between else None,
                 "search_wall_s": mean_spread(walls)[0], "train_steps": runs[seeds[0], length]["train_steps"],
                 "learn_steps": mean_spread([runs[seed, length]["learn_step"] for seed in seeds])[0],
                 "types_left": sorted({kind for seed in seeds for kind in runs[seed, length]["types"]}),
@@ -111,12 +132,13 @@ def _markdown(data: dict) -> str:
              f"Command: `{data['command']}`  ",
              f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} ({m['torch_threads']} threads)  ",
              "Agreement: the share of the budget two configurations place in the same slots (LoRA projection of a "
-             "layer, or a whole adapter or prefix); 1.00 = the same configuration. Against the longest run of the "
+             "layer, or a whole adapter or prefix); 1.00 = the same configuration; per role: the same with each "
+             "projection role's (and unit type's) parameters summed over layers. Against the longest run of the "
              "same seed, and between seeds at the same length (the noise floor). Search phase only; its wall time "
              "against the retraining of LoRA r=8 on q, v at the task's steps (results/quality.jsonl).", "",
-             "| task | steps per round | seeds | agreement with longest | agreement between seeds | learn steps | "
-             "search s | search / LoRA retrain | types kept |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| task | steps per round | seeds | agreement with longest | between seeds | per role: with longest | "
+             "per role: between seeds | learn steps | search s | search / LoRA retrain | types kept |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
 
     def ratio(a, b):
         return a / b if b else None
@@ -128,6 +150,7 @@ def _markdown(data: dict) -> str:
         for length, r in t["lengths"].items():
             lines.append(f"| {task} | {length} | {','.join(map(str, r['seeds']))} | "
                          f"{fmt(r['agreement_with_longest'])} | {fmt(r['agreement_between_seeds'])} | "
+                         f"{fmt(r['role_agreement_with_longest'])} | {fmt(r['role_agreement_between_seeds'])} | "
                          f"{r['learn_steps']:.0f} | {r['search_wall_s']:.0f} | "
                          f"{fmt(ratio(r['search_wall_s'], t['lora_retrain_wall_s']))} | {', '.join(r['types_left'])} |")
     return "\n".join(lines) + "\n"
