@@ -1,9 +1,10 @@
 """Where a search stands, and per-round checkpoints of it, so that a restarted worker resumes a search after its
-last completed round.
+last completed round; and checkpoints of the retrain, so that it resumes from its last one too.
 
 A checkpoint is `state.json` (a `SearchState`) plus the trained tensors of that round in
 `weights-<round>.safetensors`. The weights file is written first and `state.json` replaced atomically after it, so
-a crash at any moment leaves either the previous checkpoint or the new one, never a mix.
+a crash at any moment leaves either the previous checkpoint or the new one, never a mix. The retrain's are
+`retrain.json` and `retrain-<step>.safetensors` in the same directory, written the same way.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .result import RoundRecord
+from .train import TrainState
 
 
 @dataclass
@@ -68,12 +71,66 @@ class Checkpoint:
     def save(self, state: SearchState, tensors: dict[str, torch.Tensor]) -> None:
         if self.dir is None:
             return
-        self.dir.mkdir(parents=True, exist_ok=True)
-        weights = f"weights-{state.round}.safetensors"
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, self.dir / weights)
-        tmp = self.dir / "state.json.tmp"
-        tmp.write_text(json.dumps({**state.to_dict(), "weights": weights, "spec_sha256": self.fingerprint}))
-        os.replace(tmp, self.dir / "state.json")
-        for old in self.dir.glob("weights-*.safetensors"):
-            if old.name != weights:
-                old.unlink()
+        _write(self.dir, "state.json", "weights", state.round, tensors,
+               {**state.to_dict(), "spec_sha256": self.fingerprint})
+
+
+@dataclass(frozen=True)
+class CheckpointEvery:
+    """How often the retrain is checkpointed: once this many steps or seconds have passed since the last
+    checkpoint, whichever comes first (None: never by that measure), and after its last step. It changes no
+    result (a resumed retrain goes on exactly where it stopped), so it is not part of the spec."""
+
+    steps: int | None = None
+    seconds: float | None = 120.0
+
+
+DEFAULT_CHECKPOINT_EVERY = CheckpointEvery()  # the default: a kill loses at most about two minutes of the retrain
+
+
+class TrainCheckpoint:
+    """Checkpoints of one training run (the retrain) of one configuration: `key` says which (the spec and the
+    configuration trained); a checkpoint written for another is refused."""
+
+    def __init__(self, directory: str | Path | None, key: dict[str, Any], every: CheckpointEvery):
+        self.dir = Path(directory) if directory else None
+        self.fingerprint = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+        self.every = every
+        self.last_step, self.last_time = 0, time.monotonic()
+
+    def load(self) -> TrainState | None:
+        if self.dir is None or not (self.dir / "retrain.json").exists():
+            return None
+        data = json.loads((self.dir / "retrain.json").read_text())
+        if data.get("key_sha256") != self.fingerprint:
+            raise ValueError(f"the retrain checkpoint in {self.dir} was written for a different spec or "
+                             "configuration; remove it or use another checkpoint directory")
+        self.last_step = data["step"]
+        return TrainState(data["step"], data["loss_sum"], data["wall_s"], load_file(self.dir / data["weights"]))
+
+    def due(self, step: int, steps: int) -> bool:
+        every = self.every
+        return self.dir is not None and (
+            step == steps or (every.steps is not None and step - self.last_step >= every.steps)
+            or (every.seconds is not None and time.monotonic() - self.last_time >= every.seconds))
+
+    def save(self, state: TrainState) -> None:
+        _write(self.dir, "retrain.json", "retrain", state.step, state.tensors,
+               {"step": state.step, "loss_sum": state.loss_sum, "wall_s": state.wall_s,
+                "key_sha256": self.fingerprint})
+        self.last_step, self.last_time = state.step, time.monotonic()
+
+
+def _write(directory: Path, state_name: str, stem: str, number: int, tensors: dict[str, torch.Tensor],
+           state: dict[str, Any]) -> None:
+    """`<stem>-<number>.safetensors`, then the state naming it replaced atomically, then the stem's older
+    tensors, which no state names any more."""
+    weights = f"{stem}-{number}.safetensors"
+    directory.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, directory / weights)
+    tmp = directory / f"{state_name}.tmp"
+    tmp.write_text(json.dumps({**state, "weights": weights}))
+    os.replace(tmp, directory / state_name)
+    for old in directory.glob(f"{stem}-*.safetensors"):
+        if old.name != weights:
+            old.unlink()

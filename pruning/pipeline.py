@@ -26,7 +26,14 @@ from .arch import backbone_parameter_count, layer_parameter_count
 from .backbone import RankTracker, choose_ranks, plan_pruning
 from .backbones import load_model, load_tokenizer, peak_memory_mb, resolve_device
 from .calibration import unit_ablation
-from .checkpoint import Checkpoint, SearchState
+from .checkpoint import (
+    DEFAULT_CHECKPOINT_EVERY,
+    Checkpoint,
+    CheckpointEvery,
+    SearchState,
+    TrainCheckpoint,
+    spec_fingerprint,
+)
 from .data import TaskData, compute_metrics, load_task
 from .hybrid import (
     Assignment,
@@ -144,8 +151,8 @@ class _Context:
         return Supernet(model, self.spec.space, units, lora_ranks, masks=masks, backbone=backbone,
                         scales=scales).to(self.device)
 
-    def batches(self, data: Encoded, seed: int):
-        return shuffled_batches(data, self.spec.train.batch_size, seed, self.pad_id, self.device)
+    def batches(self, data: Encoded, seed: int, skip: int = 0):
+        return shuffled_batches(data, self.spec.train.batch_size, seed, self.pad_id, self.device, skip=skip)
 
     def evaluate(self, model, data: Encoded) -> dict[str, float]:
         return evaluate(model, data, self.task.metric_names, self.spec.train.eval_batch_size, self.pad_id,
@@ -183,12 +190,14 @@ class _Context:
 
 
 def search(spec: SearchSpec, out_dir: str | Path, *, on_progress: ProgressCallback | None = None,
-           should_stop: StopCheck | None = None, checkpoint_dir: str | Path | None = None) -> SearchResult:
+           should_stop: StopCheck | None = None, checkpoint_dir: str | Path | None = None,
+           checkpoint_every: CheckpointEvery = DEFAULT_CHECKPOINT_EVERY) -> SearchResult:
     """Search a PEFT configuration for `spec` and write the result directory `out_dir` (see export.py).
 
     `on_progress` receives every phase change, training step and finished round; `should_stop` is polled between
     steps and raises `Cancelled` when true; with `checkpoint_dir`, every round is checkpointed there and a new
-    call with the same spec resumes after the last completed round (re-reporting the rounds it holds)."""
+    call with the same spec resumes after the last completed round (re-reporting the rounds it holds); the
+    retrain is checkpointed there as `checkpoint_every` says, and resumes from its last checkpoint."""
     spec = spec.validate()
     schedule, speed = spec.schedule, spec.backbone
     report = _Reporter(on_progress, schedule.rounds, planned_steps(spec))
@@ -241,7 +250,8 @@ def search(spec: SearchSpec, out_dir: str | Path, *, on_progress: ProgressCallba
                                       backbone_before=backbone_before, records=state.records,
                                       trace_extra={"assignment": state.assignment, "warmup": state.warmup,
                                                    "learn": state.learn, "start_params": state.start_params,
-                                                   "targets": targets})
+                                                   "targets": targets},
+                                      checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every)
     result.search_wall_s, result.front = state.search_wall_s, front
     export.write_result(out_dir, result)
     report.phase("done", f"{result.metric_name} {result.metric:.4f} with {result.trainable_params:,} parameters")
@@ -412,11 +422,14 @@ def _train_supernet(ctx: _Context, supernet: Supernet, batches, steps: int, rank
 
 def fit(spec: SearchSpec, out_dir: str | Path, units: list[str] | None = None, *,
         lora_ranks: dict[str, int] | None = None, hold_out: bool = False,
-        on_progress: ProgressCallback | None = None, should_stop: StopCheck | None = None) -> SearchResult:
+        on_progress: ProgressCallback | None = None, should_stop: StopCheck | None = None,
+        checkpoint_dir: str | Path | None = None, checkpoint_every: CheckpointEvery = DEFAULT_CHECKPOINT_EVERY
+        ) -> SearchResult:
     """Train and evaluate one fixed configuration (default: the whole supernet of `spec.space`; `lora_ranks`:
     rank per LoRA-wrapped module path, as a result's configuration lists them), no search. With `hold_out`, it
     trains without the validation split and scores it too (`validation_metrics`): a selection among
-    configurations made on that never looks at dev."""
+    configurations made on that never looks at dev. With `checkpoint_dir`, the training is checkpointed there as
+    `checkpoint_every` says, and a new call with the same arguments resumes from the last checkpoint."""
     spec = spec.validate()
     report = _Reporter(on_progress, 0, spec.train.steps)
     report.phase("load", f"loading {spec.model} and {spec.task.name}")
@@ -427,7 +440,8 @@ def fit(spec: SearchSpec, out_dir: str | Path, units: list[str] | None = None, *
     result = _retrain_evaluate_export(ctx, model, out_dir, report, should_stop,
                                       budget=budget_params(spec.budget, backbone_before),
                                       backbone_before=backbone_before, records=[], trace_extra={},
-                                      hold_out=hold_out)
+                                      hold_out=hold_out, checkpoint_dir=checkpoint_dir,
+                                      checkpoint_every=checkpoint_every)
     export.write_result(out_dir, result)
     report.phase("done", f"{result.metric_name} {result.metric:.4f} with {result.trainable_params:,} parameters")
     return result
@@ -435,16 +449,23 @@ def fit(spec: SearchSpec, out_dir: str | Path, units: list[str] | None = None, *
 
 def _retrain_evaluate_export(ctx: _Context, model: Supernet, out_dir, report: _Reporter, should_stop,
                              *, budget: int, backbone_before: int, records: list[RoundRecord],
-                             trace_extra: dict, hold_out: bool = False) -> SearchResult:
+                             trace_extra: dict, hold_out: bool = False, checkpoint_dir: str | Path | None = None,
+                             checkpoint_every: CheckpointEvery = DEFAULT_CHECKPOINT_EVERY) -> SearchResult:
     spec = ctx.spec
-    report.phase("retrain", f"training {len(model.unit_keys())} units for {spec.train.steps} steps")
+    checkpoint = TrainCheckpoint(checkpoint_dir, _retrain_key(spec, model, hold_out), checkpoint_every)
+    saved = checkpoint.load()
+    done = saved.step if saved else 0
+    report.skip(done)
+    report.phase("retrain", f"training {len(model.unit_keys())} units for {spec.train.steps} steps"
+                            + (f", resuming after step {done}" if saved else ""))
     start = time.monotonic()
     data = ctx.train_without_validation() if hold_out else ctx.train_data
-    train(model, model.param_groups(spec.train.lr), ctx.batches(data, spec.seed), steps=spec.train.steps,
-          lr=spec.train.lr, problem=ctx.task.problem, device=ctx.device, warmup_ratio=spec.train.warmup_ratio,
-          weight_decay=spec.train.weight_decay, on_step=report.steps(None, model.peft_params()),
-          should_stop=should_stop)
-    retrain_wall = time.monotonic() - start
+    train(model, model.param_groups(spec.train.lr), ctx.batches(data, spec.seed, skip=done),
+          steps=spec.train.steps, lr=spec.train.lr, problem=ctx.task.problem, device=ctx.device,
+          warmup_ratio=spec.train.warmup_ratio, weight_decay=spec.train.weight_decay,
+          on_step=report.steps(None, model.peft_params()), should_stop=should_stop, resume=saved,
+          checkpoint=checkpoint)
+    retrain_wall = (saved.wall_s if saved else 0.0) + time.monotonic() - start
     report.phase("evaluate", f"{len(ctx.dev_data)} dev examples")
     metrics = ctx.evaluate(model, ctx.dev_data)
     validation = ctx.evaluate(model, ctx.validation) if hold_out and len(ctx.validation) else None
@@ -460,6 +481,12 @@ def _retrain_evaluate_export(ctx: _Context, model: Supernet, out_dir, report: _R
         configuration=configuration, pruned_layers=configuration["pruned_layers"], rounds=records,
         search_wall_s=0.0, retrain_wall_s=retrain_wall, peak_memory_mb=peak_memory_mb(ctx.device),
         device=str(ctx.device), validation_metrics=validation)
+
+
+def _retrain_key(spec: SearchSpec, model: Supernet, hold_out: bool) -> dict:
+    """What a retrain checkpoint is of: the spec and the configuration trained, on which data."""
+    return {"spec_sha256": spec_fingerprint(spec), "units": model.unit_keys(), "lora_ranks": model.lora_ranks(),
+            "backbone": model.backbone_record, "hold_out": hold_out}
 
 
 def _stock_peft_part(ctx: _Context, model: Supernet, metrics: dict[str, float]) -> dict:

@@ -6,17 +6,23 @@ sorts examples by length first, which on CPU saves most of the padding work.
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .data import Example, compute_metrics
+
+if TYPE_CHECKING:
+    from .checkpoint import TrainCheckpoint
 
 
 @dataclass
@@ -61,18 +67,26 @@ def collate(data: Encoded, indices: list[int], pad_id: int, device: torch.device
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
-def shuffled_batches(data: Encoded, batch_size: int, seed: int, pad_id: int,
-                     device: torch.device) -> Iterator[dict[str, torch.Tensor]]:
-    """Endless batches, reshuffled every epoch with a seeded generator."""
+def shuffled_batches(data: Encoded, batch_size: int, seed: int, pad_id: int, device: torch.device,
+                     skip: int = 0) -> Iterator[dict[str, torch.Tensor]]:
+    """Endless batches, reshuffled every epoch with a seeded generator. `skip` drops the first batches without
+    collating them: a training resumed after `skip` steps goes on with the very batches it would have drawn."""
+    for indices in itertools.islice(batch_indices(len(data), batch_size, seed), skip, None):
+        yield collate(data, indices, pad_id, device)
+
+
+def batch_indices(n: int, batch_size: int, seed: int) -> Iterator[list[int]]:
+    """The rows of each batch: a seeded shuffle of all n rows per epoch, batches running across epochs."""
     rng = random.Random(seed)
     order: list[int] = []
+    at = 0  # an index into order, so that skipping many batches costs no copying
     while True:
-        if len(order) < batch_size:
-            fresh = list(range(len(data)))
+        if len(order) - at < batch_size:
+            fresh = list(range(n))
             rng.shuffle(fresh)
-            order += fresh
-        indices, order = order[:batch_size], order[batch_size:]
-        yield collate(data, indices, pad_id, device)
+            order, at = order[at:] + fresh, 0
+        yield order[at:at + batch_size]
+        at += batch_size
 
 
 def loss_of(logits: torch.Tensor, labels: torch.Tensor, problem: str) -> torch.Tensor:
@@ -96,19 +110,63 @@ def lr_factor(step: int, steps: int, warmup: int, decay: bool) -> float:
 StepCallback = Callable[[int, int, float], None]  # (step, steps, loss)
 
 
+@dataclass
+class TrainState:
+    """Where a training run stands, all it needs to go on as if it had never stopped: the steps done, the sum of
+    their losses, its wall time so far, and as tensors the trained parameters and the optimizer's state (both by
+    their index in the optimizer's parameter order) and the random generators' states (dropout draws from them)."""
+
+    step: int
+    loss_sum: float
+    wall_s: float
+    tensors: dict[str, torch.Tensor]
+
+    @classmethod
+    def capture(cls, step: int, loss_sum: float, wall_s: float, params: list[torch.nn.Parameter],
+                optimizer: torch.optim.Optimizer, device: torch.device) -> TrainState:
+        tensors = {f"param.{i}": p.detach() for i, p in enumerate(params)}
+        for index, state in optimizer.state_dict()["state"].items():
+            tensors.update({f"optimizer.{index}.{name}": value for name, value in state.items()})
+        tensors["rng.cpu"] = torch.get_rng_state()
+        if device.type == "cuda":
+            tensors["rng.cuda"] = torch.cuda.get_rng_state(device)
+        return cls(step, loss_sum, wall_s, tensors)
+
+    def restore(self, params: list[torch.nn.Parameter], optimizer: torch.optim.Optimizer,
+                device: torch.device) -> None:
+        saved = {int(key.split(".")[1]): t for key, t in self.tensors.items() if key.startswith("param.")}
+        if sorted(saved) != list(range(len(params))) or any(saved[i].shape != p.shape for i, p in enumerate(params)):
+            raise ValueError("the checkpointed training trained other parameters than this one")
+        with torch.no_grad():
+            for i, param in enumerate(params):
+                param.copy_(saved[i])
+        state: dict[int, dict[str, torch.Tensor]] = {}
+        for key, value in self.tensors.items():
+            if key.startswith("optimizer."):
+                _, index, name = key.split(".", 2)
+                state.setdefault(int(index), {})[name] = value
+        optimizer.load_state_dict({**optimizer.state_dict(), "state": state})
+        torch.set_rng_state(self.tensors["rng.cpu"])
+        if device.type == "cuda" and "rng.cuda" in self.tensors:
+            torch.cuda.set_rng_state(self.tensors["rng.cuda"], device)
+
+
 def train(model: torch.nn.Module, params: list, batches: Iterator[dict], *, steps: int,
           lr: float, problem: str, device: torch.device, warmup_ratio: float = 0.06, weight_decay: float = 0.0,
           decay: bool = True, trackers: Sequence = (), extra_loss: Callable[[], torch.Tensor] | None = None,
           on_step: StepCallback | None = None, should_stop: Callable[[], bool] | None = None,
           until: Callable[[int], bool] | None = None, check_every: int = 1,
-          after_step: Callable[[int], None] | None = None) -> float:
+          after_step: Callable[[int], None] | None = None, resume: TrainState | None = None,
+          checkpoint: TrainCheckpoint | None = None) -> float:
     """AdamW with linear warm-up (and linear decay unless `decay` is False); returns the mean training loss.
 
     `params` is a list of parameters, or of optimizer groups (dicts) whose own "lr" overrides `lr`.
     `trackers` (ImportanceTracker, RankTracker) see each batch's mask before the forward and the gradients after
     the backward; `extra_loss` adds a regulariser (the backbone masks' L1 penalty). `until(steps_done)`, called
     before the first step and then every `check_every` steps, ends training early when it returns True;
-    `after_step(step)` runs after each optimizer step, gradients still in place (AdaLoRA's rank allocation)."""
+    `after_step(step)` runs after each optimizer step, gradients still in place (AdaLoRA's rank allocation).
+    `resume` continues a run of this same training from where it was checkpointed (give `batches` that skip the
+    steps it did); `checkpoint` saves the run's state whenever it says one is due."""
     from .result import Cancelled
 
     groups = params if params and isinstance(params[0], dict) else [{"params": params}]
@@ -116,9 +174,13 @@ def train(model: torch.nn.Module, params: list, batches: Iterator[dict], *, step
     all_params = [p for g in groups for p in g["params"]]
     optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
     warmup = math.ceil(steps * warmup_ratio)
+    total, done, prior_wall = 0.0, 0, 0.0
+    if resume is not None:
+        resume.restore(all_params, optimizer, device)
+        total, done, prior_wall = resume.loss_sum, resume.step, resume.wall_s
+    began = time.monotonic()
     model.train()
-    total, done = 0.0, 0
-    for step in range(steps):
+    for step in range(done, steps):
         if until is not None and step % check_every == 0:
             if until(step):
                 break
@@ -150,6 +212,9 @@ def train(model: torch.nn.Module, params: list, batches: Iterator[dict], *, step
         done += 1
         if on_step is not None:
             on_step(step + 1, steps, value)
+        if checkpoint is not None and checkpoint.due(done, steps):
+            checkpoint.save(TrainState.capture(done, total, prior_wall + time.monotonic() - began, all_params,
+                                               optimizer, device))
     else:
         if until is not None:
             until(steps)  # the last word on the finished model
