@@ -50,6 +50,10 @@ class Settings(BaseSettings):
     claim_retry_s: float = 2.0
     claim_retries: int = 8
     progress_every_s: float = 1.0  # at most one progress write per this many seconds for training steps
+    # The retrain is checkpointed once this many seconds (or, when set, steps) have passed since its last
+    # checkpoint: a worker that dies while retraining loses at most that much. It changes no result.
+    retrain_checkpoint_s: float | None = Field(120.0, gt=0)
+    retrain_checkpoint_steps: int | None = Field(None, ge=1)
     poll_s: float = 1.0  # the in-process worker's wait between looks for queued jobs
 
     # API under load (per API process): requests served at once (at most the database pool, store/db.py

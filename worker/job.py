@@ -78,14 +78,17 @@ class JobRun:
         from celery.exceptions import SoftTimeLimitExceeded
 
         import pruning
+        from pruning.checkpoint import CheckpointEvery
 
+        every = CheckpointEvery(steps=self.settings.retrain_checkpoint_steps, seconds=self.settings.retrain_checkpoint_s)
         out_dir, checkpoint_dir = self.work / "out", self.work / "checkpoint"
         shutil.rmtree(out_dir, ignore_errors=True)  # a previous attempt's partial export; its checkpoint stays
         heart = threading.Thread(target=self.beat, name=f"heartbeat-{self.job_id}", daemon=True)
         heart.start()
         try:
             result = pruning.search(pruning.SearchSpec.from_dict(self.spec), out_dir, on_progress=self.on_progress,
-                                    should_stop=self.stop.is_set, checkpoint_dir=checkpoint_dir)
+                                    should_stop=self.stop.is_set, checkpoint_dir=checkpoint_dir,
+                                    checkpoint_every=every)
             summary = {k: v for k, v in result.to_dict().items() if k not in ("rounds", "out_dir")}
             artifact = write_archive(out_dir, self.settings.artifacts, self.job_id, self.attempt)
             outcome = self.finish(SUCCEEDED, result=summary, artifact=artifact)
