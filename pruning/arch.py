@@ -27,7 +27,7 @@ class ArchitectureMap:
     o: str  # attention output projection (input = concatenated heads)
     ffn_in: tuple[str, ...]  # FFN input projections (output = intermediate neurons); two for gated MLPs
     ffn_out: str  # FFN output projection (input = intermediate neurons)
-    head: tuple[str, ...]  # the task head, trained by every method (relative to the model root)
+    head: tuple[str, ...]  # the task head of a classifier, trained by every method (relative to the root)
     embeddings: str  # relative to the model root; counted apart from the prunable layers
     attention_includes_o: bool = False  # True when the attention module applies `o` itself (LLaMA)
     num_heads_attr: str = "num_attention_heads"
@@ -119,8 +119,14 @@ def layer_path(arch: ArchitectureMap, layer: int, relative: str) -> str:
     return f"{arch.layers}.{layer}.{relative}"
 
 
+def head_paths(model: nn.Module, arch: ArchitectureMap) -> tuple[str, ...]:
+    """The task head's modules; none for a language model (a completion task), whose pretrained output layer
+    predicts the tokens and stays frozen with the backbone: only the units train."""
+    return () if model.get_output_embeddings() is not None else arch.head
+
+
 def head_parameters(model: nn.Module, arch: ArchitectureMap) -> list[nn.Parameter]:
-    return [p for path in arch.head for p in model.get_submodule(path).parameters()]
+    return [p for path in head_paths(model, arch) for p in model.get_submodule(path).parameters()]
 
 
 def backbone_parameter_count(model: nn.Module, arch: ArchitectureMap) -> int:

