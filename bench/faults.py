@@ -137,7 +137,10 @@ class Deployment:
                     "PEFTSEARCH_HEARTBEAT_S": "0.2", "PEFTSEARCH_REAP_AFTER_S": "2", "PEFTSEARCH_REAP_EVERY_S": "0.5",
                     "PEFTSEARCH_RESEND_AFTER_S": "3", "PEFTSEARCH_RESEND_MAX_S": "6",
                     "PEFTSEARCH_CLAIM_RETRY_S": "0.5", "PEFTSEARCH_CLAIM_RETRIES": "8",
-                    "PEFTSEARCH_PROGRESS_EVERY_S": "0", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+                    "PEFTSEARCH_PROGRESS_EVERY_S": "0", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+                    # The reaper is this process's loop, paused while a doomed worker claims its job: the Celery
+                    # worker's own would send that job to the Celery worker first.
+                    "PEFTSEARCH_WORKER_REAPER": "false"}
         self.settings = Settings(home=root / "home", database_url=self.pg.url, broker_url=self.redis.url,
                                  models={MODEL: model_path}, queue="faults", heartbeat_s=0.2, reap_after_s=2,
                                  reap_every_s=0.5, resend_after_s=3, resend_max_s=6, progress_every_s=0)

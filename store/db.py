@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event, text
@@ -26,9 +27,24 @@ def get_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
-        return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=POOL_SIZE, max_overflow=MAX_OVERFLOW,
-                         pool_timeout=POOL_TIMEOUT_S)
+    else:
+        engine = create_engine(url, pool_pre_ping=True, pool_size=POOL_SIZE, max_overflow=MAX_OVERFLOW,
+                               pool_timeout=POOL_TIMEOUT_S)
+    _engines.append(engine)
+    return engine
+
+
+_engines: list[Engine] = []  # every engine of this process (get_engine makes each once)
+
+
+def _forget_inherited_connections() -> None:
+    """In a forked child (a Celery worker's job process, forked while its reaper thread holds connections): the
+    pooled connections are the parent's, and two processes on one connection corrupt it; the child opens its own."""
+    for engine in _engines:
+        engine.dispose(close=False)
+
+
+os.register_at_fork(after_in_child=_forget_inherited_connections)
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:

@@ -40,6 +40,7 @@ class Settings(BaseSettings):
     heartbeat_s: float = 10.0  # the worker touches the job this often, and re-reads its cancellation flag
     reap_after_s: float = 120.0  # a running job without a heartbeat for this long is re-queued
     reap_every_s: float = 30.0
+    worker_reaper: bool = True  # Celery workers run the reaper loop too (their main process), not only the API
     # A queued job no worker has claimed this long after it was sent is sent again (a message lost by the broker,
     # or acked by a worker that could not reach the database); the wait doubles with the job's age, up to
     # resend_max_s, so a long backlog does not flood the queue with duplicates.

@@ -14,6 +14,7 @@ TASK = "peftsearch.run_job"
 
 
 def make_celery(settings: Settings) -> Celery:
+    from .reaper import WorkerReaperStep
     from .tasks import run_job
 
     app = Celery("peftsearch")
@@ -40,6 +41,7 @@ def make_celery(settings: Settings) -> Celery:
         task_publish_retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.5, "interval_max": 1},
     )
     app.task(name=TASK, bind=True)(run_job)
+    app.steps["worker"].add(WorkerReaperStep)  # a worker started from this app reaps too (worker_reaper)
     return app
 
 

@@ -1,11 +1,15 @@
 """Re-queue jobs whose worker died (no heartbeat), and send queued jobs the broker never took, or that no worker
-claimed in time (store.jobs.reap)."""
+claimed in time (store.jobs.reap). The loop runs in every `peftsearch serve` and, unless `worker_reaper` is off,
+in the main process of every Celery worker (WorkerReaperStep), so a deployment whose workers run where no API
+does still reaps; store.jobs.reaper_turn lets one process pass at a time."""
 
 from __future__ import annotations
 
 import logging
 import threading
 from datetime import timedelta
+
+from celery import bootsteps
 
 from store import jobs
 from store.db import session_factory
@@ -37,3 +41,37 @@ def reap_forever(settings: Settings, stop: threading.Event) -> None:
             reap_once(settings)
         except Exception:  # a database hiccup must not end the loop
             log.exception("reaper pass failed")
+
+
+class ReaperLoop:
+    """reap_forever in a thread of this process, from start() to stop()."""
+
+    def __init__(self, settings: Settings):
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=reap_forever, args=(settings, self.stopped), name="reaper",
+                                       daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.thread.join(STOP_WAIT_S)
+
+
+STOP_WAIT_S = 10.0  # a worker shutting down lets a pass in progress commit and send, but not hang on it
+
+
+class WorkerReaperStep(bootsteps.StartStopStep):
+    """The reaper loop in a Celery worker's main process, when its settings' `worker_reaper` is on. A bootstep of
+    the worker, not of its pool's processes: the prefork children that run jobs never reap. It starts once the
+    pool has forked its first children; children forked later open their own database connections
+    (store/db.py)."""
+
+    requires = ("celery.worker.components:Pool",)
+
+    def include_if(self, worker) -> bool:
+        return worker.app.settings.worker_reaper
+
+    def create(self, worker) -> ReaperLoop:
+        return ReaperLoop(worker.app.settings)

@@ -1,5 +1,6 @@
 """The job runner on PostgreSQL with committed rows (a worker has its own connections): cancelling a running
-search, and a worker killed mid-search whose job the reaper re-queues and the next attempt resumes."""
+search, a worker killed mid-search whose job the reaper re-queues and the next attempt resumes, and the reaper of
+a Celery worker's main process resending a job whose message was lost."""
 
 from __future__ import annotations
 
@@ -8,16 +9,19 @@ import os
 import signal
 import sys
 import threading
+import uuid
+from datetime import timedelta
 
 import pytest
+from sqlalchemy import text, update
 
 from store import jobs
-from store.db import session_factory
-from store.models import Job, JobEvent, Round
+from store.db import get_engine, session_factory
+from store.models import Job, JobEvent, Round, utcnow
 from worker.job import run_job
 from worker.reaper import reap_once
 
-from .support import TINY, start, wait_until
+from .support import REDIS_URL, TINY, start, stop, wait_until
 
 pytestmark = [pytest.mark.service, pytest.mark.slow]
 
@@ -107,3 +111,46 @@ def test_an_engine_error_fails_the_job_with_its_reason(settings, submit):
     assert events[-1] == "failed" and job.artifact is None
     assert not (settings.work / job_id).exists()
     assert run_job(job_id, settings) == "skipped"  # a redelivered message finds nothing to do
+
+
+def test_a_celery_worker_resends_a_job_whose_message_was_lost(settings, submit, tmp_path):
+    import redis
+
+    job_id = submit({"train": {"steps": 2}})
+    lost_at = utcnow() - timedelta(hours=1)
+    with session_factory(settings.db_url).begin() as session:  # sent an hour ago; the message never arrived
+        session.execute(update(Job).where(Job.id == job_id).values(enqueued_at=lost_at))
+    queue = f"unconsumed-{uuid.uuid4().hex[:8]}"  # the job's queue: no worker takes from it
+    env = {"DATABASE_URL": settings.db_url, "BROKER_URL": REDIS_URL, "PEFTSEARCH_HOME": str(settings.home),
+           "PEFTSEARCH_QUEUE": queue, "PEFTSEARCH_REAP_EVERY_S": "0.2", "PEFTSEARCH_RESEND_AFTER_S": "1"}
+    log = tmp_path / "worker.log"
+    worker = start([sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "--queues", f"{queue}-other",
+                    "--pool", "prefork", "--loglevel", "INFO", "--without-gossip", "--without-mingle",
+                    "--without-heartbeat"], env, log)
+    broker = redis.Redis.from_url(REDIS_URL)
+    try:
+        messages = wait_until(lambda: broker.lrange(queue, 0, -1), 90, "the worker's reaper to resend the job", [log])
+    finally:
+        stop(worker)
+        broker.delete(queue)
+    assert len(messages) == 1 and job_id.encode() in messages[0]
+    job = read(settings, job_id)[0]
+    assert job.status == "queued" and job.enqueued_at > lost_at  # sent again, and marked sent
+
+
+def test_a_forked_process_opens_its_own_database_connections(settings):
+    """A Celery worker forks each job's process from its main process, where the reaper's connections are pooled:
+    the child must not use them (store/db.py)."""
+    backend = text("SELECT pg_backend_pid()")
+    with get_engine(settings.db_url).connect() as connection:
+        parent_backend = connection.scalar(backend)
+    child = os.fork()
+    if child == 0:  # the child: exit 0 only if it talks to a backend of its own
+        try:
+            with session_factory(settings.db_url)() as session:
+                os._exit(0 if session.scalar(backend) != parent_backend else 1)
+        finally:
+            os._exit(2)
+    assert os.waitstatus_to_exitcode(os.waitpid(child, 0)[1]) == 0
+    with get_engine(settings.db_url).connect() as connection:  # and the parent's connection is intact
+        assert connection.scalar(backend) == parent_backend
