@@ -52,18 +52,26 @@ def commit() -> str | None:
     return head + ("+changes" if dirty else "")
 
 
-def machine() -> dict:
-    import torch
-
-    cpu = platform.processor() or platform.machine()
+def cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    info = {"python": platform.python_version(), "torch": torch.__version__, "cpu": cpu,
+    return platform.processor() or platform.machine()
+
+
+def provenance() -> dict:
+    """What a finished run records of where it ran: the code (commit) and the CPU (wall times compare only
+    between runs on the same one)."""
+    return {"commit": commit(), "cpu": cpu_name()}
+
+
+def machine() -> dict:
+    import torch
+
+    info = {"python": platform.python_version(), "torch": torch.__version__, "cpu": cpu_name(),
             "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "platform": platform.platform()}
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)

@@ -24,7 +24,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .common import DEFAULT_GLUE, TASKS, Store, commit, machine, mean_spread, run_child, write_report
+from .common import DEFAULT_GLUE, TASKS, Store, machine, mean_spread, provenance, run_child, write_report
 from .quality import RESULTS, base_spec
 
 
@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
                     if store.done(key):
                         continue
                     row = run_child("bench.fidelity", {**key, "data_dir": args.data_dir, "model": args.model})
-                    store.add({**row, "commit": commit()})
+                    store.add({**row, **provenance()})
                     print(f"{task} seed {seed} {length} steps/round: {row['search_wall_s']:.0f}s", flush=True)
                     write_report(args.results, "fidelity", *report(store, command))
     write_report(args.results, "fidelity", *report(store, command))

@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-from .common import DEFAULT_GLUE, TASKS, Store, commit, machine, mean_spread, run_child, write_report
+from .common import DEFAULT_GLUE, TASKS, Store, machine, mean_spread, provenance, run_child, write_report
 
 METHODS = ("lora", "alllinear", "adalora", "adapter", "prefix", "random", "autopeft", "peftsearch")
 ALL_LINEAR = ("q", "k", "v", "o", "ffn_in", "ffn_out")
@@ -231,6 +231,7 @@ def report(store: Store, command: str) -> tuple[dict, str]:
             "autopeft_selected_on": sorted({r.get("selected_on", "dev") for r in rows if r["method"] == "autopeft"}),
             "commits": {m: sorted({r.get("commit") or "not recorded" for r in rows if r["method"] == m})
                         for m in METHODS if any(r["method"] == m for r in rows)},
+            "cpus": sorted({r.get("cpu") or "not recorded" for r in rows}),
             "targets": _targets(table, versus), "stale_rows": stale}
     return data, _markdown(data)
 
@@ -308,6 +309,7 @@ def _markdown(data: dict) -> str:
                           for t, per in v["per_seed"].items())
         lines += ["", f"peftsearch minus {other}, over {', '.join(v['tasks'])}: {v['points']:+.2f} points "
                       f"(per seed: {seeds})"]
+    lines += ["", "CPUs the runs were on (wall times compare only within one): " + "; ".join(data["cpus"]) + "."]
     lines += ["", "Code measured (commit per method): " + "; ".join(
         f"{method} {', '.join(commits)}" for method, commits in data["commits"].items()) + "."]
     if data.get("stale_rows"):
@@ -353,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
             if store.done({**key, "steps": TASKS[task].steps}):  # a run at another step budget is stale
                 continue
             row = run_child("bench.quality", {**key, "data_dir": args.data_dir, "model": args.model})
-            store.add({**row, "commit": commit()})
+            store.add({**row, **provenance()})
             print(f"{task} {method} seed {seed}: {row['metric_name']} {row['metric']:.4f}, "
                   f"{row['trainable_params']:,} params, {row['total_wall_s']:.0f}s", flush=True)
             _write(args.results, store, command)

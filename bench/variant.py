@@ -14,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .common import DEFAULT_GLUE, commit
+from .common import DEFAULT_GLUE, provenance
 from .quality import RESULTS, base_spec
 
 
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
            "units": result.configuration["units"], "rank_per_role": ranks, "search_wall_s": result.search_wall_s,
            "retrain_wall_s": result.retrain_wall_s, "total_wall_s": time.monotonic() - start,
            "rounds": [{"round": r.round, "params": r.trainable_params, "metric": r.metric,
-                       "type_values": r.type_values} for r in result.rounds], "commit": commit()}
+                       "type_values": r.type_values} for r in result.rounds], **provenance()}
     with Path(RESULTS / "variants.jsonl").open("a") as f:
         f.write(json.dumps(row) + "\n")
     print(json.dumps(row))
