@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from .result import format_front, format_metrics, format_round, format_unit, stock_peft_warning
-from .spec import GLUE_TASKS, SearchSpec, SpecError
+from .spec import GLUE_TASKS, PROBLEMS, SearchSpec, SpecError
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -33,7 +33,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--text-column", help="column holding the text")
     p.add_argument("--text-pair-column", help="column holding the second text of a pair task")
     p.add_argument("--label-column", help="column holding the label")
-    p.add_argument("--problem", choices=["classification", "regression"], help="what the label is")
+    p.add_argument("--problem", choices=PROBLEMS, help="what the label is; completion: a decoder completes "
+                                                       "prompts (JSONL prompt/completion or chat rows)")
     p.add_argument("--max-train-examples", type=int, help="subsample train (seeded)")
     p.add_argument("--budget", help="trainable PEFT parameters: a count (70000, 70k) or a share of the backbone "
                                     "(0.5%%)")

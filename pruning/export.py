@@ -108,7 +108,8 @@ def _save_peft_lora(out: Path, model, spec: SearchSpec, config: dict) -> None:
         alpha_pattern={p: lora.alpha * r / lora.rank for p, r in ranks.items() if r != lora.rank},
         modules_to_save=list(head_paths(model.model, model.arch))
         + sorted({name.rsplit(".", 1)[0] for name in model.initialised}),
-        base_model_name_or_path=config["base_model"])
+        base_model_name_or_path=config["base_model"],
+        task_type="CAUSAL_LM" if config["problem"] == "completion" else None)  # a PeftModelForCausalLM generates
     peft_model = get_peft_model(base, peft_config)
     ours = dict(model.model.named_parameters())
     with torch.no_grad():
@@ -167,13 +168,13 @@ def load(out_dir: str | Path, base_model: str | None = None, device: str = "cpu"
 
 
 def _load_saved_backbone(out: Path, config: dict):
-    from transformers import AutoConfig, AutoModelForSequenceClassification
+    from transformers import AutoConfig
 
     from .backbone import apply_backbone_record
-    from .backbones import quiet_transformers
+    from .backbones import model_class, quiet_transformers
 
     with quiet_transformers():
-        model = AutoModelForSequenceClassification.from_config(AutoConfig.from_pretrained(out))
+        model = model_class(config["problem"]).from_config(AutoConfig.from_pretrained(out))
     if config["backbone"]:
         apply_backbone_record(model, config["backbone"])  # shapes only: the saved weights overwrite it all
     model.load_state_dict(load_file(out / BACKBONE), strict=True)
@@ -201,6 +202,10 @@ def evaluate(out_dir: str | Path, base_model: str | None = None, task: TaskSpec 
         examples, metric_names = loaded.dev, loaded.metric_names
     model = load(out_dir, base_model, device)
     dev = encode(model.tokenizer, examples, config["max_length"], config["problem"])
+    if config["problem"] == "completion" and data is None:  # as the search had it: exact match for short answers
+        from .completion import completion_metric_names
+
+        metric_names = completion_metric_names(dev)
     return evaluate_model(model, dev, metric_names, 128, model.tokenizer.pad_token_id, resolve_device(device))
 
 
@@ -260,6 +265,8 @@ def describe_task(config: dict) -> str:
     task = config["task"]
     if task.get("glue"):
         where = f"glue:{task['glue']}"
+    elif config["problem"] == "completion":  # the columns do not apply
+        where = f"{Path(task['train']).name} / {Path(task['dev']).name} (prompt/completion or chat rows)"
     else:
         columns = ", ".join(f"{name} {task[key]!r}" for key, name in [
             ("text_column", "text"), ("text_pair_column", "pair"), ("label_column", "label")] if task.get(key))

@@ -9,7 +9,6 @@ and evaluating the surviving configuration.
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
 import random
 import time
@@ -34,7 +33,9 @@ from .checkpoint import (
     TrainCheckpoint,
     spec_fingerprint,
 )
+from .completion import completion_metric_names
 from .data import TaskData, compute_metrics, load_task
+from .data.metrics import LOWER_IS_BETTER
 from .hybrid import (
     Assignment,
     ImportancePolicy,
@@ -124,6 +125,7 @@ class _Context:
     pad_id: int
     device: torch.device
     outside_validation: list[int]  # train rows not in the validation split
+    chance_scores: tuple[float | None, float | None] | None = None  # chance(): measured once
 
     @classmethod
     def prepare(cls, spec: SearchSpec) -> _Context:
@@ -134,11 +136,13 @@ class _Context:
         def enc(examples):
             return encode(tokenizer, examples, spec.train.max_length, task.problem)
 
-        train_data = enc(task.train)
+        train_data, dev_data = enc(task.train), enc(task.dev)
+        if task.problem == "completion":  # exact match joins the metrics when the answers are short
+            task.metric_names = completion_metric_names(dev_data)
         held_out = _sample(len(train_data), min(spec.schedule.eval_examples, len(train_data) // 4), spec.seed)
         rest = sorted(set(range(len(train_data))) - set(held_out))
         search_rows = [rest[i] for i in _sample(len(rest), spec.schedule.max_train_examples, spec.seed)]
-        return cls(spec, task, train_data, enc(task.dev), train_data.subset(search_rows),
+        return cls(spec, task, train_data, dev_data, train_data.subset(search_rows),
                    train_data.subset(held_out), tokenizer.pad_token_id, device, rest)
 
     def train_without_validation(self) -> Encoded:
@@ -161,19 +165,35 @@ class _Context:
     def validation_metric(self, model) -> float | None:
         return self.evaluate(model, self.validation)[self.task.primary_metric] if len(self.validation) else None
 
-    @functools.cached_property
-    def chance_metric(self) -> float | None:
-        """The validation metric of a constant prediction: the search train's majority class (or mean)."""
+    def chance(self, supernet: Supernet) -> tuple[float | None, float | None]:
+        """(loss, primary metric) on the validation split of a model that learned nothing from the inputs,
+        measured once. Classification and regression: the best constant prediction (its loss is the validation
+        labels' entropy, or variance; its metric the search train's majority class, or mean, scores). Completion:
+        the backbone alone, every unit switched off. A pretrained language model is far below any constant
+        (unigram) prediction of the tokens already: a gate against that would pass the untrained supernet, whose
+        LoRA and adapters still compute nothing and have no scores yet."""
+        if self.chance_scores is None:
+            self.chance_scores = self._chance(supernet)
+        return self.chance_scores
+
+    def _chance(self, supernet: Supernet) -> tuple[float | None, float | None]:
         if not len(self.validation):
-            return None
+            return None, None
+        primary = self.task.primary_metric
+        if self.task.problem == "completion":
+            with contextlib.ExitStack() as stack:
+                for unit in supernet.units.values():
+                    stack.enter_context(unit.switched_off())
+                scores = self.evaluate(supernet, self.validation)
+            return scores["loss"], scores[primary]
         labels = np.asarray(self.search_train.labels)
         if self.task.problem == "regression":
             constant = float(labels.mean())
         else:
             constant = int(np.bincount(labels.astype(int)).argmax())
         predictions = np.full(len(self.validation), constant)
-        return compute_metrics([self.task.primary_metric], predictions, np.asarray(self.validation.labels))[
-            self.task.primary_metric]
+        metric = compute_metrics([primary], predictions, np.asarray(self.validation.labels))[primary]
+        return chance_loss(self.validation), metric
 
     def validation_loss(self, model) -> float:
         return mean_loss(model, self.validation, self.spec.train.eval_batch_size, self.pad_id, self.device)
@@ -236,7 +256,8 @@ def search(spec: SearchSpec, out_dir: str | Path, *, on_progress: ProgressCallba
         state.search_wall_s = search_wall()
         checkpoint.save(state, supernet.trained_state())
         report.round(record)
-    front = pareto_front(state.start_params, state.records, ctx.validation_metric(supernet))
+    front = pareto_front(state.start_params, state.records, ctx.validation_metric(supernet),
+                         lower_is_better=ctx.task.primary_metric in LOWER_IS_BETTER)
     state.search_wall_s = search_wall()
 
     if spec.retrain == "fresh":
@@ -307,7 +328,7 @@ def _learn(ctx: _Context, supernet: Supernet, batches, ranks: RankTracker | None
             f"{len(ctx.train_data)} train examples leave {len(ctx.validation)} for it (a quarter at most)"
         return {"step": 0, "learned": None,
                 "reason": f"no validation split of at least {MIN_VALIDATION} examples: {why}"}
-    chance = chance_loss(ctx.validation)
+    chance, chance_metric = ctx.chance(supernet)
     threshold = (1 - schedule.learn_margin) * chance
     seen: dict = {}
 
@@ -325,7 +346,7 @@ def _learn(ctx: _Context, supernet: Supernet, batches, ranks: RankTracker | None
     report.replan(limit - seen["step"])
     return {**seen, "chance_loss": chance, "threshold": threshold, "max_steps": limit,
             "learned": seen["validation_loss"] < threshold, "metric_name": ctx.task.primary_metric,
-            "metric": ctx.validation_metric(supernet), "chance_metric": ctx.chance_metric}
+            "metric": ctx.validation_metric(supernet), "chance_metric": chance_metric}
 
 
 def learn_limit(spec: SearchSpec) -> int:
@@ -379,7 +400,7 @@ def _run_round(ctx: _Context, supernet: Supernet, policy: ImportancePolicy, inde
         round=index + 1, units_left=supernet.unit_keys(), trainable_params=supernet.peft_params(),
         target_params=target, metric_name=ctx.task.primary_metric, metric=metric, train_loss=loss,
         removed=records, wall_s=time.monotonic() - start, backbone_params=backbone_params,
-        chance_metric=ctx.chance_metric, type_values=type_values)
+        chance_metric=ctx.chance(supernet)[1], type_values=type_values)
 
 
 def _shrink(supernet: Supernet, importance: dict[str, float], params: dict[str, int], target: int,

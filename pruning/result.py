@@ -36,7 +36,8 @@ class RoundRecord:
     removed: list[RemovedUnit]
     wall_s: float
     backbone_params: int | None = None  # when the backbone was pruned this round
-    # the same metric for a constant prediction (the train majority class, or mean): what "learned nothing" scores
+    # the same metric for a model that learned nothing: a constant prediction (the train majority class, or mean);
+    # for a completion task, the backbone alone
     chance_metric: float | None = None
     # what one unit of each module type was worth this round: the mean validation-loss increase when one of its
     # units is switched off (calibration.py); None when not measured
@@ -60,15 +61,18 @@ class FrontPoint:
     chosen: bool = False  # the configuration at the budget, which was retrained
 
 
-def pareto_front(start_params: int, records: list[RoundRecord], final_metric: float | None) -> list[FrontPoint]:
+def pareto_front(start_params: int, records: list[RoundRecord], final_metric: float | None,
+                 lower_is_better: bool = False) -> list[FrontPoint]:
     """The configurations a search passed through, largest first, each marked on or off the params/metric
-    front. Round r's record holds the metric of the configuration it started from (before its removals)."""
+    front. Round r's record holds the metric of the configuration it started from (before its removals).
+    `lower_is_better`: the metric is a loss (a completion task's without exact match)."""
     params = [start_params, *(r.trainable_params for r in records)]
     metrics = [*(r.metric for r in records), final_metric]
     points = [FrontPoint(i, p, m, chosen=i == len(records)) for i, (p, m) in enumerate(zip(params, metrics, strict=True))]
+    sign = -1 if lower_is_better else 1
     for point in points:
         point.on_front = point.metric is not None and not any(  # dominated: as good for fewer, or better for as few
-            other.metric is not None and other.params <= point.params and other.metric >= point.metric
+            other.metric is not None and other.params <= point.params and sign * other.metric >= sign * point.metric
             and (other.params, other.metric) != (point.params, point.metric) for other in points)
     return points
 

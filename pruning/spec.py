@@ -30,6 +30,7 @@ from pydantic import (
 )
 
 GLUE_TASKS = ("sst2", "mrpc", "cola", "stsb", "rte", "qnli")
+PROBLEMS = ("classification", "regression", "completion")
 ROLES = ("q", "k", "v", "o", "ffn_in", "ffn_out")  # projections of a layer, as architecture maps name them
 ADAPTER_ACTIVATIONS = ("relu", "gelu", "silu", "tanh")
 ASSIGNMENT_PRESETS = ("default", "prunepeft", "warmup", "random")
@@ -108,13 +109,21 @@ class TaskSpec:
     text_pair_column: Annotated[str | None, Field(
         description="The second text of sentence-pair tasks.")] = None
     label_column: Annotated[str, Field(description="The column holding the label.")] = "label"
-    problem: Annotated[Literal["classification", "regression"], Field(
-        description="Classes, or a real-valued target.")] = "classification"
+    problem: Annotated[Literal[PROBLEMS], Field(  # type: ignore[valid-type]
+        description="Classes, a real-valued target, or 'completion': a decoder language model learns to complete "
+                    "prompts, from JSONL rows {'prompt', 'completion'} or chat rows {'messages': [{'role', "
+                    "'content'}, ...]} whose last message is the assistant's answer (the columns are not "
+                    "used).")] = "classification"
     max_train_examples: Annotated[Int | None, Field(ge=1, description=(
         "Subsample train (seeded) to this many examples, to keep CPU time sane; null: all."))] = None
 
     @model_validator(mode="after")
     def cross_checks(self) -> TaskSpec:
+        if self.problem == "completion" and self.glue is not None:
+            raise SpecError("problem", "a GLUE task is classification or regression; completion reads train "
+                                       "and dev JSONL files")
+        if self.problem == "completion" and self.format not in (None, "jsonl"):
+            raise SpecError("format", "completion data is JSONL (prompt/completion or chat rows)")
         if self.glue is not None:
             if not self.data_dir:
                 raise SpecError("data_dir", "a GLUE task needs data_dir (the folder holding SST-2/, MRPC/, ...)")
@@ -310,6 +319,10 @@ class SearchSpec:
 
     @model_validator(mode="after")
     def cross_checks(self):
+        task = getattr(self, "task", None)  # the service's overrides of this class leave the task out
+        if task is not None and task.problem == "completion" and self.train.max_length < 2:
+            raise SpecError("train.max_length", "a completion needs at least 2 tokens: one of its prompt, one "
+                                                "to learn")
         if self.backbone.enabled and self.backbone.mask_rounds > self.schedule.rounds:
             raise SpecError("backbone.mask_rounds", f"must be at most schedule.rounds ({self.schedule.rounds})")
         return self

@@ -218,6 +218,10 @@ class Supernet(nn.Module):
     def forward(self, **batch) -> torch.Tensor:
         return self.model(**batch).logits
 
+    def generate(self, **kwargs) -> torch.Tensor:
+        """A language model's `generate` (a completion task), with every unit in place."""
+        return self.model.generate(**kwargs)
+
 
 def _name(key: str) -> str:
     return key.replace(".", "_")  # ModuleDict keys cannot hold dots

@@ -1,7 +1,8 @@
 """Tokenised batches, the training loop and evaluation: the same code for search rounds, warm-up and retraining.
 
-CUDA when present (bf16 autocast), CPU otherwise. Batches are padded to their longest sequence, and evaluation
-sorts examples by length first, which on CPU saves most of the padding work.
+CUDA when present (bf16 autocast), CPU otherwise. Batches are padded on the right to their longest sequence,
+and evaluation sorts examples by length first, which on CPU saves most of the padding work. A completion task
+(a decoder language model) learns its completions' tokens only: the prompt's labels are IGNORE.
 """
 
 from __future__ import annotations
@@ -19,18 +20,22 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .data import Example, compute_metrics
+from .data import Completion, Example, compute_metrics
 
 if TYPE_CHECKING:
     from .checkpoint import TrainCheckpoint
+
+
+IGNORE = -100  # the label of a token the loss skips (a prompt's, padding), as transformers has it
 
 
 @dataclass
 class Encoded:
     input_ids: list[list[int]]
     token_type_ids: list[list[int]] | None
-    labels: list[float]
+    labels: list[float] | list[list[int]]  # per example; completion: per token, IGNORE on the prompt
     problem: str
+    eos_id: int | None = None  # completion: the token that ends an answer
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -38,10 +43,18 @@ class Encoded:
     def subset(self, indices: list[int]) -> Encoded:
         return Encoded([self.input_ids[i] for i in indices],
                        None if self.token_type_ids is None else [self.token_type_ids[i] for i in indices],
-                       [self.labels[i] for i in indices], self.problem)
+                       [self.labels[i] for i in indices], self.problem, self.eos_id)
+
+    def prompt_length(self, i: int) -> int:
+        """Completion: where example i's completion begins."""
+        return next(t for t, label in enumerate(self.labels[i]) if label != IGNORE)
 
 
-def encode(tokenizer, examples: list[Example], max_length: int, problem: str) -> Encoded:
+def encode(tokenizer, examples: list[Example] | list[Completion], max_length: int, problem: str) -> Encoded:
+    if problem == "completion":
+        from .completion import encode_completions
+
+        return encode_completions(tokenizer, examples, max_length)
     texts = [e.text for e in examples]
     pairs = [e.text_pair for e in examples] if examples and examples[0].text_pair is not None else None
     enc = tokenizer(texts, pairs, truncation=True, max_length=max_length)
@@ -53,15 +66,18 @@ def collate(data: Encoded, indices: list[int], pad_id: int, device: torch.device
     ids = torch.full((len(indices), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(indices), width), dtype=torch.long)
     types = torch.zeros((len(indices), width), dtype=torch.long) if data.token_type_ids is not None else None
+    tokens = data.problem == "completion"  # labels per token, IGNORE on the padding
+    labels = torch.full((len(indices), width), IGNORE, dtype=torch.long) if tokens else torch.tensor(
+        [data.labels[i] for i in indices], dtype=torch.float if data.problem == "regression" else torch.long)
     for row, i in enumerate(indices):
         n = len(data.input_ids[i])
         ids[row, :n] = torch.tensor(data.input_ids[i])
         mask[row, :n] = 1
         if types is not None:
             types[row, :n] = torch.tensor(data.token_type_ids[i])
-    dtype = torch.float if data.problem == "regression" else torch.long
-    batch = {"input_ids": ids, "attention_mask": mask, "labels": torch.tensor([data.labels[i] for i in indices],
-                                                                              dtype=dtype)}
+        if tokens:
+            labels[row, :n] = torch.tensor(data.labels[i])
+    batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
     if types is not None:
         batch["token_type_ids"] = types
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
@@ -90,9 +106,21 @@ def batch_indices(n: int, batch_size: int, seed: int) -> Iterator[list[int]]:
 
 
 def loss_of(logits: torch.Tensor, labels: torch.Tensor, problem: str) -> torch.Tensor:
+    if problem == "completion":
+        total, tokens = completion_loss_sum(logits, labels)
+        return total / max(tokens, 1)
     if problem == "regression":
         return F.mse_loss(logits.squeeze(-1).float(), labels.float())
     return F.cross_entropy(logits.float(), labels)
+
+
+def completion_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Cross-entropy summed over the labelled tokens, and their count. The logits at position t predict token
+    t + 1 (labels are aligned with the inputs, as transformers takes them, and shifted here); IGNORE is skipped."""
+    targets = labels[:, 1:]
+    total = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE,
+                            reduction="sum")
+    return total, int((targets != IGNORE).sum())
 
 
 def autocast(device: torch.device):
@@ -226,20 +254,25 @@ def train(model: torch.nn.Module, params: list, batches: Iterator[dict], *, step
 def mean_loss(model: torch.nn.Module, data: Encoded, batch_size: int, pad_id: int, device: torch.device) -> float:
     """The training loss (without regularisers) averaged over `data`, in eval mode."""
     model.eval()
-    total = 0.0
+    total, count = 0.0, 0
     for start in range(0, len(data), batch_size):
         batch = collate(data, list(range(start, min(start + batch_size, len(data)))), pad_id, device)
         labels = batch.pop("labels")
         with autocast(device):
             logits = model(**batch)
-        total += float(loss_of(logits, labels, data.problem)) * len(labels)
-    return total / len(data)
+        if data.problem == "completion":  # the mean over all completion tokens, not over examples
+            summed, n = completion_loss_sum(logits, labels)
+        else:
+            summed, n = loss_of(logits, labels, data.problem) * len(labels), len(labels)
+        total, count = total + float(summed), count + n
+    return total / max(count, 1)
 
 
 def chance_loss(data: Encoded) -> float:
     """The loss on `data` of the best constant prediction: the entropy of its own label frequencies, or for
     regression its labels' variance. A model whose loss is not below this has learned nothing about the inputs
-    (a prior taken from elsewhere can be worse than a uniform guess, and would let an untrained model pass)."""
+    (a prior taken from elsewhere can be worse than a uniform guess, and would let an untrained model pass).
+    Not for completion, whose reference is the backbone's own loss (pipeline._Context.chance)."""
     labels = np.asarray(data.labels, dtype=float)
     if data.problem == "regression":
         return float(np.var(labels))
@@ -268,5 +301,9 @@ def predict(model: torch.nn.Module, data: Encoded, batch_size: int, pad_id: int,
 
 def evaluate(model: torch.nn.Module, data: Encoded, metric_names, batch_size: int, pad_id: int,
              device: torch.device) -> dict[str, float]:
+    if data.problem == "completion":
+        from .completion import completion_metrics
+
+        return completion_metrics(model, data, metric_names, batch_size, pad_id, device)
     predictions = predict(model, data, batch_size, pad_id, device)
     return compute_metrics(metric_names, predictions, np.asarray(data.labels))

@@ -19,11 +19,12 @@ from .train import Encoded, shuffled_batches, train
 
 
 def label_preserving_subset(data: Encoded, size: int, seed: int) -> Encoded:
-    """`size` examples with the label proportions of `data` (plain random sample for regression)."""
+    """`size` examples with the label proportions of `data` (plain random sample for regression and
+    completion)."""
     rng = random.Random(seed)
     if size >= len(data):
         return data
-    if data.problem == "regression":
+    if data.problem != "classification":
         return data.subset(sorted(rng.sample(range(len(data)), size)))
     by_label: dict[float, list[int]] = defaultdict(list)
     for i, label in enumerate(data.labels):

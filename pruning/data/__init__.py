@@ -7,7 +7,7 @@
 numpy only: the service imports this to validate uploads without torch.
 """
 
-from .loaders import DataError, Example, TaskData, load_task
+from .loaders import Completion, DataError, Example, TaskData, load_task
 from .metrics import compute_metrics
 
-__all__ = ["DataError", "Example", "TaskData", "compute_metrics", "load_task"]
+__all__ = ["Completion", "DataError", "Example", "TaskData", "compute_metrics", "load_task"]

@@ -41,14 +41,23 @@ class Example:
     label: int | float  # class index (classification) or target value (regression)
 
 
+@dataclass(frozen=True)
+class Completion:
+    """A decoder example: the model reads `prompt` and learns to write `completion`. A chat row's prompt is its
+    messages before the last, as (role, content) pairs; the last, the assistant's, is the completion."""
+
+    prompt: str | tuple[tuple[str, str], ...]
+    completion: str
+
+
 @dataclass
 class TaskData:
     name: str  # "glue:sst2" or the train file name
-    problem: str  # "classification" | "regression"
-    labels: list[str] | None  # class names in index order; None for regression
+    problem: str  # "classification" | "regression" | "completion"
+    labels: list[str] | None  # class names in index order; None for regression and completion
     metric_names: tuple[str, ...]  # the first is the primary metric
-    train: list[Example]
-    dev: list[Example]
+    train: list[Example] | list[Completion]
+    dev: list[Example] | list[Completion]
 
     @property
     def num_labels(self) -> int:
@@ -141,6 +150,10 @@ _FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl"}
 
 def _load_local(task: TaskSpec) -> TaskData:
     assert task.train is not None and task.dev is not None  # task.validate() checked both
+    if task.problem == "completion":
+        # exact match joins these once the completions are tokenised and found short (train.completion_metrics)
+        return TaskData(Path(task.train).name, "completion", None, ("loss", "perplexity"),
+                        read_completions(task, task.train), read_completions(task, task.dev))
     train = _read_local_file(task, task.train)
     dev = _read_local_file(task, task.dev)
     name = Path(task.train).name
@@ -158,11 +171,14 @@ def _load_local(task: TaskSpec) -> TaskData:
     return TaskData(name, "classification", labels, metrics, train_examples, dev_examples)
 
 
-def read_examples(task: TaskSpec, path: str | Path, labels: list[str] | None) -> list[Example]:
+def read_examples(task: TaskSpec, path: str | Path, labels: list[str] | None) -> list[Example] | list[Completion]:
     """One file read as `task` reads its files, its labels indexed by `labels` (a result's label map, so class
-    indices mean what they meant in the search); None for regression. Errors name the file and line."""
+    indices mean what they meant in the search); None for regression and completion. Errors name the file and
+    line."""
     if task.glue:
         return read_glue_file(task.glue, path)
+    if task.problem == "completion":
+        return read_completions(task, path)
     raws = _read_local_file(task, str(path))
     if labels is None:
         return _regression_examples(raws)
@@ -179,6 +195,49 @@ def _read_local_file(task: TaskSpec, path: str) -> list[_Raw]:
         records = _table(path, _csv_rows(path, text, "\t" if fmt == "tsv" else ","), columns)
     return _raw_examples(path, records, task.text_column, task.text_pair_column, task.label_column,
                          regression=task.problem == "regression")
+
+
+CHAT_ROLES = ("system", "user", "assistant")
+
+
+def read_completions(task: TaskSpec, path: str | Path) -> list[Completion]:
+    """A completion task's file: JSONL rows {"prompt": ..., "completion": ...} or {"messages": [{"role": ...,
+    "content": ...}, ...]} whose last message is the assistant's answer."""
+    if (task.format or _format_of(str(path))) != "jsonl":
+        raise DataError(path, 0, "completion data is JSONL: one {\"prompt\", \"completion\"} or "
+                                 "{\"messages\": [...]} object per line")
+    return [_completion(path, line, record) for line, record in _jsonl_records(path, _read_text(path))]
+
+
+def _completion(path: str | Path, line: int, record: dict[str, Any]) -> Completion:
+    if "messages" not in record:
+        if "prompt" not in record and "completion" not in record:
+            raise DataError(path, line, 'expected "prompt" and "completion", or "messages" '
+                                        f"(fields found: {_quoted(record)})")
+        return Completion(_text(path, line, record, "prompt"), _text(path, line, record, "completion"))
+    messages = record["messages"]
+    if not isinstance(messages, list) or len(messages) < 2:
+        got = f"{len(messages)} message(s)" if isinstance(messages, list) else _json_kind(messages)
+        raise DataError(path, line, f'"messages" must be an array of at least 2 messages (the prompt, then the '
+                                    f"assistant's answer), got {got}")
+    turns = []
+    for number, message in enumerate(messages, start=1):
+        if not isinstance(message, dict):
+            raise DataError(path, line, f'message {number} must be an object with "role" and "content", '
+                                        f"got {_json_kind(message)}")
+        role, content = message.get("role"), message.get("content")
+        if role not in CHAT_ROLES:
+            raise DataError(path, line, f'message {number}: "role" must be one of {_quoted(CHAT_ROLES)}, '
+                                        f"got {_show(role)}")
+        if not isinstance(content, str):
+            raise DataError(path, line, f'message {number}: "content" must be a string, got {_json_kind(content)}')
+        turns.append((role, content))
+    if turns[-1][0] != "assistant":
+        raise DataError(path, line, "the last message must be the assistant's (the completion to learn), "
+                                    f"got role {_show(turns[-1][0])}")
+    if not turns[-1][1].strip():
+        raise DataError(path, line, "the last message (the completion to learn) is empty")
+    return Completion(tuple(turns[:-1]), turns[-1][1])
 
 
 def _format_of(path: str) -> str:

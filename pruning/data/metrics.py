@@ -75,3 +75,21 @@ def average_ranks(values: np.ndarray) -> np.ndarray:
 METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
     "accuracy": accuracy, "f1": f1, "mcc": mcc, "pearson": pearson, "spearman": spearman,
 }
+
+# A completion task's metrics, computed from the model by completion.completion_metrics rather than from class
+# predictions: the mean loss per completion token, its exponential, and (when the completions are short answers)
+# the exact match of the greedy completion. Every other metric is better higher.
+COMPLETION_METRICS = ("exact_match", "loss", "perplexity")
+LOWER_IS_BETTER = frozenset({"loss", "perplexity"})
+
+
+def exact_match(generated: Sequence[Sequence[int]], references: Sequence[Sequence[int]], stop: int | None) -> float:
+    """Share of generated token sequences equal to their reference, each read up to its first `stop` token
+    (end of sequence): what follows it, e.g. a chat template's newline, is not the model's answer."""
+    def answer(tokens: Sequence[int]) -> list[int]:
+        tokens = list(tokens)
+        return tokens[:tokens.index(stop)] if stop in tokens else tokens
+
+    if len(generated) != len(references) or not references:
+        raise ValueError(f"{len(generated)} completions for {len(references)} references")
+    return sum(answer(g) == answer(r) for g, r in zip(generated, references, strict=True)) / len(references)

@@ -1,0 +1,117 @@
+"""Completion tasks of decoder language models: prompt/completion and chat rows as labelled token sequences, and
+their metrics (loss per completion token, perplexity, exact match of the greedy completion).
+
+The loss itself, masked and shifted, is train.loss_of's; train.encode and train.evaluate hand completion data here.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .data import Completion
+from .data.metrics import COMPLETION_METRICS, exact_match
+from .train import IGNORE, Encoded, autocast, mean_loss
+
+EXACT_MATCH_TOKENS = 8  # completions this short (before their end token) are answers: exact match scores them too
+
+
+def encode_completions(tokenizer, examples: list[Completion], max_length: int) -> Encoded:
+    """Prompt and completion as one sequence, labelled on the completion only. A sequence over `max_length`
+    loses the start of its prompt: the completion, what is learned, stays whole up to max_length - 1 tokens."""
+    ids, labels = [], []
+    for example in examples:
+        prompt, completion = completion_tokens(tokenizer, example)
+        completion = completion[:max_length - 1]
+        prompt = prompt[max(0, len(prompt) + len(completion) - max_length):]
+        ids.append(prompt + completion)
+        labels.append([IGNORE] * len(prompt) + completion)
+    return Encoded(ids, None, labels, "completion", tokenizer.eos_token_id)
+
+
+def completion_tokens(tokenizer, example: Completion) -> tuple[list[int], list[int]]:
+    """(prompt, completion) token ids. A plain prompt is tokenised as it is (with the tokenizer's special tokens,
+    e.g. a BOS) and the completion right after it, ending with the end-of-sequence token; a chat goes through the
+    tokenizer's chat template: the prompt is the conversation before the answer with the template's opening of
+    an assistant turn, and the completion the rest of the whole conversation (the answer and the turn's end)."""
+    if isinstance(example.prompt, str):
+        end = [] if tokenizer.eos_token_id is None else [tokenizer.eos_token_id]
+        return (tokenizer(example.prompt)["input_ids"],
+                tokenizer(example.completion, add_special_tokens=False)["input_ids"] + end)
+    if not tokenizer.chat_template:
+        raise ValueError('chat rows ({"messages": ...}) need a tokenizer with a chat template, and this model\'s '
+                         'has none: write {"prompt", "completion"} rows instead')
+    turns = [{"role": role, "content": content} for role, content in example.prompt]
+    prompt = _chat_ids(tokenizer, turns, add_generation_prompt=True)
+    whole = _chat_ids(tokenizer, [*turns, {"role": "assistant", "content": example.completion}])
+    if whole[:len(prompt)] != prompt:
+        raise ValueError("this tokenizer's chat template does not render a conversation before its answer as the "
+                         "start of the whole conversation, so the answer's tokens cannot be told apart: write "
+                         '{"prompt", "completion"} rows instead')
+    return prompt, whole[len(prompt):]
+
+
+def _chat_ids(tokenizer, messages: list[dict], **options) -> list[int]:
+    return list(tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, **options)["input_ids"])
+
+
+def completion_metric_names(data: Encoded) -> tuple[str, ...]:
+    """Loss and perplexity; exact match first (the primary metric) when every completion is a short answer."""
+    short = all(len(_answer(data, i)) <= EXACT_MATCH_TOKENS for i in range(len(data)))
+    return COMPLETION_METRICS if short else tuple(m for m in COMPLETION_METRICS if m != "exact_match")
+
+
+def _answer(data: Encoded, i: int) -> list[int]:
+    completion = data.input_ids[i][data.prompt_length(i):]
+    return completion[:completion.index(data.eos_id)] if data.eos_id in completion else completion
+
+
+def completion_metrics(model: torch.nn.Module, data: Encoded, metric_names, batch_size: int, pad_id: int,
+                       device: torch.device) -> dict[str, float]:
+    """The mean loss per completion token, its perplexity, and the share of greedy completions (each given as
+    many tokens as its reference has) equal to the reference up to the end-of-sequence token."""
+    loss = mean_loss(model, data, batch_size, pad_id, device)
+    scores = {"loss": loss, "perplexity": math.exp(loss)}
+    if "exact_match" in metric_names:
+        starts = [data.prompt_length(i) for i in range(len(data))]
+        prompts = [ids[:start] for ids, start in zip(data.input_ids, starts, strict=True)]
+        references = [ids[start:] for ids, start in zip(data.input_ids, starts, strict=True)]
+        generated = greedy_completions(model, prompts, [len(r) for r in references], batch_size, pad_id,
+                                       data.eos_id, device)
+        scores["exact_match"] = exact_match(generated, references, data.eos_id)
+    return {name: scores[name] for name in metric_names}
+
+
+@torch.no_grad()
+def greedy_completions(model: torch.nn.Module, prompts: list[list[int]], max_new_tokens: list[int],
+                       batch_size: int, pad_id: int, eos_id: int | None, device: torch.device) -> list[list[int]]:
+    """Each prompt's greedy continuation, up to its end-of-sequence token or its own token limit. The whole
+    sequence runs again at every step (no cache: answers are short, and it is the forward that training scored),
+    padded on the left with positions counted from each row's first real token, so that every row's next token
+    is read at the last position."""
+    model.eval()
+    out: list[list[int]] = [[] for _ in prompts]
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    for start in range(0, len(order), batch_size):
+        rows = order[start:start + batch_size]
+        for _ in range(max(max_new_tokens[i] for i in rows)):
+            live = [i for i in rows if len(out[i]) < max_new_tokens[i] and not (out[i] and out[i][-1] == eos_id)]
+            if not live:
+                break
+            with autocast(device):
+                logits = model(**_left_padded([prompts[i] + out[i] for i in live], pad_id, device), logits_to_keep=1)
+            for i, token in zip(live, logits[:, -1].argmax(-1).tolist(), strict=True):
+                out[i].append(token)
+    return out
+
+
+def _left_padded(sequences: list[list[int]], pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, sequence in enumerate(sequences):
+        ids[row, width - len(sequence):] = torch.tensor(sequence)
+        mask[row, width - len(sequence):] = 1
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    return {"input_ids": ids.to(device), "attention_mask": mask.to(device), "position_ids": positions.to(device)}
