@@ -141,16 +141,20 @@ def test_a_celery_worker_resends_a_job_whose_message_was_lost(settings, submit, 
 def test_a_forked_process_opens_its_own_database_connections(settings):
     """A Celery worker forks each job's process from its main process, where the reaper's connections are pooled:
     the child must not use them (store/db.py)."""
+    url = f"{settings.db_url}&application_name=fork-{uuid.uuid4().hex[:8]}"  # an engine of its own: one connection
     backend = text("SELECT pg_backend_pid()")
-    with get_engine(settings.db_url).connect() as connection:
+    with get_engine(url).connect() as connection:
         parent_backend = connection.scalar(backend)
     child = os.fork()
     if child == 0:  # the child: exit 0 only if it talks to a backend of its own
         try:
-            with session_factory(settings.db_url)() as session:
+            with session_factory(url)() as session:
                 os._exit(0 if session.scalar(backend) != parent_backend else 1)
         finally:
             os._exit(2)
-    assert os.waitstatus_to_exitcode(os.waitpid(child, 0)[1]) == 0
-    with get_engine(settings.db_url).connect() as connection:  # and the parent's connection is intact
-        assert connection.scalar(backend) == parent_backend
+    try:
+        assert os.waitstatus_to_exitcode(os.waitpid(child, 0)[1]) == 0
+        with get_engine(url).connect() as connection:  # and the parent's pooled connection is intact
+            assert connection.scalar(backend) == parent_backend
+    finally:
+        get_engine(url).dispose()
