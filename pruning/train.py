@@ -255,8 +255,9 @@ def mean_loss(model: torch.nn.Module, data: Encoded, batch_size: int, pad_id: in
     """The training loss (without regularisers) averaged over `data`, in eval mode."""
     model.eval()
     total, count = 0.0, 0
-    for start in range(0, len(data), batch_size):
-        batch = collate(data, list(range(start, min(start + batch_size, len(data)))), pad_id, device)
+    order = by_length(data)
+    for start in range(0, len(order), batch_size):
+        batch = collate(data, order[start:start + batch_size], pad_id, device)
         labels = batch.pop("labels")
         with autocast(device):
             logits = model(**batch)
@@ -266,6 +267,12 @@ def mean_loss(model: torch.nn.Module, data: Encoded, batch_size: int, pad_id: in
             summed, n = loss_of(logits, labels, data.problem) * len(labels), len(labels)
         total, count = total + float(summed), count + n
     return total / max(count, 1)
+
+
+def by_length(data: Encoded) -> list[int]:
+    """Example indices, shortest first: evaluation batches of similar lengths pad little (on a CPU, half the
+    work of a batch of mixed lengths on SST-2)."""
+    return sorted(range(len(data)), key=lambda i: len(data.input_ids[i]))
 
 
 def chance_loss(data: Encoded) -> float:
@@ -286,7 +293,7 @@ def predict(model: torch.nn.Module, data: Encoded, batch_size: int, pad_id: int,
             device: torch.device) -> np.ndarray:
     """Class indices (classification) or values (regression), in the data's order."""
     model.eval()
-    order = sorted(range(len(data)), key=lambda i: len(data.input_ids[i]))
+    order = by_length(data)
     out = np.zeros(len(data), dtype=float if data.problem == "regression" else int)
     for start in range(0, len(order), batch_size):
         indices = order[start:start + batch_size]
