@@ -43,6 +43,25 @@ def test_smollm2_loads_by_name_and_answers():
     assert logits.shape == (1, prompt["input_ids"].shape[1], config.vocab_size)
     assert "Paris" in tokenizer.decode(answer[0, prompt["input_ids"].shape[1]:])
 
+    # the whole default supernet on it: LoRA and adapters start at zero, and prefixes as the model's own keys and
+    # values of a few tokens barely move the loss of its answers (keys projected from embeddings raised it 15-fold)
+    from pruning.data import Completion
+    from pruning.spec import SpaceSpec
+    from pruning.supernet import Supernet
+    from pruning.train import encode, mean_loss
+
+    answers = encode(tokenizer, [Completion((("user", f"What is {a} plus {b}? Answer with the number only."),),
+                                            str(a + b)) for a, b in [(2, 3), (4, 4), (1, 7), (6, 2)]],
+                     64, "completion")
+    net = Supernet(model, SpaceSpec())
+    with torch.no_grad():
+        for unit in net.units.values():
+            unit.set_enabled(False)
+        base = mean_loss(net, answers, 4, tokenizer.pad_token_id, torch.device("cpu"))
+        for unit in net.units.values():
+            unit.set_enabled(True)
+        assert mean_loss(net, answers, 4, tokenizer.pad_token_id, torch.device("cpu")) < 1.25 * base
+
     classifier = load_model("SmolLM2-135M-Instruct", 2, "classification", tokenizer.pad_token_id)
     assert classifier.newly_initialised == ["score.weight"]
     batch = tokenizer(["a fine film", "the plot was dull and far too long"], padding=True, return_tensors="pt")
