@@ -324,3 +324,18 @@ def test_a_decoder_classifies_with_a_head(tmp_path, llama_dir, toy_task):
              "attention_mask": torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])}
     with torch.no_grad():
         torch.testing.assert_close(stock(**batch).logits, pruning.load(tmp_path / "out")(**batch))
+
+
+def test_the_cli_searches_a_completion_task(tmp_path, llama_dir, plain_task, capsys):
+    from pruning.cli import main
+
+    code = main(["--model", llama_dir, "--train", plain_task.train, "--dev", plain_task.dev, "--problem",
+                 "completion", "--budget", "8000", "--rounds", "2", "--steps-per-round", "2", "--steps", "4",
+                 "--batch-size", "8", "--out", str(tmp_path / "out")])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "(prompt/completion or chat rows), completion" in captured.out
+    assert "dev metrics        exact_match " in captured.out and "PEFT parameters" in captured.out
+    assert main(["--model", llama_dir, "--train", plain_task.train, "--dev", plain_task.dev, "--problem",
+                 "completion", "--max-length", "1", "--out", str(tmp_path / "o")]) == 2
+    assert "train.max_length: a completion needs at least 2 tokens" in capsys.readouterr().err
