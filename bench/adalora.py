@@ -22,6 +22,7 @@ def fit_adalora(spec, target_r: int = 8) -> dict:
 
     from pruning.backbones import load_model, load_tokenizer, peak_memory_mb
     from pruning.data import load_task
+    from pruning.regression import fold, standardise_head
     from pruning.train import encode, evaluate, shuffled_batches, train
 
     set_seed(spec.seed)
@@ -32,11 +33,14 @@ def fit_adalora(spec, target_r: int = 8) -> dict:
     train_data = encode(tokenizer, task.train, spec.train.max_length, task.problem)
     dev_data = encode(tokenizer, task.dev, spec.train.max_length, task.problem)
     base = load_model(spec.model, task.num_labels, task.problem, tokenizer.pad_token_id)
+    if task.problem == "regression":  # as every other method's head (pruning.regression)
+        standardise_head(base, train_data.labels)
     config = AdaLoraConfig(init_r=round(1.5 * target_r), target_r=target_r, lora_alpha=2 * target_r,
                            lora_dropout=0.1, target_modules=list(TARGETS), tinit=round(0.1 * steps),
-                           tfinal=round(0.2 * steps), deltaT=max(1, steps // 30), total_step=steps,
-                           modules_to_save=["classifier"])
+                           tfinal=round(0.2 * steps), deltaT=max(1, steps // 30), total_step=steps)
     model = get_peft_model(base, config)
+    for p in base.classifier.parameters():  # the head trains in place (not a modules_to_save copy): fold needs it
+        p.requires_grad = True
     initial = _ranks(model)
 
     class Logits(torch.nn.Module):  # pruning.train calls model(**batch) and expects logits
@@ -55,6 +59,7 @@ def fit_adalora(spec, target_r: int = 8) -> dict:
           weight_decay=spec.train.weight_decay, extra_loss=lambda: config.orth_reg_weight * _orthogonality(model),
           after_step=lambda step: model.base_model.update_and_allocate(step))
     wall = time.monotonic() - start
+    fold(base)
     metrics = evaluate(Logits(), dev_data, task.metric_names, spec.train.eval_batch_size, tokenizer.pad_token_id,
                        device)
     final = _ranks(model)

@@ -44,6 +44,7 @@ from .hybrid import (
     uniform_assignment,
 )
 from .importance import ImportanceTracker
+from .regression import fold, standardise_head
 from .result import ProgressEvent, RemovedUnit, RoundRecord, SearchResult, pareto_front
 from .schedule import choose_removals, kept_ranks, rank_chunks, round_targets
 from .spec import SearchSpec, budget_params
@@ -152,6 +153,8 @@ class _Context:
                  masks: bool = False, backbone: dict | None = None,
                  scales: dict[str, torch.Tensor] | None = None) -> Supernet:
         model = load_model(self.spec.model, self.task.num_labels, self.task.problem, self.pad_id)
+        if self.task.problem == "regression":
+            standardise_head(model, [self.train_data.labels[i] for i in self.outside_validation])
         return Supernet(model, self.spec.space, units, lora_ranks, masks=masks, backbone=backbone,
                         scales=scales).to(self.device)
 
@@ -486,6 +489,7 @@ def _retrain_evaluate_export(ctx: _Context, model: Supernet, out_dir, report: _R
           warmup_ratio=spec.train.warmup_ratio, weight_decay=spec.train.weight_decay,
           on_step=report.steps(None, model.peft_params()), should_stop=should_stop, resume=saved,
           checkpoint=checkpoint)
+    fold(model.model)  # a standardised regression head back in the labels' units
     retrain_wall = (saved.wall_s if saved else 0.0) + time.monotonic() - start
     report.phase("evaluate", f"{len(ctx.dev_data)} dev examples")
     metrics = ctx.evaluate(model, ctx.dev_data)
