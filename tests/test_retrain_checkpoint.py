@@ -16,18 +16,9 @@ from pruning import Cancelled, search
 from pruning.checkpoint import CheckpointEvery
 from pruning.export import WEIGHTS
 from pruning.train import Encoded, shuffled_batches
+from tests.helpers import stop_after
 
 EVERY_3_STEPS = CheckpointEvery(steps=3, seconds=None)
-
-
-def stop_after(calls: int):
-    count = {"n": 0}
-
-    def should_stop() -> bool:
-        count["n"] += 1
-        return count["n"] > calls
-
-    return should_stop
 
 
 def retrain_steps(events) -> list[int]:

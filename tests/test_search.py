@@ -16,6 +16,7 @@ from conftest import LAYERS, unit_size
 from pruning import Cancelled, PolicySpec, SpecError, search
 from pruning.hybrid import DEFAULT_ASSIGNMENT
 from pruning.result import PHASES, RoundRecord, SearchResult, pareto_front
+from tests.helpers import stop_after
 
 ALL_UNITS = [f"{kind}.{layer}" for layer in range(LAYERS) for kind in ("lora", "adapter", "prefix")]
 START = sum(unit_size(k) for k in ALL_UNITS)  # 20800 on the tiny model
@@ -230,16 +231,6 @@ def test_search_with_a_budget_above_the_supernet_removes_nothing(make_spec, tmp_
 
 
 # --- cancellation and checkpoints -------------------------------------------------------------------------------
-
-
-def stop_after(calls: int):
-    count = {"n": 0}
-
-    def should_stop() -> bool:
-        count["n"] += 1
-        return count["n"] > calls
-
-    return should_stop
 
 
 def test_should_stop_cancels_after_n_steps(make_spec, tmp_path):
