@@ -284,7 +284,7 @@ def _markdown(data: dict) -> str:
         "# Quality and cost: peftsearch against fixed PEFT methods and other searches",
         "",
         f"Command: `{data['command']}`  ",
-        f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} ({m['torch_threads']} threads)"
+        f"Report made on: {m['cpu']}, {m['cores']} cores, torch {m['torch']} ({m['torch_threads']} threads)"
         + (f", GPU {m['gpu']}" if "gpu" in m else "") + f", transformers {m.get('transformers')}, "
         f"peft {m.get('peft')}  ",
         f"Model: {data['model']}. Metric: the task's primary dev metric x 100, mean ± std over seeds. "

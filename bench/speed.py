@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .common import DEFAULT_GLUE, TASKS, Store, machine, mean_spread, run_child, write_report
+from .common import DEFAULT_GLUE, TASKS, Store, machine, mean_spread, provenance, run_child, write_report
 from .quality import base_spec
 
 METHODS = ("lora", "speed")
@@ -189,7 +189,8 @@ def report(store: Store, command: str) -> tuple[dict, str]:
     summary = _summary(table, complete)
     data = {"machine": machine(), "command": command, "model": rows[0]["model"] if rows else None,
             "tasks": {t: dataclasses.asdict(TASKS[t]) for t in tasks},
-            "results": table, "complete": complete, "summary": summary}
+            "results": table, "complete": complete, "summary": summary,
+            "cpus": sorted({r.get("cpu") or "not recorded" for r in rows})}
     return data, _markdown(data)
 
 
@@ -230,7 +231,7 @@ def _markdown(data: dict) -> str:
         "# Speed mode (backbone + rank pruning) against plain LoRA",
         "",
         f"Command: `{data['command']}`  ",
-        f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} ({m['torch_threads']} threads)"
+        f"Report made on: {m['cpu']}, {m['cores']} cores, torch {m['torch']} ({m['torch_threads']} threads)"
         + (f", GPU {m['gpu']}" if "gpu" in m else "") + "  ",
         f"Model: {data['model']}. Metric x 100, mean ± std over seeds. Step time and peak memory (above the loaded "
         f"model) at batch {TRAIN_SHAPE[0]}, length {TRAIN_SHAPE[1]}; real-data step = the final training's wall "
@@ -247,6 +248,8 @@ def _markdown(data: dict) -> str:
                 f"{100 * r['layers_removed_share']:.1f}% | {100 * r['backbone_removed_share']:.1f}% | "
                 f"{r['train_step_s']:.3f} | {r['retrain_step_s']:.3f} | {r['train_peak_mb']:.0f} | "
                 + " | ".join(f"{r['throughput'][f'{b}x{n}']:.0f}" for b, n in SHAPES) + " |")
+    lines += ["", "CPUs the runs were on (step times and throughput compare only within one): "
+              + "; ".join(data["cpus"]) + "."]
     if data["summary"]:
         lines += ["", f"Targets (mean over {', '.join(data['complete'])}):", ""]
         for name, t in data["summary"].items():
@@ -291,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
                         mem = run_child("bench.speed", {"kind": "memory", "out": f"{tmp}/{m}", "model": args.model})
                         row = {**rows[m], **measured[m], **mem}
                         row.pop("out")
-                        store.add(row)
+                        store.add({**row, **provenance()})
                         print(f"{task} {m} seed {seed}: {row['metric_name']} {row['metric']:.4f}, "
                               f"step {row['train_step_s']:.3f}s, {row['train_peak_mb']:.0f} MiB", flush=True)
                 _write(args.results, store, command)
