@@ -47,7 +47,7 @@ def test_a_classifier_head_is_not_touched(load_bare):
 
 
 def test_labels_far_from_zero_are_reached_in_a_few_steps_and_the_export_predicts_in_their_units(
-        make_spec, tmp_path, tokenizer):
+        make_spec, tmp_path):
     """Without standardisation a new head at lr 3e-3 moves its output by about 0.01 a step: after 8 steps its
     predictions sit near 0, a thousand away from every label."""
     def rows(n, seed):  # the toy sentiment cue shifts the score, around 1000
