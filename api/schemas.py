@@ -11,6 +11,7 @@ from typing import Any, Generic, Literal, TypeVar
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, create_model
 
 from pruning.result import PHASES, ProgressEvent, RoundRecord, SearchResult
+from pruning.spec import PROBLEMS
 from store.models import DELIVERY_STATUSES, STATUSES, Dataset, Job, Webhook
 from store.webhooks import EVENT_TYPES, EventType, WebhookUrl
 
@@ -232,7 +233,7 @@ class Columns(BaseModel):
     text_column: str = "text"
     text_pair_column: str | None = None
     label_column: str = "label"
-    problem: Literal["classification", "regression"] = "classification"
+    problem: Literal[PROBLEMS] = "classification"  # type: ignore[valid-type]
 
 
 class DatasetOut(BaseModel):
@@ -257,6 +258,11 @@ class DatasetOut(BaseModel):
 class ModelOut(BaseModel):
     name: str
     model_type: str | None = Field(None, description="From the model's config.json, e.g. bert.")
+    kind: Literal["encoder", "decoder"] | None = Field(None, description=(
+        "An encoder labels text; a decoder (a causal language model) also learns completions. None: the model's "
+        "family has no architecture map."))
+    problems: list[str] = Field(default_factory=list, description=(
+        "The dataset problems a job on this model can learn (a dataset's `problem`)."))
     layers: int | None = None
     hidden_size: int | None = None
 

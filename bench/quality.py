@@ -171,7 +171,9 @@ def run_method(method: str, task: str, seed: int, data_dir: str, model: str) -> 
         "steps": spec.train.steps, "search_steps": spec.schedule.rounds * spec.round_steps(),
         "units": result.configuration["units"], "candidates": candidates,
         **({"selected_on": "validation"} if method == "autopeft" else {}),
-        **({"lora_ranks": result.configuration["lora_ranks"]} if method == "alllinear" else {}),
+        # where the parameters went: the fixed methods' are known, a search's are what it found
+        **({"lora_ranks": result.configuration["lora_ranks"]} if method in ("alllinear", "random", "peftsearch")
+           else {}),
         **({"initial_ranks": result.initial_ranks, "final_ranks": result.final_ranks} if method == "adalora" else {}),
     }
 

@@ -6,6 +6,8 @@ import argparse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from pruning.spec import PROBLEMS
+
     from .console import connection_options
 
     common = [connection_options()]
@@ -18,7 +20,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     upload.add_argument("--text-column", default="text")
     upload.add_argument("--text-pair-column", help="the second text of sentence-pair tasks")
     upload.add_argument("--label-column", default="label")
-    upload.add_argument("--problem", choices=("classification", "regression"), default="classification")
+    upload.add_argument("--problem", choices=PROBLEMS, default="classification",
+                        help="completion: JSONL prompt/completion or chat rows, for a decoder model")
     upload.add_argument("--format", choices=("csv", "tsv", "jsonl"), help="default: from the file names")
     upload.add_argument("--name")
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .spec import ROLES
+from .spec import PROBLEMS, ROLES
 
 if TYPE_CHECKING:  # annotations only: the maps themselves are plain data, read without torch (sizes.py)
     from torch import nn
@@ -32,6 +32,16 @@ class ArchitectureMap:
     attention_includes_o: bool = False  # True when the attention module applies `o` itself (LLaMA)
     num_heads_attr: str = "num_attention_heads"
     num_kv_heads_attr: str | None = None  # grouped-query attention: config attribute of the K/V head count
+    decoder: bool = False  # a causal language model: it also learns completions; an encoder only labels text
+
+    @property
+    def kind(self) -> str:
+        return "decoder" if self.decoder else "encoder"
+
+    @property
+    def problems(self) -> tuple[str, ...]:
+        """The task kinds (TaskSpec.problem) a model of this family can learn."""
+        return PROBLEMS if self.decoder else tuple(p for p in PROBLEMS if p != "completion")
 
     def role_paths(self, role: str) -> tuple[str, ...]:
         if role not in ROLES:
@@ -78,6 +88,7 @@ LLAMA = ArchitectureMap(
     embeddings="model.embed_tokens",
     attention_includes_o=True,
     num_kv_heads_attr="num_key_value_heads",
+    decoder=True,
 )
 
 # model_type (transformers config) -> map

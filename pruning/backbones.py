@@ -14,6 +14,7 @@ import transformers
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 from .bundled import bundled_path, gguf_source, installed_models
+from .sizes import check_problem, read_config
 
 
 @contextlib.contextmanager
@@ -107,6 +108,7 @@ def load_model(model_id: str, num_labels: int, problem: str, pad_token_id: int |
     """The backbone with a task head (a completion task: the language model as it is, its own output layer is
     the head and stays frozen). `model.newly_initialised` names the tensors the checkpoint did not hold (the
     head, and e.g. a pooler the checkpoint lacks): randomly initialised here, so a result must save them."""
+    check_problem(problem, read_config(model_id))  # an encoder asked to complete text: say so, not a warning
     head = {} if problem == "completion" else {
         "num_labels": num_labels,
         "problem_type": "regression" if problem == "regression" else "single_label_classification",

@@ -232,12 +232,15 @@ def summary(result) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from .data import DataError, load_task
-    from .sizes import check_budget, read_config
+    from .sizes import check_budget, check_problem, read_config
 
     try:
         spec = spec_from_args(args)
-        # A budget the whole supernet cannot reach would prune nothing: refused from config.json, before torch.
-        check_budget(spec.budget, read_config(spec.model), spec.space)
+        # A budget the whole supernet cannot reach, or a completion task on an encoder: refused from config.json,
+        # before torch.
+        config = read_config(spec.model)
+        check_budget(spec.budget, config, spec.space)
+        check_problem(spec.task.problem, config)
     except SpecError as err:
         print(f"peftsearch search: invalid spec: {err}", file=sys.stderr)
         return 2

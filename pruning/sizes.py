@@ -179,6 +179,15 @@ def check_budget(budget: str | int, config: dict[str, Any] | None, space, field:
                            f"this space holds that many, and a larger budget prunes nothing; got {given}")
 
 
+def check_problem(problem: str, config: dict[str, Any] | None, field: str = "task.problem") -> None:
+    """Raise SpecError(`field`) when the model's family cannot learn `problem` (a completion on an encoder);
+    nothing when the family is unknown from `config`."""
+    arch = architecture(config) if config else None
+    if arch is not None and problem not in arch.problems:
+        raise SpecError(field, f"a {arch.name} model is an {arch.kind}: it learns {' or '.join(arch.problems)}, "
+                               f"not {problem} (completion needs a decoder language model, e.g. a LLaMA-style one)")
+
+
 def max_share(supernet: int, backbone: int) -> str:
     """The largest percentage (4 decimals, rounded down, as a budget would be written) whose budget fits in
     `supernet` parameters; "0" when even 0.0001% is too many."""

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session, defer
 from sqlalchemy.orm.attributes import set_committed_value
 
 from pruning.result import RoundRecord
+from pruning.sizes import check_problem
 from pruning.spec import SpecError
 
 from .datasets import get_dataset, task_spec
@@ -38,7 +39,7 @@ from .models import (
     utcnow,
 )
 from .settings import Settings
-from .specs import ABOUT_THE_JOB, JobCreate, JobFilters, admit, build_spec
+from .specs import ABOUT_THE_JOB, JobCreate, JobFilters, admit, build_spec, model_config
 from .webhooks import create_webhook, record_deliveries
 
 
@@ -76,6 +77,7 @@ def submit(session: Session, *, owner: str, body: JobCreate, idempotency_key: st
     dataset = get_dataset(session, owner, body.dataset_id, lock="share")
     if dataset is None:
         raise SpecError("dataset_id", f"no dataset {body.dataset_id!r}; upload one with POST /v1/datasets")
+    check_problem(dataset.columns["problem"], model_config(model_path), field="dataset_id")
     spec = build_spec(body, model_path, task_spec(dataset, settings.datasets))
     request = {k: v for k, v in submitted.items() if k not in ABOUT_THE_JOB}
     try:

@@ -16,6 +16,7 @@ from pruning.sizes import (
     backbone_params,
     budget_limit,
     check_budget,
+    check_problem,
     max_share,
     read_config,
     supernet_params,
@@ -195,4 +196,34 @@ def test_the_cli_refuses_a_budget_above_the_supernet_before_loading_torch(tiny_m
                          cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert run.returncode == 2, run.stderr
     assert f"budget: at most {supernet:,} parameters" in run.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_completion_is_refused_for_encoders_and_taken_by_decoders(tiny_model, tmp_path):
+    from pruning.backbones import load_model
+    from tests.tiny import make_tiny_llama
+
+    with pytest.raises(SpecError, match="an encoder: it learns classification or regression, not completion") as err:
+        check_problem("completion", read_config(tiny_model))
+    assert err.value.field == "task.problem"
+    with pytest.raises(SpecError, match="not completion"):  # the engine's own entry, before any weight is read
+        load_model(tiny_model, 0, "completion")
+    llama = read_config(str(make_tiny_llama(tmp_path / "llama")))
+    for problem in ("classification", "regression", "completion"):
+        check_problem(problem, llama)
+        check_problem(problem, {"model_type": "gpt2"})  # no map: nothing is known, nothing refused
+    check_problem("regression", read_config(tiny_model))
+
+
+def test_the_cli_refuses_completion_on_an_encoder_before_loading_torch(tiny_model, tmp_path):
+    from tests.tiny import make_completion_task
+
+    train, dev = make_completion_task(tmp_path / "data", n_train=8, n_dev=4)
+    code = ("import sys\nfrom pruning.cli import main\ncode = main(sys.argv[1:])\n"
+            "assert 'torch' not in sys.modules, 'torch was loaded'\nsys.exit(code)")
+    run = subprocess.run([sys.executable, "-c", code, "--model", tiny_model, "--train", str(train), "--dev",
+                          str(dev), "--problem", "completion", "--out", str(tmp_path / "out")],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2, run.stderr
+    assert "task.problem: a bert model is an encoder" in run.stderr
     assert not (tmp_path / "out").exists()

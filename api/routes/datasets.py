@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, File, Form, Query, Response, UploadFile
 
+from pruning.spec import PROBLEMS
 from store.datasets import (
     DatasetError,
     create_dataset,
@@ -36,7 +37,9 @@ def upload_dataset(
     text_column: Annotated[str, Form()] = "text",
     text_pair_column: Annotated[str | None, Form(description="Second text of sentence-pair tasks.")] = None,
     label_column: Annotated[str, Form()] = "label",
-    problem: Annotated[Literal["classification", "regression"], Form()] = "classification",
+    problem: Annotated[Literal[PROBLEMS], Form(description=(  # type: ignore[valid-type]
+        "What the label is; completion: JSONL rows {prompt, completion} or chat rows {messages} that a decoder "
+        "learns to complete (the column fields are then unused)."))] = "classification",
 ) -> DatasetOut:
     columns = {"text_column": text_column, "text_pair_column": text_pair_column or None,
                "label_column": label_column, "problem": problem}

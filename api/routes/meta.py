@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 from sqlalchemy import text
 
+from pruning.sizes import architecture
 from store.db import schema_is_current
 from store.specs import model_config
 
@@ -23,7 +24,9 @@ def list_models(_: CurrentCaller, settings: Config) -> Page[ModelOut]:
 
 def describe_model(name: str, path: str) -> ModelOut:
     config = model_config(path)
-    return ModelOut(name=name, model_type=config.get("model_type"), layers=config.get("num_hidden_layers"),
+    arch = architecture(config)
+    return ModelOut(name=name, model_type=config.get("model_type"), kind=arch and arch.kind,
+                    problems=list(arch.problems) if arch else [], layers=config.get("num_hidden_layers"),
                     hidden_size=config.get("hidden_size"))
 
 

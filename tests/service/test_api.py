@@ -3,6 +3,8 @@ pagination, cancellation, uploads, and one error envelope for every bad request.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import pytest
 
 from store import jobs
@@ -364,7 +366,35 @@ def test_upload_needs_both_files(client, auth, toy_files):
 
 def test_models_lists_the_configured_models(client, auth):
     assert client.get("/v1/models", headers=auth).json() == {
-        "data": [{"name": TINY, "model_type": "bert", "layers": 4, "hidden_size": 64}], "next": None}
+        "data": [{"name": TINY, "model_type": "bert", "kind": "encoder", "problems": ["classification", "regression"],
+                  "layers": 4, "hidden_size": 64}], "next": None}
+
+
+def test_completion_data_is_taken_and_goes_to_decoders_only(tmp_path, settings, db, auth):
+    from fastapi.testclient import TestClient
+
+    from api.app import create_app
+    from api.deps import get_sessions
+    from tests.tiny import make_completion_task, make_tiny_llama
+
+    settings = settings.model_copy(update={"models": {**settings.models, "tiny-llama": str(
+        make_tiny_llama(tmp_path / "llama"))}})
+    app = create_app(settings)
+    app.dependency_overrides[get_sessions] = lambda: lambda: nullcontext(db)
+    with TestClient(app) as client:
+        models = {m["name"]: m for m in client.get("/v1/models", headers=auth).json()["data"]}
+        assert models["tiny-llama"]["kind"] == "decoder"
+        assert models["tiny-llama"]["problems"] == ["classification", "regression", "completion"]
+        response = upload(client, auth, *make_completion_task(tmp_path / "data"), problem="completion")
+        assert response.status_code == 201, response.text
+        dataset = response.json()
+        assert dataset["columns"]["problem"] == "completion" and dataset["labels"] is None
+        assert dataset["metric_name"] == "loss"
+        error = assert_error(client.post("/v1/jobs", headers=auth, json=job_body(dataset["id"])), 422,
+                             "invalid_request", "dataset_id")
+        assert "encoder" in error["message"] and "decoder" in error["message"]
+        response = client.post("/v1/jobs", headers=auth, json=job_body(dataset["id"], model="tiny-llama"))
+        assert response.status_code == 201, response.text
 
 
 def test_health_and_readiness(client):

@@ -620,7 +620,7 @@ async function newJobView(params) {
   const [models, datasets] = await Promise.all([api("v1/models"), api("v1/datasets?limit=100")]);
   let idempotencyKey = newIdempotencyKey(); // the same form contents are the same submission, retried or not
   const model = h("select", { id: "model", name: "model" }, models.data.map((m) =>
-    h("option", { value: m.name }, m.layers ? `${m.name} (${m.model_type}, ${m.layers} layers)` : m.name)));
+    h("option", { value: m.name }, m.layers ? `${m.name} (${m.kind || m.model_type}, ${m.layers} layers)` : m.name)));
   const dataset = h("select", { id: "dataset_id", name: "dataset_id" }, datasets.data.map((d) =>
     h("option", { value: d.id }, `${d.name} · ${d.train_rows} train / ${d.dev_rows} dev · ${d.id}`)));
   if (params.get("dataset")) dataset.value = params.get("dataset");
@@ -678,7 +678,8 @@ function datasetsView() {
     ...fieldRow("Text pair column", "text_pair_column", input("text_pair_column", { placeholder: "sentence-pair tasks only" })),
     ...fieldRow("Label column", "label_column", input("label_column", { value: "label" })),
     ...fieldRow("Problem", "problem", h("select", { id: "problem", name: "problem" },
-      h("option", { value: "classification" }, "classification"), h("option", { value: "regression" }, "regression"))),
+      h("option", { value: "classification" }, "classification"), h("option", { value: "regression" }, "regression"),
+      h("option", { value: "completion" }, "completion (JSONL prompt/completion or chat rows; decoder models)"))),
     h("span"), h("div", { class: "row" }, h("button", { type: "submit", id: "upload-submit" }, "Upload and check"),
       h("span", { class: "field-error", "data-error-for": "" }), h("span", { class: "hint", id: "upload-state" })));
   const list = h("div", { id: "datasets" });
