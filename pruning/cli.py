@@ -16,7 +16,14 @@ import json
 import sys
 from pathlib import Path
 
-from .result import format_front, format_metrics, format_round, format_unit, stock_peft_warning
+from .result import (
+    format_backbone,
+    format_front,
+    format_metrics,
+    format_round,
+    format_unit,
+    stock_peft_warning,
+)
 from .spec import GLUE_TASKS, PROBLEMS, SearchSpec, SpecError
 
 
@@ -65,8 +72,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     backbone.add_argument("--mask-lr", type=float, help="learning rate of the masks")
     backbone.add_argument("--mask-rounds", type=int, help="search rounds the masks learn before pruning")
     backbone.add_argument("--rank-ratio", type=float, help="share of LoRA ranks removed globally")
+    backbone.add_argument("--max-drop", type=_optional_float, help="quality guard: the most points the validation "
+                          "metric may fall while pruning in stages ('none': one step to the target, no guard)")
+    backbone.add_argument("--stages", type=int, help="the quality guard's stages toward the target")
     backbone.add_argument("--save-backbone", action="store_true", help="also save the pruned backbone")
     show_defaults(p)
+
+
+NULL = object()  # a flag's value that sets its spec field to null (a flag left out sets nothing)
+
+
+def _optional_float(text: str) -> object:
+    return NULL if text.lower() in ("none", "null") else float(text)
 
 
 # flag (argparse dest) -> spec field, for the flags that map one to one; store_true flags set True or nothing
@@ -79,6 +96,7 @@ FLAG_FIELDS = {
     "neuron_ratio": "backbone.neuron_ratio", "backbone_target": "backbone.target_params",
     "mask_penalty": "backbone.mask_penalty", "mask_lr": "backbone.mask_lr", "mask_rounds": "backbone.mask_rounds",
     "rank_ratio": "backbone.rank_ratio", "save_backbone": "backbone.save_backbone",
+    "max_drop": "backbone.max_drop", "stages": "backbone.stages",
 }
 
 
@@ -161,6 +179,7 @@ def _read_spec_file(path: Path) -> dict:
 def _set(data: dict, dotted: str, value) -> None:
     if value is None:
         return
+    value = None if value is NULL else value
     *parents, leaf = dotted.split(".")
     for key in parents:
         data = data.setdefault(key, {})
@@ -215,6 +234,7 @@ def summary(result) -> str:
         f"PEFT parameters    {result.trainable_params:,} (budget {result.budget_params:,}; head "
         f"{result.head_params:,})",
         f"backbone           {result.backbone_params:,} parameters (was {result.backbone_params_before:,})",
+        *([f"speed mode         {speed}"] if (speed := format_backbone(config.get("backbone"))) else []),
         f"layers w/o modules {result.pruned_layers or 'none'}",
         f"wall time          search {result.search_wall_s:.1f}s, retrain {result.retrain_wall_s:.1f}s "
         f"on {result.device}",

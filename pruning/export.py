@@ -227,7 +227,7 @@ def read_config(out: Path) -> dict[str, Any]:
 
 
 def _model_card(config: dict, records) -> str:
-    from .result import format_metrics, format_unit, stock_peft_warning
+    from .result import format_backbone, format_metrics, format_unit, stock_peft_warning
 
     warning = stock_peft_warning(config.get("stock_peft"))
     types = config["space"]["types"]
@@ -248,6 +248,7 @@ def _model_card(config: dict, records) -> str:
 - dev metrics: {format_metrics(config['metrics'], config['labels'])}
 - trainable PEFT parameters: {config['trainable_params']:,}
 - layers without any PEFT module: {config['pruned_layers'] or 'none'}
+- backbone (speed mode): {format_backbone(config.get('backbone')) or 'not pruned'}
 
 | layer | {' | '.join(types)} |
 |---|{'---|' * len(types)}

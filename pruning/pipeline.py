@@ -23,6 +23,7 @@ from transformers import set_seed
 from . import export
 from .arch import backbone_parameter_count, layer_parameter_count
 from .backbone import RankTracker, choose_ranks, plan_pruning
+from .backbone.guard import run_guard, stage_specs
 from .backbones import load_model, load_tokenizer, peak_memory_mb, resolve_device
 from .calibration import unit_ablation
 from .checkpoint import (
@@ -358,9 +359,11 @@ def learn_limit(spec: SearchSpec) -> int:
 
 
 def planned_steps(spec: SearchSpec) -> int:
-    """Every training step a search plans: warm-up, learning (at most), rounds, retraining."""
+    """Every training step a search plans: warm-up, learning (at most), rounds, speed mode's guarded stages (at
+    most), retraining."""
     warmup = spec.policy.warmup_steps if spec.policy.assignment == "warmup" else 0
-    return warmup + learn_limit(spec) + spec.schedule.rounds * spec.round_steps() + spec.train.steps
+    return (warmup + learn_limit(spec) + spec.schedule.rounds * spec.round_steps()
+            + spec.backbone.stages * spec.stage_steps() + spec.train.steps)
 
 
 def _run_round(ctx: _Context, supernet: Supernet, policy: ImportancePolicy, index: int, target: int, batches,
@@ -384,7 +387,7 @@ def _run_round(ctx: _Context, supernet: Supernet, policy: ImportancePolicy, inde
                                                 ctx.ablate(supernet))
     backbone_params = None
     if supernet.masks is not None and index + 1 == speed.mask_rounds:
-        _prune_backbone(supernet, speed, ranks)
+        _prune_backbone(ctx, supernet, ranks, batches, report, should_stop, metric)
         backbone_params = backbone_parameter_count(supernet.model, supernet.arch)
         grain = None  # the ranks were just pruned with the backbone: this round removes whole units
     params = supernet.unit_params()
@@ -543,15 +546,54 @@ def _mask_penalty(masks, coefficient: float):
     return None if masks is None else (lambda: coefficient * masks.l1())
 
 
-def _prune_backbone(supernet: Supernet, speed, rank_tracker: RankTracker | None) -> None:
-    """The end of the mask rounds: remove heads/neurons by their learned masks, then the weakest LoRA ranks."""
-    config, arch = supernet.model.config, supernet.arch
-    hidden, head_dim = config.hidden_size, arch.head_dim(config)
+def _prune_backbone(ctx: _Context, supernet: Supernet, rank_tracker: RankTracker | None, batches,
+                    report: _Reporter, should_stop, metric: float | None) -> None:
+    """The end of the mask rounds: remove heads/neurons by their learned masks, in stages under the quality guard
+    (or in one step without it), then the weakest LoRA ranks. `metric`: the supernet's on the validation split
+    now, before any head or neuron is off (the guard's reference). The record says what the guard did."""
+    speed, arch = ctx.spec.backbone, supernet.arch
+    hidden, head_dim = supernet.model.config.hidden_size, arch.head_dim(supernet.model.config)
     head_params = 3 * (head_dim * hidden + head_dim) + head_dim * hidden  # q, k, v rows (+bias), o columns
     neuron_params = len(arch.ffn_in) * (hidden + 1) + hidden
-    heads, neurons = plan_pruning(*supernet.masks.scores(speed.score), speed, head_params, neuron_params,
-                                  layer_parameter_count(supernet.model, arch))
-    supernet.prune_backbone(heads, neurons)
+    layer_params = layer_parameter_count(supernet.model, arch)
+    scores = supernet.masks.scores(speed.score)
+
+    def plan(stage_spec) -> tuple[dict[int, list[int]], dict[int, list[int]]]:
+        return plan_pruning(*scores, stage_spec, head_params, neuron_params, layer_params)
+
+    def size(kept) -> int:  # the layers' parameters once the heads and neurons not kept are gone
+        heads_gone = sum(len(h) - len(kept[0][i]) for i, h in enumerate(scores[0]))
+        neurons_gone = sum(len(n) - len(kept[1][i]) for i, n in enumerate(scores[1]))
+        return layer_params - head_params * heads_gone - neuron_params * neurons_gone
+
+    target = plan(speed)
+    guard = {"max_drop": speed.max_drop, "asked_share": 1 - size(target) / layer_params}
+    reference = metric if speed.max_drop is not None else None
+    if reference is None:
+        kept = target
+        guard["stopped"] = ("no guard (max_drop is null)" if speed.max_drop is None
+                            else "no validation split to guard with: pruned to the target")
+    else:
+        plans = [plan(stage_spec) for stage_spec in stage_specs(speed, layer_params)]
+        steps = ctx.spec.stage_steps()
+
+        def try_plan(kept) -> float:
+            supernet.masks.keep_only(*kept)
+            if steps:
+                _train_supernet(ctx, supernet, batches, steps, rank_tracker,
+                                report.steps(speed.mask_rounds, supernet.peft_params()), should_stop)
+            return ctx.validation_metric(supernet)
+
+        accepted, stages, guard["stopped"] = run_guard(plans, [size(p) for p in plans], try_plan, reference,
+                                                       ctx.task.primary_metric, speed.max_drop)
+        report.replan(steps * (len(plans) - len(stages)))
+        kept = plans[accepted] if accepted >= 0 else ({i: list(range(len(h))) for i, h in enumerate(scores[0])},
+                                                      {i: list(range(len(n))) for i, n in enumerate(scores[1])})
+        supernet.masks.keep_only(*kept)  # what the stages after the accepted one switched off comes back
+        guard.update(reference=reference, stages=stages, accepted_stage=accepted + 1)
+    guard["reached_share"] = 1 - size(kept) / layer_params  # shares of the layers' parameters removed
+    supernet.prune_backbone(*kept)
+    supernet.backbone_record["guard"] = guard
     if rank_tracker is not None:
         live = {(u.key, role) for u in supernet.units.values() if u.kind == "lora" for role in u.targets}
         importance = {key: v for key, v in rank_tracker.importance().items() if key in live}  # not removed units

@@ -181,6 +181,19 @@ def format_front(front: list[FrontPoint], metric_name: str) -> str:
     return "\n".join(line(point) for point in front)
 
 
+def format_backbone(record: dict | None) -> str | None:
+    """Speed mode's outcome in a line: the share of the layers' parameters removed, the share asked for, and why
+    the quality guard stopped where it did. None when the backbone was not pruned."""
+    if not record:
+        return None
+    before, after = record["layer_params_before"], record["layer_params_after"]
+    line = f"{1 - after / before:.1%} of the layers' parameters removed ({before:,} -> {after:,})"
+    guard = record.get("guard")
+    if guard:
+        line += f"; asked {guard['asked_share']:.1%}, guard: {guard['stopped']}"
+    return line
+
+
 def stock_peft_warning(stock_peft: dict | None) -> str | None:
     """The sentence a user must not miss when stock peft does not reproduce the searched model."""
     if not stock_peft or stock_peft.get("complete"):

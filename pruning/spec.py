@@ -291,6 +291,16 @@ class BackboneSpec:
         "there), or 'taylor', |m * dL/dm| accumulated over the mask rounds' steps."))] = "magnitude"
     rank_ratio: Annotated[Share, Field(description=(
         "Share of LoRA ranks removed globally (0 keeps them all)."))] = 0.5
+    max_drop: Annotated[Real | None, Field(ge=0, description=(
+        "Quality guard: prune in `stages` steps toward the target, each scored on the validation split (carved "
+        "from train) after `stage_steps` steps of recovery training, and keep the last stage whose metric is at "
+        "most this far below the supernet's before any head or neuron was off (points: x 100 of the primary "
+        "metric; for a loss or perplexity, percent of it). null: no guard, one step to the target (Light-PEFT)."
+        ))] = 1.0
+    stages: Annotated[Int, Field(ge=1, le=20, description="The guard's stages toward the target.")] = 4
+    stage_steps: Annotated[Int | None, Field(ge=0, le=100_000, description=(
+        "Recovery training steps before each of the guard's stages is scored; null: a search round's steps."
+        ))] = None
     save_backbone: Annotated[bool, Strict(), Field(description=(
         "Also write the pruned backbone's weights (deploy without the base model)."))] = False
 
@@ -331,6 +341,13 @@ class SearchSpec:
     def round_steps(self) -> int:
         """Training steps of each search round."""
         return self.schedule.steps_per_round or max(MIN_ROUND_STEPS, math.ceil(ROUND_SHARE * self.train.steps))
+
+    def stage_steps(self) -> int:
+        """Recovery steps before each of speed mode's guarded stages is scored (0 without the guard)."""
+        speed = self.backbone
+        if not speed.enabled or speed.max_drop is None:
+            return 0
+        return self.round_steps() if speed.stage_steps is None else speed.stage_steps
 
     def validate(self) -> SearchSpec:
         """Check every field the engine would otherwise trip over later; raise SpecError naming the first bad one."""

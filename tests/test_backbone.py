@@ -14,6 +14,7 @@ import pruning
 from pruning import BackboneSpec, ScheduleSpec, SearchSpec, SpaceSpec, TaskSpec, TrainSpec
 from pruning.arch import backbone_parameter_count, layer_parameter_count
 from pruning.backbone import choose_ranks, plan_pruning
+from pruning.backbone.guard import run_guard, stage_specs
 from pruning.backbones import load_model
 from pruning.supernet import Supernet
 
@@ -196,13 +197,114 @@ def test_head_pruning_slices_lora_on_pruned_projections(tiny_model):
     assert layer0.output.dense.lora_A["default"].weight.shape == (8, 64)
 
 
+def test_switched_off_masks_act_as_zero_and_come_back_with_their_values(tiny_model):
+    net = _supernet(tiny_model)
+    with torch.no_grad():
+        for mask in [*net.masks.heads, *net.masks.neurons]:
+            mask.uniform_(0.5, 1.5)
+    batch, learned = _batch(), [m.detach().clone() for m in [*net.masks.heads, *net.masks.neurons]]
+    before = net(**batch)
+    heads = {0: [0, 2], 1: [1, 2, 3], 2: [], 3: [0, 1, 2, 3]}
+    neurons = {0: list(range(0, 128, 2)), 1: list(range(100)), 2: [], 3: list(range(128))}
+    net.masks.keep_only(heads, neurons)
+    off = net(**batch)
+    with torch.no_grad():  # the same model with those masks at 0
+        zeroed = [m.clone() for m in learned]
+        for layer in range(4):
+            zeroed[layer][[i for i in range(4) if i not in heads[layer]]] = 0.0
+            zeroed[4 + layer][[i for i in range(128) if i not in neurons[layer]]] = 0.0
+        for mask, value in zip([*net.masks.heads, *net.masks.neurons], zeroed, strict=True):
+            mask.copy_(value)
+        net.masks.keep_only(None, None)
+        torch.testing.assert_close(net(**batch), off)
+        for mask, value in zip([*net.masks.heads, *net.masks.neurons], learned, strict=True):
+            mask.copy_(value)
+    assert not torch.allclose(off, before)
+    torch.testing.assert_close(net(**batch), before)  # all on again: the learned values are intact
+
+
+def test_guard_stages_scale_the_ratios_and_the_target_and_are_nested():
+    speed = BackboneSpec(enabled=True, head_ratio=0.5, neuron_ratio=0.4, stages=4)
+    assert [(s.head_ratio, round(s.neuron_ratio, 6)) for s in stage_specs(speed, 1000)] == [
+        (0.125, 0.1), (0.25, 0.2), (0.375, 0.3), (0.5, 0.4)]
+    assert [s.target_params for s in stage_specs(BackboneSpec(target_params=600, stages=2), 1000)] == [800, 600]
+    scores = ([torch.rand(4), torch.rand(4)], [torch.rand(50), torch.rand(50)])
+    kept = [plan_pruning(*scores, s, 100, 10, 10_000) for s in stage_specs(speed, 10_000)]
+    for earlier, later in zip(kept, kept[1:]):
+        for layer in range(2):
+            assert set(later[0][layer]) <= set(earlier[0][layer]) and set(later[1][layer]) <= set(earlier[1][layer])
+
+
+@pytest.mark.parametrize("name, reference, metrics, accepted, tried", [
+    ("accuracy", 0.90, [0.905, 0.895, 0.885, 0.80], 1, 3),  # stage 3 falls 1.5 points: stage 2 is kept
+    ("accuracy", 0.90, [0.85, 0.90], -1, 1),  # the first stage already falls too far: nothing is removed
+    ("f1", 0.80, [0.80, 0.795, 0.791], 2, 3),  # every stage within 1 point: the target is reached
+    ("loss", 2.0, [2.01, 2.03], 0, 2),  # lower is better: 1.5 % worse than 2.0 is too much
+])
+def test_the_guard_keeps_the_last_stage_within_max_drop(name, reference, metrics, accepted, tried):
+    plans = [f"plan{i}" for i in range(len(metrics))]
+    seen = []
+
+    def try_plan(plan):
+        seen.append(plan)
+        return metrics[len(seen) - 1]
+
+    index, stages, why = run_guard(plans, [900 - 100 * i for i in range(len(plans))], try_plan, reference, name,
+                                   max_drop=1.0)
+    assert (index, len(stages), seen) == (accepted, tried, plans[:tried])  # no stage is tried past the failure
+    assert [s["metric"] for s in stages] == metrics[:tried]
+    assert all(s["drop"] <= 1.0 for s in stages[:accepted + 1])
+    if tried < len(plans) or stages[-1]["drop"] > 1.0:
+        assert stages[-1]["drop"] > 1.0 and f"stage {tried} of {len(plans)}" in why
+    else:
+        assert why == "reached the target within max_drop"
+
+
+def test_a_guarded_search_removes_the_last_stage_its_validation_metric_accepts(tiny_model, toy_task, tmp_path,
+                                                                              monkeypatch):
+    """The validation metric is scripted: it falls 1 point per 10 % of heads switched off, so with max_drop 3
+    the first stage (1 head of 4 per layer) passes and the second (2 of 4) does not."""
+    from pruning import pipeline
+
+    def scripted_metric(ctx, model):
+        if model.masks is None:
+            return 0.9
+        on = [model.masks.get_buffer(f"on{layer}") for layer in range(len(model.masks.heads))]
+        return 0.9 - 0.1 * float(1 - torch.cat(on).mean())
+
+    monkeypatch.setattr(pipeline._Context, "validation_metric", scripted_metric)
+    train, dev = toy_task
+    spec = SearchSpec(model=str(tiny_model), task=TaskSpec(train=str(train), dev=str(dev)), budget=9000,
+                      schedule=ScheduleSpec(rounds=2, steps_per_round=3),
+                      train=TrainSpec(steps=4, batch_size=16),
+                      backbone=BackboneSpec(enabled=True, head_ratio=0.75, neuron_ratio=0.3, max_drop=3.0,
+                                            stages=3, stage_steps=2, rank_ratio=0.0))
+    events = []
+    result = pruning.search(spec, tmp_path / "out", on_progress=events.append)
+    record = result.configuration["backbone"]
+    guard = record["guard"]
+    assert guard["reference"] == pytest.approx(0.9) and guard["accepted_stage"] == 1
+    assert [round(s["drop"], 6) for s in guard["stages"]] == [2.5, 5.0]  # stage 3 was never tried
+    assert guard["stopped"].startswith("stage 2 of 3 fell 5.00 points") and "kept stage 1" in guard["stopped"]
+    assert all(len(kept) == 3 for kept in record["heads"].values())  # stage 1: a quarter of the heads
+    assert sum(len(k) for k in record["neurons"].values()) == 4 * 128 - int(4 * 128 * 0.1)
+    assert guard["reached_share"] < guard["asked_share"]
+    removed = 1 - record["layer_params_after"] / record["layer_params_before"]
+    assert removed == pytest.approx(guard["reached_share"], abs=0.01)
+    # the stages' recovery steps are reported, and the plan shrinks by the stage never tried
+    assert events[-1].done_steps == events[-1].total_steps == pipeline.planned_steps(spec) - 2
+    card = (Path(result.out_dir) / "README.md").read_text()
+    assert f"asked {guard['asked_share']:.1%}, guard: stage 2 of 3 fell" in card
+
+
 @pytest.fixture(scope="module")
 def speed_result(tiny_model, toy_task, tmp_path_factory):
     train, dev = toy_task
     spec = SearchSpec(model=str(tiny_model), task=TaskSpec(train=str(train), dev=str(dev)), budget=9000,
                       schedule=ScheduleSpec(rounds=3, steps_per_round=6),
                       train=TrainSpec(steps=12, batch_size=16),
-                      backbone=BackboneSpec(enabled=True, mask_rounds=2, rank_ratio=0.5, save_backbone=True))
+                      backbone=BackboneSpec(enabled=True, mask_rounds=2, rank_ratio=0.5, save_backbone=True,
+                                            max_drop=None))  # one step to the target (the guard: below)
     out = tmp_path_factory.mktemp("speed")
     return spec, pruning.search(spec, out)
 

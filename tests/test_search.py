@@ -324,7 +324,7 @@ def test_a_learning_phase_that_ends_early_shrinks_the_plan(make_spec, tmp_path):
 def test_a_resumed_speed_mode_search_resolves_its_budget_against_the_unpruned_backbone(make_spec, tmp_path):
     from pruning import BackboneSpec
 
-    spec = make_spec(budget="3%", backbone=BackboneSpec(enabled=True, mask_rounds=1))
+    spec = make_spec(budget="3%", backbone=BackboneSpec(enabled=True, mask_rounds=1, max_drop=None))
     whole = search(spec, tmp_path / "whole")
     ckpt = tmp_path / "ckpt"
     with pytest.raises(Cancelled):  # round 1 pruned the backbone and was checkpointed; round 2 is cancelled

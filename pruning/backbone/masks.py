@@ -21,26 +21,41 @@ class BackboneMasks(nn.Module):
              for layer in layers])
         self.neurons = nn.ParameterList(
             [nn.Parameter(torch.ones(base_layer(layer.get_submodule(arch.ffn_out)).in_features)) for layer in layers])
+        # The quality guard switches heads and neurons off (0/1 here) without losing their learned mask values
+        for i, mask in enumerate([*self.heads, *self.neurons]):
+            self.register_buffer(f"on{i}", torch.ones_like(mask.detach()))
         # First-order Taylor importance |m * dL/dm| of every mask, accumulated per step (a tracker's interface)
         self._taylor = [torch.zeros_like(m, requires_grad=False) for m in [*self.heads, *self.neurons]]
         self._steps = 0
 
     def install(self, model: nn.Module, arch) -> list:
         handles = []
+        layers = len(self.heads)
         for index, layer in enumerate(model.get_submodule(arch.layers)):
-            head_mask, neuron_mask = self.heads[index], self.neurons[index]
 
-            def mask_heads(module, args, mask=head_mask):
+            def mask_heads(module, args, index=index):
                 x = args[0]
+                mask = self.heads[index] * self.get_buffer(f"on{index}")
                 scaled = (x.unflatten(-1, (-1, self.head_dim)) * mask.to(x.dtype)[:, None]).flatten(-2)
                 return (scaled, *args[1:])
 
-            def mask_neurons(module, args, mask=neuron_mask):
+            def mask_neurons(module, args, index=index):
+                mask = self.neurons[index] * self.get_buffer(f"on{layers + index}")
                 return (args[0] * mask.to(args[0].dtype), *args[1:])
 
             handles.append(layer.get_submodule(arch.o).register_forward_pre_hook(mask_heads))
             handles.append(layer.get_submodule(arch.ffn_out).register_forward_pre_hook(mask_neurons))
         return handles
+
+    @torch.no_grad()
+    def keep_only(self, heads: dict[int, list[int]] | None, neurons: dict[int, list[int]] | None) -> None:
+        """Switch off every head and neuron not listed per layer (None: all on); their mask values are kept."""
+        for kept, offset in ((heads, 0), (neurons, len(self.heads))):
+            for layer in range(len(self.heads)):
+                on = self.get_buffer(f"on{offset + layer}")
+                on.fill_(1.0 if kept is None else 0.0)
+                if kept is not None:
+                    on[kept[layer]] = 1.0
 
     def l1(self) -> torch.Tensor:
         return sum(m.abs().sum() for m in [*self.heads, *self.neurons])

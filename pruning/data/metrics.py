@@ -83,6 +83,14 @@ COMPLETION_METRICS = ("exact_match", "loss", "perplexity")
 LOWER_IS_BETTER = frozenset({"loss", "perplexity"})
 
 
+def metric_drop(name: str, reference: float, value: float) -> float:
+    """How much worse `value` is than `reference`, in points: x 100 of a metric in [0, 1] or [-1, 1] (accuracy,
+    F1, MCC, correlations, exact match); for a loss or perplexity, percent of the reference. Negative: better."""
+    if name in LOWER_IS_BETTER:
+        return 100 * (value - reference) / max(abs(reference), 1e-12)
+    return 100 * (reference - value)
+
+
 def exact_match(generated: Sequence[Sequence[int]], references: Sequence[Sequence[int]], stop: int | None) -> float:
     """Share of generated token sequences equal to their reference, each read up to its first `stop` token
     (end of sequence): what follows it, e.g. a chat template's newline, is not the model's answer."""
