@@ -54,6 +54,11 @@ class ArchitectureMap:
     def num_kv_heads(self, config) -> int:
         return getattr(config, self.num_kv_heads_attr) if self.num_kv_heads_attr else self.num_heads(config)
 
+    def heads_per_kv(self, config) -> int:
+        """Query heads sharing one key/value head (1 without grouped-query attention): what head pruning removes
+        together, as one group."""
+        return self.num_heads(config) // self.num_kv_heads(config)
+
     def head_dim(self, config) -> int:
         return getattr(config, "head_dim", None) or config.hidden_size // self.num_heads(config)
 

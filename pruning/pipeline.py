@@ -21,7 +21,7 @@ import torch
 from transformers import set_seed
 
 from . import export
-from .arch import backbone_parameter_count, layer_parameter_count
+from .arch import backbone_parameter_count, layer_parameter_count, projection
 from .backbone import RankTracker, choose_ranks, plan_pruning
 from .backbone.guard import run_guard, stage_specs
 from .backbones import load_model, load_tokenizer, peak_memory_mb, resolve_device
@@ -551,20 +551,26 @@ def _prune_backbone(ctx: _Context, supernet: Supernet, rank_tracker: RankTracker
     """The end of the mask rounds: remove heads/neurons by their learned masks, in stages under the quality guard
     (or in one step without it), then the weakest LoRA ranks. `metric`: the supernet's on the validation split
     now, before any head or neuron is off (the guard's reference). The record says what the guard did."""
-    speed, arch = ctx.spec.backbone, supernet.arch
-    hidden, head_dim = supernet.model.config.hidden_size, arch.head_dim(supernet.model.config)
-    head_params = 3 * (head_dim * hidden + head_dim) + head_dim * hidden  # q, k, v rows (+bias), o columns
+    speed, arch, config = ctx.spec.backbone, supernet.arch, supernet.model.config
+    hidden, head_dim, per_kv = config.hidden_size, arch.head_dim(config), arch.heads_per_kv(config)
+    bias = int(projection(supernet.model, arch, 0, arch.q).bias is not None)
+    # Heads go in groups: a key/value head with the query heads sharing it (one head without grouped-query
+    # attention). A group's q, k, v rows (+ bias) and o columns:
+    group_params = (per_kv + 2) * head_dim * (hidden + bias) + per_kv * head_dim * hidden
     neuron_params = len(arch.ffn_in) * (hidden + 1) + hidden
     layer_params = layer_parameter_count(supernet.model, arch)
-    scores = supernet.masks.scores(speed.score)
+    head_scores, neuron_scores = supernet.masks.scores(speed.score)
+    group_scores = [scores.view(-1, per_kv).sum(-1) for scores in head_scores]
 
     def plan(stage_spec) -> tuple[dict[int, list[int]], dict[int, list[int]]]:
-        return plan_pruning(*scores, stage_spec, head_params, neuron_params, layer_params)
+        groups, neurons = plan_pruning(group_scores, neuron_scores, stage_spec, group_params, neuron_params,
+                                       layer_params)
+        return {layer: [g * per_kv + j for g in kept for j in range(per_kv)] for layer, kept in groups.items()}, neurons
 
     def size(kept) -> int:  # the layers' parameters once the heads and neurons not kept are gone
-        heads_gone = sum(len(h) - len(kept[0][i]) for i, h in enumerate(scores[0]))
-        neurons_gone = sum(len(n) - len(kept[1][i]) for i, n in enumerate(scores[1]))
-        return layer_params - head_params * heads_gone - neuron_params * neurons_gone
+        groups_gone = sum(len(h) - len(kept[0][i]) for i, h in enumerate(head_scores)) // per_kv
+        neurons_gone = sum(len(n) - len(kept[1][i]) for i, n in enumerate(neuron_scores))
+        return layer_params - group_params * groups_gone - neuron_params * neurons_gone
 
     target = plan(speed)
     guard = {"max_drop": speed.max_drop, "asked_share": 1 - size(target) / layer_params}
@@ -587,8 +593,8 @@ def _prune_backbone(ctx: _Context, supernet: Supernet, rank_tracker: RankTracker
         accepted, stages, guard["stopped"] = run_guard(plans, [size(p) for p in plans], try_plan, reference,
                                                        ctx.task.primary_metric, speed.max_drop)
         report.replan(steps * (len(plans) - len(stages)))
-        kept = plans[accepted] if accepted >= 0 else ({i: list(range(len(h))) for i, h in enumerate(scores[0])},
-                                                      {i: list(range(len(n))) for i, n in enumerate(scores[1])})
+        kept = plans[accepted] if accepted >= 0 else ({i: list(range(len(h))) for i, h in enumerate(head_scores)},
+                                                      {i: list(range(len(n))) for i, n in enumerate(neuron_scores)})
         supernet.masks.keep_only(*kept)  # what the stages after the accepted one switched off comes back
         guard.update(reference=reference, stages=stages, accepted_stage=accepted + 1)
     guard["reached_share"] = 1 - size(kept) / layer_params  # shares of the layers' parameters removed

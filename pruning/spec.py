@@ -275,7 +275,8 @@ class BackboneSpec:
 
     enabled: Annotated[bool, Strict(), Field(description="Prune the backbone too.")] = False
     head_ratio: Annotated[Share, Field(description=(
-        "Share of heads removed, ranked per layer (Light-PEFT's 1/3)."))] = 1 / 3
+        "Share of heads removed, ranked per layer (Light-PEFT's 1/3). With grouped-query attention, of key/value "
+        "heads, each with the query heads sharing it."))] = 1 / 3
     neuron_ratio: Annotated[Share, Field(description=(
         "Share of FFN neurons removed, ranked globally (Light-PEFT: 1/3)."))] = 0.4
     target_params: Annotated[Int | None, Field(ge=0, description=(

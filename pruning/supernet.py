@@ -17,6 +17,7 @@ from .arch import (
     projection,
 )
 from .backbone import BackboneMasks, apply_backbone_record, prune_layer
+from .backbone.structural import kv_heads
 from .modules import MODULE_TYPES, unit_key
 from .modules.base import Unit
 
@@ -109,9 +110,10 @@ class Supernet(nn.Module):
                 self.backbone_scales[f"backbone.head_scale.{layer}"] = head_scale
                 self.backbone_scales[f"backbone.neuron_scale.{layer}"] = neuron_scale
             prune_layer(self.model, self.arch, layer, heads[layer], neurons[layer], head_scale, neuron_scale)
+        per_kv = self.arch.heads_per_kv(self.model.config)
         for unit in list(self.units.values()):
             if unit.layer in pruned_heads:
-                unit.follow_heads(heads[unit.layer])
+                unit.follow_heads(kv_heads(heads[unit.layer], per_kv))
         self.masks = None
         self.remove([u.key for u in self.units.values() if u.num_params() == 0])  # prefixes of headless layers
         self.backbone_record = {

@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForSequenceClassification
 
-from pruning import BackboneSpec, SpaceSpec
+from pruning import SpaceSpec
 from pruning.arch import architecture_of
 from pruning.supernet import Supernet
 
@@ -69,9 +69,35 @@ def test_llama_gradients_and_neuron_pruning(llama):
     assert mlp.down_proj.weight.shape == (64, len(keep[0]))
 
 
-def test_llama_head_pruning_with_grouped_query_attention_is_refused_clearly(llama):
+def test_grouped_query_attention_loses_whole_groups_and_keeps_the_function(llama):
+    """4 query heads share 2 key/value heads (heads 0, 1 read kv 0; heads 2, 3 read kv 1): switching group 1's
+    query heads off and removing the group leaves the logits as they were; k and v lose that head's rows, the
+    prefixes its vectors."""
+    net = Supernet(llama, SpaceSpec(), masks=True).eval()
+    with torch.no_grad():  # make every unit contribute, so slicing mistakes show in the logits
+        for p in net.trainable_parameters():
+            if p not in set(net.masks.parameters()):
+                p.add_(torch.randn_like(p) * 0.05)
+        net.masks.heads[0][[2, 3]] = 0.0
+        net.masks.heads[2][[0, 1]] = 0.0
+        net.masks.heads[0][[0, 1]] = torch.tensor([0.7, 1.3])
+    heads = {0: [0, 1], 1: [0, 1, 2, 3], 2: [2, 3], 3: [0, 1, 2, 3]}
+    everything = {layer: list(range(128)) for layer in range(4)}
+    prefix_before = net.unit("prefix.2").keys.detach().clone()
+    before = net(**_batch())
+    net.prune_backbone(heads, everything)
+    torch.testing.assert_close(net(**_batch()), before, rtol=1e-5, atol=1e-5)
+    attention = net.model.model.layers[0].self_attn
+    assert attention.q_proj.get_base_layer().weight.shape == (2 * 16, 64)
+    assert attention.k_proj.get_base_layer().weight.shape == attention.v_proj.get_base_layer().weight.shape == (
+        16, 64)
+    assert attention.k_proj.lora_B["default"].weight.shape == (16, 8)
+    assert attention.o_proj.get_base_layer().weight.shape == (64, 2 * 16)
+    torch.testing.assert_close(net.unit("prefix.2").keys, prefix_before[[1]])  # group 1's prefix stayed
+
+
+def test_query_heads_that_split_a_group_are_refused(llama):
     net = Supernet(llama, SpaceSpec(types=("lora",)), masks=True)
     everything = {layer: list(range(128)) for layer in range(4)}
-    with pytest.raises(NotImplementedError, match="grouped-query attention.*head_ratio to 0"):
+    with pytest.raises(ValueError, match=r"query heads \[0, 1, 2\] are not whole groups of 2"):
         net.prune_backbone({layer: [0, 1, 2] for layer in range(4)}, everything)
-    assert BackboneSpec(head_ratio=0.0).head_ratio == 0.0

@@ -230,7 +230,7 @@ def test_guard_stages_scale_the_ratios_and_the_target_and_are_nested():
     assert [s.target_params for s in stage_specs(BackboneSpec(target_params=600, stages=2), 1000)] == [800, 600]
     scores = ([torch.rand(4), torch.rand(4)], [torch.rand(50), torch.rand(50)])
     kept = [plan_pruning(*scores, s, 100, 10, 10_000) for s in stage_specs(speed, 10_000)]
-    for earlier, later in zip(kept, kept[1:]):
+    for earlier, later in zip(kept, kept[1:], strict=False):
         for layer in range(2):
             assert set(later[0][layer]) <= set(earlier[0][layer]) and set(later[1][layer]) <= set(earlier[1][layer])
 

@@ -339,3 +339,24 @@ def test_the_cli_searches_a_completion_task(tmp_path, llama_dir, plain_task, cap
     assert main(["--model", llama_dir, "--train", plain_task.train, "--dev", plain_task.dev, "--problem",
                  "completion", "--max-length", "1", "--out", str(tmp_path / "o")]) == 2
     assert "train.max_length: a completion needs at least 2 tokens" in capsys.readouterr().err
+
+
+def test_speed_mode_prunes_key_value_groups_of_a_decoder(tmp_path, llama_dir, plain_task):
+    """Grouped-query attention (4 query heads on 2 key/value heads): half of each layer's groups go, each with
+    both query heads that share it; the reloaded model scores what the search measured."""
+    import dataclasses
+
+    from pruning import BackboneSpec
+    from pruning.arch import architecture_of, projection
+
+    spec = dataclasses.replace(_spec(llama_dir, plain_task), train=TrainSpec(
+        steps=12, batch_size=16, lr=1e-2, eval_batch_size=32, max_length=32), backbone=BackboneSpec(
+        enabled=True, head_ratio=0.5, neuron_ratio=0.25, max_drop=None))
+    result = pruning.search(spec, tmp_path / "out")
+    heads = result.configuration["backbone"]["heads"]
+    assert all(kept in ([0, 1], [2, 3]) for kept in heads.values())  # one whole group of two per layer
+    model = pruning.load(tmp_path / "out", llama_dir)
+    arch = architecture_of(model.model)
+    assert projection(model.model, arch, 0, arch.k).out_features == 16  # one key/value head of 16 left
+    assert result.backbone_params < result.backbone_params_before
+    assert pruning.evaluate(tmp_path / "out", llama_dir) == result.metrics

@@ -6,6 +6,9 @@ their columns. LoRA layers on these projections are sliced along the same dimens
 columns for inputs), so they keep working. The learned mask values of the survivors are folded into the output
 projections' columns, so pruning a head or neuron whose mask is 0 leaves the function exactly unchanged.
 
+With grouped-query attention heads go in groups: a key/value head with the query heads that share it (its k/v rows
+go too); the group's size is unchanged, so the attention module's repeat of keys and values still matches.
+
 A layer left with no heads keeps its attention output bias (what the attention block then adds), one left with no
 neurons keeps its FFN output bias; their matrices are gone. Such a layer is reported as removed.
 """
@@ -80,28 +83,41 @@ class NoHeads(nn.Module):
 
 def prune_layer(model: nn.Module, arch, layer: int, heads: list[int], neurons: list[int],
                 head_scale: torch.Tensor | None = None, neuron_scale: torch.Tensor | None = None) -> None:
-    """Keep `heads` and `neurons` of `layer`, folding their scales into the output projections."""
+    """Keep (query) `heads` and `neurons` of `layer`, folding their scales into the output projections. With
+    grouped-query attention, `heads` must hold whole groups: a key/value head goes with every query head sharing
+    it."""
     prefix = f"{arch.layers}.{layer}."
     device = projection(model, arch, layer, arch.o).weight.device
     head_dim = arch.head_dim(model.config)
     heads_now = projection(model, arch, layer, arch.q).out_features // head_dim
-    head_index = torch.tensor(heads, dtype=torch.long, device=device)
-    rows = (head_index[:, None] * head_dim + torch.arange(head_dim, device=device)[None, :]).flatten()
+    rows = _head_rows(heads, head_dim, device)
     column_scale = None if head_scale is None else head_scale.to(device).repeat_interleave(head_dim)
     if len(heads) != heads_now:
-        if arch.num_kv_heads(model.config) != arch.num_heads(model.config):
-            raise NotImplementedError(
-                f"removing attention heads of a grouped-query attention model ({arch.name}: "
-                f"{arch.num_heads(model.config)} query heads share {arch.num_kv_heads(model.config)} key/value "
-                "heads) is not supported; set backbone.head_ratio to 0 to prune FFN neurons only")
-        for role in ("q", "k", "v"):
-            slice_outputs(model, prefix + getattr(arch, role), rows)
+        slice_outputs(model, prefix + arch.q, rows)
+        kv_rows = _head_rows(kv_heads(heads, arch.heads_per_kv(model.config)), head_dim, device)
+        for role in ("k", "v"):
+            slice_outputs(model, prefix + getattr(arch, role), kv_rows)
         _set_head_count(model, arch, prefix, len(heads), head_dim)
     slice_inputs(model, prefix + arch.o, rows, column_scale)  # all heads kept: this only folds their scales
     neuron_index = torch.tensor(neurons, dtype=torch.long, device=device)
     for path in arch.ffn_in:
         slice_outputs(model, prefix + path, neuron_index)
     slice_inputs(model, prefix + arch.ffn_out, neuron_index, neuron_scale)
+
+
+def kv_heads(heads: list[int], per_kv: int) -> list[int]:
+    """The key/value heads that kept query `heads` read (query head i reads key/value head i // per_kv, as
+    transformers' repeat_kv lays them out); ValueError unless the heads are whole groups."""
+    groups = sorted({head // per_kv for head in heads})
+    if sorted(heads) != [g * per_kv + j for g in groups for j in range(per_kv)]:
+        raise ValueError(f"query heads {heads} are not whole groups of {per_kv} (one per key/value head): "
+                         "grouped-query attention loses a key/value head with every query head that shares it")
+    return groups
+
+
+def _head_rows(heads: list[int], head_dim: int, device) -> torch.Tensor:
+    index = torch.tensor(heads, dtype=torch.long, device=device)
+    return (index[:, None] * head_dim + torch.arange(head_dim, device=device)[None, :]).flatten()
 
 
 def _set_head_count(model: nn.Module, arch, prefix: str, heads: int, head_dim: int) -> None:

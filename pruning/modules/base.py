@@ -47,8 +47,9 @@ class Unit(nn.Module):
         """This unit's learning rate relative to the run's."""
         return 1.0
 
-    def follow_heads(self, heads: list[int]) -> None:
-        """Head pruning kept only `heads` of this unit's layer (a unit sized by heads follows it)."""
+    def follow_heads(self, kv_heads: list[int]) -> None:
+        """Head pruning kept only the key/value heads `kv_heads` of this unit's layer (with grouped-query attention
+        the query heads sharing them; without, the heads themselves): a unit sized by heads follows it."""
 
     def trainable(self) -> list[nn.Parameter]:
         """The unit's own parameters (what pruning it frees)."""

@@ -70,8 +70,8 @@ class PrefixUnit(Unit):
     def lr_scale(self) -> float:
         return self.relative_lr
 
-    def follow_heads(self, heads: list[int]) -> None:
-        self.keep_heads(heads)
+    def follow_heads(self, kv_heads: list[int]) -> None:
+        self.keep_heads(kv_heads)  # one prefix per key/value head
 
     def keep_heads(self, heads: list[int]) -> None:
         """Follow head pruning: keep the prefix vectors of the surviving heads only."""
