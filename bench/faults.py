@@ -5,9 +5,11 @@ Kinds (each run submits tiny searches and ends when every job is final):
 - `postgres`: PostgreSQL stopped (immediate) while a job runs with jobs queued behind it, restarted seconds later;
 - `redis`: Redis killed and restarted empty (no persistence) while a job runs with jobs queued behind it;
 - `checkpoint`: a worker killed between a round's checkpoint and its database write;
+- `retrain`: a worker killed mid-retrain, after a retrain checkpoint (every RETRAIN_CHECKPOINT_STEPS steps);
 - `archive`: a worker killed while it writes the archive.
 A run passes when every job succeeded, with each round recorded once and one archive (no other file of the job
-in the artifact directory). Recovery time: from the fault's end (restart, or the kill) to the last job succeeded.
+in the artifact directory); a `retrain` run also needs the next attempt to have resumed the retrain after that
+checkpoint, not started it over. Recovery time: from the fault's end (restart, or the kill) to the last job succeeded.
 
     python -m bench.faults --runs 20            # each kind 20 times; writes bench/results/faults.{json,md}
     python -m bench.faults --runs 3 --kinds redis
@@ -32,10 +34,11 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
-KINDS = ("postgres", "redis", "checkpoint", "archive")
+KINDS = ("postgres", "redis", "checkpoint", "retrain", "archive")
 MODEL = "tiny-bert"
 SEARCH = {"schedule": {"rounds": 2, "steps_per_round": 10, "eval_examples": 32},
           "train": {"steps": 10, "batch_size": 8, "max_length": 32}}
+RETRAIN_CHECKPOINT_STEPS, RETRAIN_KILL_STEP = 3, 5  # the retrain is killed 2 steps after its checkpoint at step 3
 JOBS_BEHIND = 2  # queued behind the running job when the database or the broker goes away
 OUTAGE_S = 4.0
 TIMEOUT_S = 120.0
@@ -49,6 +52,16 @@ import worker.job as job
 report = job.JobRun.on_progress
 def on_progress(self, event):
     if event.kind == "round":  # the engine saved the round's checkpoint and is about to report it
+        os.kill(os.getpid(), signal.SIGKILL)
+    report(self, event)
+job.JobRun.on_progress = on_progress
+""",
+    "retrain": f"""
+import os, signal
+import worker.job as job
+report = job.JobRun.on_progress
+def on_progress(self, event):
+    if event.kind == "step" and event.phase == "retrain" and event.step == {RETRAIN_KILL_STEP}:
         os.kill(os.getpid(), signal.SIGKILL)
     report(self, event)
 job.JobRun.on_progress = on_progress
@@ -137,6 +150,7 @@ class Deployment:
                     "PEFTSEARCH_HEARTBEAT_S": "0.2", "PEFTSEARCH_REAP_AFTER_S": "2", "PEFTSEARCH_REAP_EVERY_S": "0.5",
                     "PEFTSEARCH_RESEND_AFTER_S": "3", "PEFTSEARCH_RESEND_MAX_S": "6",
                     "PEFTSEARCH_CLAIM_RETRY_S": "0.5", "PEFTSEARCH_CLAIM_RETRIES": "8",
+                    "PEFTSEARCH_RETRAIN_CHECKPOINT_STEPS": str(RETRAIN_CHECKPOINT_STEPS),
                     "PEFTSEARCH_PROGRESS_EVERY_S": "0", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
                     # The reaper is this process's loop, paused while a doomed worker claims its job: the Celery
                     # worker's own would send that job to the Celery worker first.
@@ -214,11 +228,12 @@ class Deployment:
                                   stderr=subprocess.STDOUT, timeout=TIMEOUT_S)
         assert done.returncode == -signal.SIGKILL, f"the doomed worker exited {done.returncode}, not killed"
 
-    def verify(self, job_ids: list[str]) -> list[str]:
-        """What is wrong with these jobs now (empty: all succeeded, rounds once each, one archive)."""
+    def verify(self, job_ids: list[str], resumed_retrain: bool = False) -> list[str]:
+        """What is wrong with these jobs now (empty: all succeeded, rounds once each, one archive; with
+        `resumed_retrain`, a retrain resumed after its checkpoint)."""
         from store.artifacts import sha256_file
         from store.db import session_factory
-        from store.models import Job, Round
+        from store.models import Job, JobEvent, Round
 
         problems = []
         with session_factory(self.pg.url)() as session:
@@ -234,6 +249,10 @@ class Deployment:
                     problems.append(f"{job_id} archive files {files}")
                 elif sha256_file(self.settings.artifacts / job.artifact.path) != job.artifact.sha256:
                     problems.append(f"{job_id} archive checksum")
+                elif resumed_retrain and not session.query(JobEvent).filter(
+                        JobEvent.job_id == job_id, JobEvent.kind == "phase",
+                        JobEvent.message.contains(f"resuming after step {RETRAIN_CHECKPOINT_STEPS}")).count():
+                    problems.append(f"{job_id} retrain not resumed after step {RETRAIN_CHECKPOINT_STEPS}")
         return problems
 
     def wait_final(self, job_ids: list[str]) -> None:
@@ -275,7 +294,7 @@ def run_kind(dep: Deployment, kind: str) -> dict[str, Any]:
     recovered_from = time.monotonic()
     dep.wait_final(job_ids)
     recovery_s = time.monotonic() - recovered_from
-    problems = dep.verify(job_ids)
+    problems = dep.verify(job_ids, resumed_retrain=kind == "retrain")
     return {"kind": kind, "ok": not problems, "problems": problems, "recovery_s": round(recovery_s, 2),
             "jobs": len(job_ids)}
 

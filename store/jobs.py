@@ -77,8 +77,9 @@ def submit(session: Session, *, owner: str, body: JobCreate, idempotency_key: st
     dataset = get_dataset(session, owner, body.dataset_id, lock="share")
     if dataset is None:
         raise SpecError("dataset_id", f"no dataset {body.dataset_id!r}; upload one with POST /v1/datasets")
-    check_problem(dataset.columns["problem"], model_config(model_path), field="dataset_id")
-    spec = build_spec(body, model_path, task_spec(dataset, settings.datasets))
+    task = task_spec(dataset, settings.datasets)
+    check_problem(task.problem, model_config(model_path), field="dataset_id")
+    spec = build_spec(body, model_path, task)
     request = {k: v for k, v in submitted.items() if k not in ABOUT_THE_JOB}
     try:
         return create_job(session, owner=owner, request=request, request_hash=request_hash,
