@@ -43,6 +43,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--problem", choices=PROBLEMS, help="what the label is; completion: a decoder completes "
                                                        "prompts (JSONL prompt/completion or chat rows)")
     p.add_argument("--max-train-examples", type=int, help="subsample train (seeded)")
+    p.add_argument("--prompt-template", help="a decoder classifies by generating the label after this prompt, "
+                                             "e.g. 'Review: {text}\\nSentiment:' ({text_pair} for pairs)")
     p.add_argument("--budget", help="trainable PEFT parameters: a count (70000, 70k) or a share of the backbone "
                                     "(0.5%%)")
     p.add_argument("--out", type=Path, required=True, help="result directory")
@@ -104,7 +106,7 @@ FLAG_FIELDS = {
 LIST_FIELDS = {"types": "space.types", "lora_targets": "space.lora.targets"}
 
 # flags that set the task's field of the same name
-TASK_FLAGS = ("text_column", "text_pair_column", "label_column", "problem", "max_train_examples")
+TASK_FLAGS = ("text_column", "text_pair_column", "label_column", "problem", "max_train_examples", "prompt_template")
 
 
 def spec_default(dotted: str, root: type = SearchSpec):
@@ -260,7 +262,7 @@ def run(args: argparse.Namespace) -> int:
         # before torch.
         config = read_config(spec.model)
         check_budget(spec.budget, config, spec.space)
-        check_problem(spec.task.problem, config)
+        check_problem(spec.task.learned_as, config)
     except SpecError as err:
         print(f"peftsearch search: invalid spec: {err}", file=sys.stderr)
         return 2

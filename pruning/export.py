@@ -266,12 +266,15 @@ def describe_task(config: dict) -> str:
     task = config["task"]
     if task.get("glue"):
         where = f"glue:{task['glue']}"
-    elif config["problem"] == "completion":  # the columns do not apply
+    elif config["problem"] == "completion" and not task.get("prompt_template"):  # the columns do not apply
         where = f"{Path(task['train']).name} / {Path(task['dev']).name} (prompt/completion or chat rows)"
     else:
         columns = ", ".join(f"{name} {task[key]!r}" for key, name in [
             ("text_column", "text"), ("text_pair_column", "pair"), ("label_column", "label")] if task.get(key))
         where = f"{Path(task['train']).name} / {Path(task['dev']).name} ({columns})"
     labels = config.get("labels")
-    kind = f"{config['problem']}: {', '.join(map(str, labels))}" if labels else config["problem"]
+    kind = config["problem"] if not task.get("prompt_template") else "classification by generating the label"
+    kind = f"{kind}: {', '.join(map(str, labels))}" if labels else kind
+    if task.get("prompt_template"):
+        kind += f", prompt {task['prompt_template']!r}"
     return f"{where}, {kind}"

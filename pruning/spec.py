@@ -13,6 +13,7 @@ import dataclasses
 import functools
 import math
 import re
+import string
 import typing
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
@@ -116,6 +117,16 @@ class TaskSpec:
                     "used).")] = "classification"
     max_train_examples: Annotated[Int | None, Field(ge=1, description=(
         "Subsample train (seeded) to this many examples, to keep CPU time sane; null: all."))] = None
+    prompt_template: Annotated[str | None, Field(min_length=1, max_length=10_000, description=(
+        "Classification by a decoder language model as generation: each example becomes the prompt this template "
+        "makes ({text}, and {text_pair} for sentence pairs, filled in) answered by its label's name (after a "
+        "space unless the prompt ends with whitespace), learned as a completion and scored by the exact match of "
+        "the greedy answer. Only with problem 'classification'; null: a classification head."))] = None
+
+    @property
+    def learned_as(self) -> str:
+        """What the model learns: the problem, or a completion for classification by label generation."""
+        return "completion" if self.prompt_template is not None else self.problem
 
     @model_validator(mode="after")
     def cross_checks(self) -> TaskSpec:
@@ -124,6 +135,17 @@ class TaskSpec:
                                        "and dev JSONL files")
         if self.problem == "completion" and self.format not in (None, "jsonl"):
             raise SpecError("format", "completion data is JSONL (prompt/completion or chat rows)")
+        if self.prompt_template is not None:
+            if self.problem != "classification":
+                raise SpecError("prompt_template", f"labels are generated for classification, not {self.problem}")
+            try:
+                fields = {name for _, name, _, _ in string.Formatter().parse(self.prompt_template) if name is not None}
+            except ValueError as err:
+                raise SpecError("prompt_template", f"not a valid template: {err} (write a literal brace as {{{{ "
+                                                   "or }}}})") from err
+            if "text" not in fields or fields - {"text", "text_pair"}:
+                raise SpecError("prompt_template", "use {text} (and {text_pair} for sentence pairs), no other "
+                                                   f"fields; got {sorted(fields) or 'none'}")
         if self.glue is not None:
             if not self.data_dir:
                 raise SpecError("data_dir", "a GLUE task needs data_dir (the folder holding SST-2/, MRPC/, ...)")

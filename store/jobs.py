@@ -78,7 +78,7 @@ def submit(session: Session, *, owner: str, body: JobCreate, idempotency_key: st
     if dataset is None:
         raise SpecError("dataset_id", f"no dataset {body.dataset_id!r}; upload one with POST /v1/datasets")
     task = task_spec(dataset, settings.datasets)
-    check_problem(task.problem, model_config(model_path), field="dataset_id")
+    check_problem(task.learned_as, model_config(model_path), field="dataset_id")
     spec = build_spec(body, model_path, task)
     request = {k: v for k, v in submitted.items() if k not in ABOUT_THE_JOB}
     try:

@@ -5,7 +5,9 @@ and generates from. The tiny decoder and its tasks are tests/tiny.py's make_tiny
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
 
 import pytest
 import torch
@@ -13,6 +15,7 @@ import torch
 import pruning
 from pruning import LoraSpec, ScheduleSpec, SearchSpec, SpaceSpec, SpecError, TaskSpec, TrainSpec
 from pruning.data import Completion, DataError, load_task
+from pruning.data.loaders import read_examples
 from pruning.data.metrics import exact_match
 from pruning.result import RoundRecord, pareto_front
 from pruning.train import IGNORE, collate, encode, loss_of
@@ -103,6 +106,32 @@ def test_completion_data_is_jsonl_and_its_spec_is_checked(tmp_path):
     task = TaskSpec(train="a.jsonl", dev="b.jsonl", problem="completion")
     with pytest.raises(SpecError, match="train.max_length: a completion needs at least 2 tokens"):
         SearchSpec(model="m", task=task, train=TrainSpec(max_length=1)).validate()
+
+
+def test_a_prompt_template_turns_classification_rows_into_completions(tmp_path):
+    train, dev = tmp_path / "train.jsonl", tmp_path / "dev.jsonl"
+    train.write_text('{"text": "fine film", "text_pair": "it was", "label": 1}\n'
+                     '{"text": "dull film", "text_pair": "it was", "label": 0}\n')
+    dev.write_text('{"text": "great", "text_pair": "it is", "label": 1}\n')
+    task = TaskSpec(train=str(train), dev=str(dev), text_pair_column="text_pair",
+                    prompt_template="Q: {text} / {text_pair}\nA:")
+    data = load_task(task)
+    assert (data.problem, data.labels, task.learned_as) == ("completion", ["0", "1"], "completion")
+    assert data.train[0] == Completion("Q: fine film / it was\nA:", " 1")  # a space before the answer
+    spaced = load_task(dataclasses.replace(task, prompt_template="{text} -> "))
+    assert spaced.dev[0] == Completion("great -> ", "1")  # the prompt ends with whitespace: none added
+    assert read_examples(task, dev, ["0", "1"]) == [Completion("Q: great / it is\nA:", " 1")]
+
+
+@pytest.mark.parametrize("template, problem, message", [
+    ("{text}: {label}", "classification", "use {text} (and {text_pair} for sentence pairs), no other fields"),
+    ("no field", "classification", "use {text} (and {text_pair} for sentence pairs), no other fields; got none"),
+    ("{text} {", "classification", "not a valid template"),
+    ("{text}", "regression", "labels are generated for classification, not regression"),
+])
+def test_a_bad_prompt_template_is_refused(template, problem, message):
+    with pytest.raises(SpecError, match=re.escape(f"prompt_template: {message}")):
+        TaskSpec(train="a.csv", dev="b.csv", problem=problem, prompt_template=template).validate()
 
 
 # --- tokens, labels and the loss ------------------------------------------------------------------------------------
@@ -360,3 +389,16 @@ def test_speed_mode_prunes_key_value_groups_of_a_decoder(tmp_path, llama_dir, pl
     assert projection(model.model, arch, 0, arch.k).out_features == 16  # one key/value head of 16 left
     assert result.backbone_params < result.backbone_params_before
     assert pruning.evaluate(tmp_path / "out", llama_dir) == result.metrics
+
+
+def test_a_decoder_classifies_by_generating_the_label(tmp_path, llama_dir, toy_task):
+    spec = _spec(llama_dir, TaskSpec(train=toy_task[0], dev=toy_task[1], prompt_template="review : {text} ->"),
+                 types=("lora",))
+    result = pruning.fit(spec, tmp_path / "out")
+    assert result.metric_name == "exact_match" and result.head_params == 0  # the language model's own output
+    config = json.loads((tmp_path / "out" / "peftsearch_config.json").read_text())
+    assert config["problem"] == "completion" and config["labels"] == ["0", "1"]
+    assert "classification by generating the label: 0, 1, prompt 'review : {text} ->'" in (
+        tmp_path / "out" / "README.md").read_text()
+    # a data file is read through the result's template and label map
+    assert pruning.evaluate(tmp_path / "out", llama_dir, data=toy_task[1]) == result.metrics

@@ -7,6 +7,7 @@ and the service can tell users exactly what to fix.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import math
@@ -72,9 +73,21 @@ def load_task(task: TaskSpec, seed: int = 0) -> TaskData:
     """Read train and dev; `task.max_train_examples` keeps a seeded subsample of train (dev is never cut)."""
     task.validate()
     data = _load_glue(task) if task.glue else _load_local(task)
+    if task.prompt_template is not None:
+        data = TaskData(data.name, "completion", data.labels, ("loss", "perplexity"),
+                        [prompted(task, e, data.labels) for e in data.train],
+                        [prompted(task, e, data.labels) for e in data.dev])
     if task.max_train_examples is not None:
         data.train = subsample(data.train, task.max_train_examples, seed)
     return data
+
+
+def prompted(task: TaskSpec, example: Example, labels: list[str]) -> Completion:
+    """A classification example as a completion (task.prompt_template): the prompt from its text(s), its label's
+    name as the answer."""
+    prompt = task.prompt_template.format(text=example.text, text_pair=example.text_pair or "")
+    answer = labels[int(example.label)]
+    return Completion(prompt, answer if prompt[-1:].isspace() else " " + answer)
 
 
 def subsample(examples: list[Example], n: int, seed: int) -> list[Example]:
@@ -175,6 +188,9 @@ def read_examples(task: TaskSpec, path: str | Path, labels: list[str] | None) ->
     """One file read as `task` reads its files, its labels indexed by `labels` (a result's label map, so class
     indices mean what they meant in the search); None for regression and completion. Errors name the file and
     line."""
+    if task.prompt_template is not None:
+        return [prompted(task, e, list(labels)) for e in read_examples(
+            dataclasses.replace(task, prompt_template=None), path, labels)]
     if task.glue:
         return read_glue_file(task.glue, path)
     if task.problem == "completion":
