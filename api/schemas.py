@@ -234,6 +234,7 @@ class Columns(BaseModel):
     text_pair_column: str | None = None
     label_column: str = "label"
     problem: Literal[PROBLEMS] = "classification"  # type: ignore[valid-type]
+    prompt_template: str | None = None
 
 
 class DatasetOut(BaseModel):

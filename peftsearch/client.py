@@ -143,7 +143,7 @@ class Client:
     def upload_dataset(self, train: str | os.PathLike, dev: str | os.PathLike, *, text_column: str = "text",
                        text_pair_column: str | None = None, label_column: str = "label",
                        problem: str = "classification", format: str | None = None,
-                       name: str | None = None) -> DatasetOut:
+                       name: str | None = None, prompt_template: str | None = None) -> DatasetOut:
         """POST /v1/datasets. The server checks the files with the engine's loader; its errors name the file and
         line (ErrorResponse 422, `param` "train" or "dev")."""
         paths = {"train": Path(train), "dev": Path(dev)}
@@ -151,7 +151,8 @@ class Client:
             if not path.is_file():
                 raise PeftsearchError(f"{split} file {path} does not exist")
         form = {"text_column": text_column, "label_column": label_column, "problem": problem,
-                "text_pair_column": text_pair_column, "format": format, "name": name}
+                "text_pair_column": text_pair_column, "format": format, "name": name,
+                "prompt_template": prompt_template}
         with ExitStack() as files:
             opened = {split: files.enter_context(open(path, "rb")) for split, path in paths.items()}
 

@@ -40,9 +40,12 @@ def upload_dataset(
     problem: Annotated[Literal[PROBLEMS], Form(description=(  # type: ignore[valid-type]
         "What the label is; completion: JSONL rows {prompt, completion} or chat rows {messages} that a decoder "
         "learns to complete (the column fields are then unused)."))] = "classification",
+    prompt_template: Annotated[str | None, Form(max_length=10_000, description=(
+        "Classification on a decoder model by generating the label: each row becomes this prompt ({text}, "
+        "{text_pair}) answered by its label's name. Empty: a classification head."))] = None,
 ) -> DatasetOut:
     columns = {"text_column": text_column, "text_pair_column": text_pair_column or None,
-               "label_column": label_column, "problem": problem}
+               "label_column": label_column, "problem": problem, "prompt_template": prompt_template or None}
     for param, value in {"name": name, **columns}.items():
         if value is not None and "\x00" in value:
             raise DatasetError(param, "must not contain NUL characters")

@@ -370,12 +370,12 @@ def test_models_lists_the_configured_models(client, auth):
                   "layers": 4, "hidden_size": 64}], "next": None}
 
 
-def test_completion_data_is_taken_and_goes_to_decoders_only(tmp_path, settings, db, auth):
+def test_completion_and_label_generation_data_go_to_decoders_only(tmp_path, settings, db, auth):
     from fastapi.testclient import TestClient
 
     from api.app import create_app
     from api.deps import get_sessions
-    from tests.tiny import make_completion_task, make_tiny_llama
+    from tests.tiny import make_completion_task, make_tiny_llama, make_toy_task
 
     settings = settings.model_copy(update={"models": {**settings.models, "tiny-llama": str(
         make_tiny_llama(tmp_path / "llama"))}})
@@ -395,6 +395,19 @@ def test_completion_data_is_taken_and_goes_to_decoders_only(tmp_path, settings, 
         assert "encoder" in error["message"] and "decoder" in error["message"]
         response = client.post("/v1/jobs", headers=auth, json=job_body(dataset["id"], model="tiny-llama"))
         assert response.status_code == 201, response.text
+        # labelled rows a decoder classifies by writing the label: a completion task too
+        train, dev = make_toy_task(tmp_path / "labelled")
+        response = upload(client, auth, train, dev, prompt_template="review: {text} ->")
+        assert response.status_code == 201, response.text
+        labelled = response.json()
+        assert labelled["columns"]["prompt_template"] == "review: {text} ->" and labelled["labels"] == ["0", "1"]
+        assert_error(client.post("/v1/jobs", headers=auth, json=job_body(labelled["id"])), 422, "invalid_request",
+                     "dataset_id")
+        response = client.post("/v1/jobs", headers=auth, json=job_body(labelled["id"], model="tiny-llama"))
+        assert response.status_code == 201, response.text
+        error = assert_error(upload(client, auth, train, dev, prompt_template="{label}"), 422, "invalid_request",
+                             "prompt_template")
+        assert "use {text}" in error["message"]
 
 
 def test_health_and_readiness(client):

@@ -680,6 +680,7 @@ function datasetsView() {
     ...fieldRow("Problem", "problem", h("select", { id: "problem", name: "problem" },
       h("option", { value: "classification" }, "classification"), h("option", { value: "regression" }, "regression"),
       h("option", { value: "completion" }, "completion (JSONL prompt/completion or chat rows; decoder models)"))),
+    ...fieldRow("Prompt template", "prompt_template", input("prompt_template", { placeholder: "decoders: classify by writing the label, e.g. Review: {text} Sentiment:" })),
     h("span"), h("div", { class: "row" }, h("button", { type: "submit", id: "upload-submit" }, "Upload and check"),
       h("span", { class: "field-error", "data-error-for": "" }), h("span", { class: "hint", id: "upload-state" })));
   const list = h("div", { id: "datasets" });
