@@ -579,6 +579,7 @@ def _prune_backbone(ctx: _Context, supernet: Supernet, rank_tracker: RankTracker
         kept = target
         guard["stopped"] = ("no guard (max_drop is null)" if speed.max_drop is None
                             else "no validation split to guard with: pruned to the target")
+        report.replan(speed.stages * ctx.spec.stage_steps())  # the stages planned do not run
     else:
         plans = [plan(stage_spec) for stage_spec in stage_specs(speed, layer_params)]
         steps = ctx.spec.stage_steps()
