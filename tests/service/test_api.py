@@ -296,7 +296,7 @@ def test_upload_each_format(client, auth, toy_files, fmt, settings):
     assert (dataset["train_rows"], dataset["dev_rows"]) == (256, 64)
     assert dataset["labels"] == ["0", "1"] and dataset["metric_name"] == "accuracy"
     assert dataset["columns"] == {"text_column": "text", "text_pair_column": None, "label_column": "label",
-                                  "problem": "classification"}
+                                  "problem": "classification", "prompt_template": None}
     assert sorted(p.name for p in (settings.datasets / dataset["id"]).iterdir()) == [f"dev.{fmt}", f"train.{fmt}"]
     listed = client.get("/v1/datasets", headers=auth).json()
     assert [d["id"] for d in listed["data"]] == [dataset["id"]] and listed["next"] is None
