@@ -11,6 +11,7 @@ import math
 import torch
 
 from .data import Completion
+from .data.loaders import COMPLETION_LOSSES
 from .data.metrics import COMPLETION_METRICS, exact_match
 from .train import IGNORE, Encoded, autocast, mean_loss
 
@@ -59,7 +60,7 @@ def _chat_ids(tokenizer, messages: list[dict], **options) -> list[int]:
 def completion_metric_names(data: Encoded) -> tuple[str, ...]:
     """Loss and perplexity; exact match first (the primary metric) when every completion is a short answer."""
     short = all(len(_answer(data, i)) <= EXACT_MATCH_TOKENS for i in range(len(data)))
-    return COMPLETION_METRICS if short else tuple(m for m in COMPLETION_METRICS if m != "exact_match")
+    return COMPLETION_METRICS if short else COMPLETION_LOSSES
 
 
 def _answer(data: Encoded, i: int) -> list[int]:

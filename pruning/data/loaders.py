@@ -17,8 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from .metrics import COMPLETION_METRICS
+
 if TYPE_CHECKING:
     from pruning.spec import TaskSpec
+
+
+# A completion task's metrics before its answers are tokenised (exact match joins them when the answers are short)
+COMPLETION_LOSSES = tuple(m for m in COMPLETION_METRICS if m != "exact_match")
 
 
 class DataError(ValueError):
@@ -74,7 +80,7 @@ def load_task(task: TaskSpec, seed: int = 0) -> TaskData:
     task.validate()
     data = _load_glue(task) if task.glue else _load_local(task)
     if task.prompt_template is not None:
-        data = TaskData(data.name, "completion", data.labels, ("loss", "perplexity"),
+        data = TaskData(data.name, "completion", data.labels, COMPLETION_LOSSES,
                         [prompted(task, e, data.labels) for e in data.train],
                         [prompted(task, e, data.labels) for e in data.dev])
     if task.max_train_examples is not None:
@@ -165,7 +171,7 @@ def _load_local(task: TaskSpec) -> TaskData:
     assert task.train is not None and task.dev is not None  # task.validate() checked both
     if task.problem == "completion":
         # exact match joins these once the completions are tokenised and found short (train.completion_metrics)
-        return TaskData(Path(task.train).name, "completion", None, ("loss", "perplexity"),
+        return TaskData(Path(task.train).name, "completion", None, COMPLETION_LOSSES,
                         read_completions(task, task.train), read_completions(task, task.dev))
     train = _read_local_file(task, task.train)
     dev = _read_local_file(task, task.dev)
