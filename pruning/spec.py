@@ -346,7 +346,8 @@ class SearchSpec:
     backbone: Annotated[BackboneSpec, Field(description="Light-PEFT backbone pruning (off by default).")] = field(
         default_factory=BackboneSpec)
     retrain: Annotated[Literal["fresh", "warm"], Field(description=(
-        "Retrain the chosen configuration from fresh weights, or from the supernet's ('warm')."))] = "fresh"
+        "Retrain the chosen configuration from the supernet's trained weights ('warm'), or from a fresh "
+        "initialisation ('fresh')."))] = "warm"
     seed: Annotated[Int, Field(ge=0, description="Seeds data order, initialisation and subsampling.")] = 0
     device: Annotated[str, Field(min_length=1, description=(
         "'auto' (cuda when present), 'cpu', 'cuda', 'cuda:1', ..."))] = "auto"
