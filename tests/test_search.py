@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import LAYERS, unit_size
 
 from pruning import Cancelled, PolicySpec, SpecError, search
@@ -228,6 +229,28 @@ def test_search_with_a_budget_above_the_supernet_removes_nothing(make_spec, tmp_
     result = search(spec, tmp_path / "out")
     assert result.trainable_params == START and result.pruned_layers == []
     assert [(r.removed, r.target_params, r.metric) for r in result.rounds] == [([], START, None)]
+
+
+@pytest.mark.parametrize("retrain", ["warm", "fresh"])
+def test_retrain_starts_from_the_supernets_weights_only_when_warm(make_spec, tmp_path, monkeypatch, retrain):
+    from safetensors.torch import load_file
+
+    import pruning.pipeline as pipeline
+
+    started: dict = {}
+    original = pipeline._retrain_evaluate_export
+
+    def capture(ctx, model, *args, **kwargs):
+        started.update({k: v.clone() for k, v in model.trained_state().items() if "lora" in k})
+        return original(ctx, model, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "_retrain_evaluate_export", capture)
+    search(make_spec(retrain=retrain), tmp_path / "out", checkpoint_dir=tmp_path / "ckpt")
+    searched = load_file(tmp_path / "ckpt" / "weights-3.safetensors")
+    assert started and set(started) <= set(searched)
+    same = [torch.equal(started[k], searched[k]) for k in started]
+    # warm: every LoRA tensor goes on from the last round; fresh: LoRA's B starts at zero again
+    assert all(same) if retrain == "warm" else not all(same)
 
 
 # --- cancellation and checkpoints -------------------------------------------------------------------------------
