@@ -115,17 +115,24 @@ def _depth_order(path: str) -> tuple[int, str]:
     return next(int(part) for part in path.split(".") if part.isdigit()), path
 
 
+def fixed_space(method: str):
+    """The space of a fixed method: LoRA r=8 on q,v (peft's default), a bottleneck adapter of 16, or a prefix of
+    16 in every layer."""
+    from pruning import AdapterSpec, LoraSpec, PrefixSpec, SpaceSpec
+
+    return SpaceSpec(types=(method,), lora=LoraSpec(targets=("q", "v")), adapter=AdapterSpec(size=16),
+                     prefix=PrefixSpec(length=16))
+
+
 def run_method(method: str, task: str, seed: int, data_dir: str, model: str) -> dict:
     import pruning
-    from pruning import AdapterSpec, LoraSpec, PolicySpec, PrefixSpec, SpaceSpec
+    from pruning import LoraSpec, PolicySpec, SpaceSpec
 
     spec = base_spec(task, seed, data_dir, model)
     start = time.monotonic()
     with tempfile.TemporaryDirectory() as tmp:
         if method in ("lora", "adapter", "prefix"):
-            space = SpaceSpec(types=(method,), lora=LoraSpec(targets=("q", "v")), adapter=AdapterSpec(size=16),
-                              prefix=PrefixSpec(length=16))
-            result = pruning.fit(dataclasses.replace(spec, space=space), tmp)
+            result = pruning.fit(dataclasses.replace(spec, space=fixed_space(method)), tmp)
             search_wall, candidates = 0.0, None
         elif method == "adalora":
             from .adalora import fit_adalora
