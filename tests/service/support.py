@@ -27,6 +27,11 @@ TINY_SEARCH = {"schedule": {"rounds": 2, "steps_per_round": 8, "eval_examples": 
                "train": {"steps": 30, "batch_size": 16, "max_length": 32}}
 
 
+def job_body(dataset: str, **changes) -> dict:
+    """A job on the tiny model and TINY_SEARCH, as POST /v1/jobs takes it."""
+    return {"model": TINY, "dataset_id": dataset, "budget": "2%", "search": TINY_SEARCH, **changes}
+
+
 @contextmanager
 def empty_schema(prefix: str) -> Iterator[str]:
     """A new schema in the `test` database, dropped afterwards; yields a URL whose search_path is that schema."""

@@ -11,13 +11,9 @@ from store import jobs
 from store.db import session_factory
 from store.models import Job
 
-from .support import TINY, TINY_SEARCH, upload
+from .support import TINY, TINY_SEARCH, job_body, upload
 
 pytestmark = pytest.mark.service
-
-
-def job_body(dataset: str, **changes) -> dict:
-    return {"model": TINY, "dataset_id": dataset, "budget": "2%", "search": TINY_SEARCH, **changes}
 
 
 def assert_error(response, status: int, code: str, param: str | None = None) -> dict:

@@ -11,15 +11,11 @@ import pytest
 from store import jobs
 from store.models import Job, JobEvent, Round, utcnow
 
-from .support import TINY, TINY_SEARCH
+from .support import TINY, job_body
 
 pytestmark = pytest.mark.service
 
 SSE = {"Accept": "text/event-stream"}
-
-
-def job_body(dataset: str, **changes) -> dict:
-    return {"model": TINY, "dataset_id": dataset, "budget": "2%", "search": TINY_SEARCH, **changes}
 
 
 def submit(client, auth, dataset_id, **changes) -> str:

@@ -29,11 +29,11 @@ from worker.webhooks import deliver_once
 from .support import (
     ROOT,
     TINY,
-    TINY_SEARCH,
     Receiver,
     empty_schema,
     forget_owner,
     free_port,
+    job_body,
     receiver,
     upload,
 )
@@ -54,10 +54,6 @@ def pg_url():
 def hooks() -> Receiver:
     with receiver() as running:
         yield running
-
-
-def job_body(dataset: str, **changes) -> dict:
-    return {"model": TINY, "dataset_id": dataset, "budget": "2%", "search": TINY_SEARCH, **changes}
 
 
 def error_of(response, status: int, code: str, param: str | None = None) -> str:
