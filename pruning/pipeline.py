@@ -21,8 +21,8 @@ import torch
 from transformers import set_seed
 
 from . import export
-from .arch import backbone_parameter_count, layer_parameter_count, projection
-from .backbone import RankTracker, choose_ranks, plan_pruning
+from .arch import backbone_parameter_count
+from .backbone import Planner, RankTracker, choose_ranks
 from .backbone.guard import run_guard, stage_specs
 from .backbones import load_model, load_tokenizer, peak_memory_mb, resolve_device
 from .calibration import unit_ablation
@@ -551,37 +551,17 @@ def _prune_backbone(ctx: _Context, supernet: Supernet, rank_tracker: RankTracker
     """The end of the mask rounds: remove heads/neurons by their learned masks, in stages under the quality guard
     (or in one step without it), then the weakest LoRA ranks. `metric`: the supernet's on the validation split
     now, before any head or neuron is off (the guard's reference). The record says what the guard did."""
-    speed, arch, config = ctx.spec.backbone, supernet.arch, supernet.model.config
-    hidden, head_dim, per_kv = config.hidden_size, arch.head_dim(config), arch.heads_per_kv(config)
-    bias = int(projection(supernet.model, arch, 0, arch.q).bias is not None)
-    # Heads go in groups: a key/value head with the query heads sharing it (one head without grouped-query
-    # attention). A group's q, k, v rows (+ bias) and o columns:
-    group_params = (per_kv + 2) * head_dim * (hidden + bias) + per_kv * head_dim * hidden
-    neuron_params = len(arch.ffn_in) * (hidden + 1) + hidden
-    layer_params = layer_parameter_count(supernet.model, arch)
-    head_scores, neuron_scores = supernet.masks.scores(speed.score)
-    group_scores = [scores.view(-1, per_kv).sum(-1) for scores in head_scores]
-
-    def plan(stage_spec) -> tuple[dict[int, list[int]], dict[int, list[int]]]:
-        groups, neurons = plan_pruning(group_scores, neuron_scores, stage_spec, group_params, neuron_params,
-                                       layer_params)
-        return {layer: [g * per_kv + j for g in kept for j in range(per_kv)] for layer, kept in groups.items()}, neurons
-
-    def size(kept) -> int:  # the layers' parameters once the heads and neurons not kept are gone
-        groups_gone = sum(len(h) - len(kept[0][i]) for i, h in enumerate(head_scores)) // per_kv
-        neurons_gone = sum(len(n) - len(kept[1][i]) for i, n in enumerate(neuron_scores))
-        return layer_params - group_params * groups_gone - neuron_params * neurons_gone
-
-    target = plan(speed)
-    guard = {"max_drop": speed.max_drop, "asked_share": 1 - size(target) / layer_params}
+    speed = ctx.spec.backbone
+    planner = Planner.of(supernet, speed.score)
+    guard = {"max_drop": speed.max_drop, "asked_share": planner.removed_share(planner.plan(speed))}
     reference = metric if speed.max_drop is not None else None
     if reference is None:
-        kept = target
+        kept = planner.plan(speed)
         guard["stopped"] = ("no guard (max_drop is null)" if speed.max_drop is None
                             else "no validation split to guard with: pruned to the target")
         report.replan(speed.stages * ctx.spec.stage_steps())  # the stages planned do not run
     else:
-        plans = [plan(stage_spec) for stage_spec in stage_specs(speed, layer_params)]
+        plans = [planner.plan(stage_spec) for stage_spec in stage_specs(speed, planner.layer_params)]
         steps = ctx.spec.stage_steps()
 
         def try_plan(kept) -> float:
@@ -591,14 +571,13 @@ def _prune_backbone(ctx: _Context, supernet: Supernet, rank_tracker: RankTracker
                                 report.steps(speed.mask_rounds, supernet.peft_params()), should_stop)
             return ctx.validation_metric(supernet)
 
-        accepted, stages, guard["stopped"] = run_guard(plans, [size(p) for p in plans], try_plan, reference,
-                                                       ctx.task.primary_metric, speed.max_drop)
+        accepted, stages, guard["stopped"] = run_guard(plans, [planner.size(p) for p in plans], try_plan,
+                                                       reference, ctx.task.primary_metric, speed.max_drop)
         report.replan(steps * (len(plans) - len(stages)))
-        kept = plans[accepted] if accepted >= 0 else ({i: list(range(len(h))) for i, h in enumerate(head_scores)},
-                                                      {i: list(range(len(n))) for i, n in enumerate(neuron_scores)})
+        kept = plans[accepted] if accepted >= 0 else planner.everything()
         supernet.masks.keep_only(*kept)  # what the stages after the accepted one switched off comes back
         guard.update(reference=reference, stages=stages, accepted_stage=accepted + 1)
-    guard["reached_share"] = 1 - size(kept) / layer_params  # shares of the layers' parameters removed
+    guard["reached_share"] = planner.removed_share(kept)  # shares of the layers' parameters removed
     supernet.prune_backbone(*kept)
     supernet.backbone_record["guard"] = guard
     if rank_tracker is not None:

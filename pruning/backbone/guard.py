@@ -8,8 +8,7 @@ import dataclasses
 from collections.abc import Callable
 
 from ..data.metrics import metric_drop
-
-Plan = tuple[dict[int, list[int]], dict[int, list[int]]]  # heads and neurons kept per layer
+from .plan import Plan
 
 
 def stage_specs(speed, layer_params: int) -> list:
