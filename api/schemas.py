@@ -10,6 +10,7 @@ from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, create_model
 
+from pruning.arch import ModelKind
 from pruning.result import PHASES, ProgressEvent, RoundRecord, SearchResult
 from pruning.spec import PROBLEMS
 from store.models import DELIVERY_STATUSES, STATUSES, Dataset, Job, Webhook
@@ -259,7 +260,7 @@ class DatasetOut(BaseModel):
 class ModelOut(BaseModel):
     name: str
     model_type: str | None = Field(None, description="From the model's config.json, e.g. bert.")
-    kind: Literal["encoder", "decoder"] | None = Field(None, description=(
+    kind: ModelKind | None = Field(None, description=(
         "An encoder labels text; a decoder (a causal language model) also learns completions. None: the model's "
         "family has no architecture map."))
     problems: list[str] = Field(default_factory=list, description=(

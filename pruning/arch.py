@@ -8,9 +8,11 @@ relative to a layer, except `layers` (relative to the model root).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from .spec import PROBLEMS, ROLES
+
+ModelKind = Literal["encoder", "decoder"]  # an encoder labels text; a decoder (causal LM) also learns completions
 
 if TYPE_CHECKING:  # annotations only: the maps themselves are plain data, read without torch (sizes.py)
     from torch import nn
@@ -35,7 +37,7 @@ class ArchitectureMap:
     decoder: bool = False  # a causal language model: it also learns completions; an encoder only labels text
 
     @property
-    def kind(self) -> str:
+    def kind(self) -> ModelKind:
         return "decoder" if self.decoder else "encoder"
 
     @property
