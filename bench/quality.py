@@ -46,13 +46,20 @@ AUTOPEFT_CANDIDATES = 8
 
 
 def lora_budget(model: str, rank: int = 8) -> int:
-    """Parameters of LoRA rank `rank` on q and v of every layer: each is A (r x h) + B (h x r)."""
+    """Parameters of LoRA rank `rank` on q and v of every layer: each is A (r x in) + B (out x r), at the
+    projections' real sizes (pruning/sizes.py): with grouped-query attention v is narrower than q (SmolLM2: 576 ->
+    192), on an encoder both are hidden x hidden."""
     from transformers import AutoConfig
 
+    from pruning import LoraSpec, SpaceSpec
     from pruning.backbones import resolve_model
+    from pruning.sizes import supernet_params
 
-    config = AutoConfig.from_pretrained(resolve_model(model))
-    return config.num_hidden_layers * 2 * rank * 2 * config.hidden_size
+    config = AutoConfig.from_pretrained(resolve_model(model)).to_dict()
+    params = supernet_params(config, SpaceSpec(types=("lora",), lora=LoraSpec(targets=("q", "v"), rank=rank)))
+    if params is None:
+        raise ValueError(f"{model}: no architecture map for model type {config.get('model_type')!r}")
+    return params
 
 
 def base_spec(task: str, seed: int, data_dir: str, model: str):
@@ -125,10 +132,15 @@ def fixed_space(method: str):
 
 
 def run_method(method: str, task: str, seed: int, data_dir: str, model: str) -> dict:
+    return run_spec(method, task, base_spec(task, seed, data_dir, model))
+
+
+def run_spec(method: str, task: str, spec) -> dict:
+    """One method trained (and searched) on `spec`'s task, model, budget, steps and seed: a row of results."""
     import pruning
     from pruning import LoraSpec, PolicySpec, SpaceSpec
 
-    spec = base_spec(task, seed, data_dir, model)
+    seed, model = spec.seed, spec.model
     start = time.monotonic()
     with tempfile.TemporaryDirectory() as tmp:
         if method in ("lora", "adapter", "prefix"):
