@@ -193,6 +193,9 @@ def run_spec(method: str, task: str, spec) -> dict:
         # where the parameters went: the fixed methods' are known, a search's are what it found
         **({"lora_ranks": result.configuration["lora_ranks"]} if method in ("alllinear", "random", "peftsearch")
            else {}),
+        # where a search's time went: each round's (training, scoring, calibration, removal); the rest of
+        # search_wall_s is loading and the learning phase
+        **({"round_wall_s": [r.wall_s for r in result.rounds]} if method in ("random", "peftsearch") else {}),
         **({"initial_ranks": result.initial_ranks, "final_ranks": result.final_ranks} if method == "adalora" else {}),
     }
 
