@@ -48,14 +48,10 @@ from .importance import ImportanceTracker
 from .regression import fold, standardise_head
 from .result import ProgressEvent, RemovedUnit, RoundRecord, SearchResult, pareto_front
 from .schedule import choose_removals, kept_ranks, rank_chunks, round_targets
-from .spec import SearchSpec, budget_params
+from .spec import MIN_VALIDATION, SearchSpec, budget_params
 from .supernet import Supernet
 from .train import Encoded, chance_loss, encode, evaluate, mean_loss, shuffled_batches, train
 from .warmup import derive_assignment
-
-# Below this many validation examples the split decides nothing (no learning gate, no calibration of the
-# module types): one or two examples would decide them by chance.
-MIN_VALIDATION = 16
 
 ProgressCallback = Callable[[ProgressEvent], None]
 StopCheck = Callable[[], bool]
@@ -207,8 +203,10 @@ class _Context:
         def measure(keys: list[str]) -> dict[str, float] | None:
             if len(self.validation) < MIN_VALIDATION:
                 return None
-            return unit_ablation(model, self.validation, keys, self.spec.train.eval_batch_size, self.pad_id,
-                                 self.device)
+            examples = self.spec.policy.calibration_examples
+            data = self.validation if examples is None or examples >= len(self.validation) else \
+                self.validation.subset(list(range(examples)))  # a random sample already: its first ones are one too
+            return unit_ablation(model, data, keys, self.spec.train.eval_batch_size, self.pad_id, self.device)
 
         return measure
 

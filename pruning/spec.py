@@ -39,6 +39,9 @@ ASSIGNMENT_PRESETS = ("default", "prunepeft", "warmup", "random")
 # share of a run's cost does not depend on the run's length (bench/results/fidelity.md: how its choices move
 # with the rounds' length).
 ROUND_SHARE = 0.05
+# Below this many validation examples the split decides nothing (no learning gate, no calibration of the
+# module types): one or two examples would decide them by chance.
+MIN_VALIDATION = 16
 MIN_ROUND_STEPS = 5
 
 # JSON's numbers as the engine takes them: no booleans or numeric strings for integers, no NaN or infinity.
@@ -251,6 +254,10 @@ class PolicySpec:
         "validation-loss increase when a unit is switched off, averaged over up to this many units per type "
         "(spread over depth). 0: no measurement, every type weighs the same."))] = 4  # types' worths differed
     # 5-20x on SST-2 (bench/results/fidelity.jsonl, round 1): four units a type tell them apart at half the cost
+    calibration_examples: Annotated[Int | None, Field(ge=MIN_VALIDATION, description=(
+        "The calibration's ablations measure on this many examples of the validation split (the same ones for "
+        "every unit and for the reference, so the differences are paired); null: the whole split. On a short "
+        "run the calibration is a large share of a round's cost."))] = None
 
     @model_validator(mode="after")
     def cross_checks(self):

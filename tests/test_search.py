@@ -253,6 +253,24 @@ def test_retrain_starts_from_the_supernets_weights_only_when_warm(make_spec, tmp
     assert all(same) if retrain == "warm" else not all(same)
 
 
+@pytest.mark.parametrize("examples", [None, 16])
+def test_the_calibration_measures_on_the_examples_asked(make_spec, tmp_path, monkeypatch, examples):
+    import pruning.pipeline as pipeline
+
+    sizes = []
+    original = pipeline.unit_ablation
+
+    def counting(supernet, data, *args, **kwargs):
+        sizes.append(len(data))
+        return original(supernet, data, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "unit_ablation", counting)
+    spec = make_spec(schedule__eval_examples=32, policy__calibration_examples=examples)
+    result = search(spec, tmp_path / "out")
+    assert sizes and set(sizes) == {examples or 32}
+    assert result.rounds[0].type_values is not None  # the types were still weighed
+
+
 # --- cancellation and checkpoints -------------------------------------------------------------------------------
 
 

@@ -119,6 +119,7 @@ INVALID = [
     (minimal(budget="lots"), "budget"),
     (minimal(budget=0), "budget"),
     (minimal(retrain="lukewarm"), "retrain"),
+    (minimal(policy={"calibration_examples": 3}), "policy.calibration_examples"),
     (minimal(space={"types": []}), "space.types"),
     (minimal(space={"types": ["lora", "ia3"]}), "space.types"),
     (minimal(space={"lora": {"rank": 0}}), "space.lora.rank"),
