@@ -236,6 +236,7 @@ class Columns(BaseModel):
     label_column: str = "label"
     problem: Literal[PROBLEMS] = "classification"  # type: ignore[valid-type]
     prompt_template: str | None = None
+    label_words: dict[str, str] | None = None
 
 
 class DatasetOut(BaseModel):

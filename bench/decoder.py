@@ -7,8 +7,8 @@
 Tasks (the data are converted once into the cache, --cache-dir, not the repository):
 
     sst2-gen  GLUE SST-2 as label generation: the prompt "Review: {sentence}\\nSentiment (negative or positive):"
-              answered " negative" or " positive" (the engine's prompt_template path; GLUE's labels 0/1 are
-              written as those words, since a template answers with the label's name). Scored by the exact match
+              answered " negative" or " positive" (the engine's prompt_template, with label_words 0=negative,
+              1=positive: words the model knows, where GLUE's label names are 0 and 1). Scored by the exact match
               of the greedy answer (= accuracy, x 100). Train: a seeded subsample (the run's seed) of 2,000 of
               the 67,349 sentences; dev: all 872.
     chat      chatterbot-corpus 1.3.3 (BSD; English YAML files inside the package): every consecutive pair of
@@ -59,7 +59,7 @@ METHODS = ("lora", "alllinear", "peftsearch")
 RESULTS = Path(__file__).parent / "results"
 BATCH, EVAL_BATCH, LR = 16, 16, 1e-3
 SST2_TEMPLATE = "Review: {text}\nSentiment (negative or positive):"
-SST2_WORDS = ("negative", "positive")  # GLUE SST-2's labels 0 and 1
+SST2_WORDS = {"0": "negative", "1": "positive"}  # GLUE SST-2's labels, answered as words the model knows
 CHAT_DEV_SHARE, CHAT_SPLIT_SEED = 0.1, 0
 
 
@@ -84,18 +84,6 @@ def default_cache() -> Path:
     from pruning.bundled import cache_dir
 
     return cache_dir() / "bench-data"
-
-
-def sst2_words(glue_dir: str | Path, out: Path) -> tuple[Path, Path]:
-    """GLUE SST-2 with its labels written as words: train.jsonl and dev.jsonl of {"text", "label"} under `out`."""
-    from pruning.data.loaders import read_glue_file
-
-    paths = []
-    for split in ("train", "dev"):
-        examples = read_glue_file("sst2", Path(glue_dir) / "SST-2" / f"{split}.tsv")
-        paths.append(_write_jsonl(out / f"{split}.jsonl",
-                                  [{"text": e.text.strip(), "label": SST2_WORDS[int(e.label)]} for e in examples]))
-    return paths[0], paths[1]
 
 
 def chatterbot_pairs(folder: str | Path) -> list[tuple[str, str]]:
@@ -138,19 +126,20 @@ def chatterbot_english() -> Path:
 
 
 def prepare(task: str, data_dir: str | Path, cache: Path) -> dict:
-    """Write `task`'s data into `cache` (deterministic, so a rerun writes the same files): its train and dev
-    paths and sizes."""
+    """`task`'s data: where the engine reads it ("data": TaskSpec fields) and its sizes. The chat rows are written
+    into `cache` (deterministic, so a rerun writes the same files); SST-2 is read from the GLUE folder as it is."""
+    count = lambda path: sum(1 for line in Path(path).read_text().splitlines() if line.strip())  # noqa: E731
     if task == "sst2-gen":
-        train, dev = sst2_words(data_dir, cache / "sst2-words")
-    elif task == "chat":
+        folder = Path(data_dir) / "SST-2"
+        return {"data": {"glue": "sst2", "data_dir": str(data_dir)},
+                "train_rows": count(folder / "train.tsv") - 1, "dev_rows": count(folder / "dev.tsv") - 1}
+    if task == "chat":
         import chatterbot_corpus
 
         train, dev = chatterbot_chat(chatterbot_english(),
                                      cache / f"chatterbot-corpus-{chatterbot_corpus.__version__}-english")
-    else:
-        raise ValueError(f"unknown task {task!r}")
-    count = lambda path: sum(1 for line in path.read_text().splitlines() if line.strip())  # noqa: E731
-    return {"train": str(train), "dev": str(dev), "train_rows": count(train), "dev_rows": count(dev)}
+        return {"data": {"train": str(train), "dev": str(dev)}, "train_rows": count(train), "dev_rows": count(dev)}
+    raise ValueError(f"unknown task {task!r}")
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> Path:
@@ -165,18 +154,18 @@ def _write_jsonl(path: Path, rows: list[dict]) -> Path:
 # --- one run ------------------------------------------------------------------------------------------------------
 
 
-def decoder_spec(task: str, seed: int, model: str, train: str, dev: str, steps: int, max_length: int):
+def decoder_spec(task: str, seed: int, model: str, data: dict, steps: int, max_length: int):
     from pruning import SearchSpec, TaskSpec, TrainSpec
 
     from .quality import lora_budget
 
     setting = TASKS[task]
     if task == "sst2-gen":
-        data = TaskSpec(train=train, dev=dev, prompt_template=SST2_TEMPLATE,
-                        max_train_examples=setting.max_train_examples)
+        task_spec = TaskSpec(**data, prompt_template=SST2_TEMPLATE, label_words=SST2_WORDS,
+                             max_train_examples=setting.max_train_examples)
     else:
-        data = TaskSpec(train=train, dev=dev, problem="completion", max_train_examples=setting.max_train_examples)
-    return SearchSpec(model=model, task=data, budget=lora_budget(model),
+        task_spec = TaskSpec(**data, problem="completion", max_train_examples=setting.max_train_examples)
+    return SearchSpec(model=model, task=task_spec, budget=lora_budget(model),
                       train=TrainSpec(steps=steps, max_length=max_length, batch_size=BATCH, lr=LR,
                                       eval_batch_size=EVAL_BATCH),
                       seed=seed)  # the product's default space, policy and schedule
@@ -187,8 +176,7 @@ def run_job(job: dict) -> dict:
     retraining's step time and the settings."""
     from .quality import run_spec
 
-    spec = decoder_spec(job["task"], job["seed"], job["model"], job["train"], job["dev"], job["steps"],
-                        job["max_length"])
+    spec = decoder_spec(job["task"], job["seed"], job["model"], job["data"], job["steps"], job["max_length"])
     row = run_spec(job["method"], job["task"], spec)
     metric = TASKS[job["task"]].metric
     if metric not in row["metrics"]:
@@ -402,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
             if store.done(key):
                 continue
             start = time.monotonic()
-            row = run_child("bench.decoder", {**key, "train": data[task]["train"], "dev": data[task]["dev"]})
+            row = run_child("bench.decoder", {**key, "data": data[task]["data"]})
             max_train = TASKS[task].max_train_examples
             store.add({**row, **provenance(), "train_rows": data[task]["train_rows"],
                        "dev_rows": data[task]["dev_rows"],

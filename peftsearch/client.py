@@ -143,7 +143,8 @@ class Client:
     def upload_dataset(self, train: str | os.PathLike, dev: str | os.PathLike, *, text_column: str = "text",
                        text_pair_column: str | None = None, label_column: str = "label",
                        problem: str = "classification", format: str | None = None,
-                       name: str | None = None, prompt_template: str | None = None) -> DatasetOut:
+                       name: str | None = None, prompt_template: str | None = None,
+                       label_words: str | dict[str, str] | None = None) -> DatasetOut:
         """POST /v1/datasets. The server checks the files with the engine's loader; its errors name the file and
         line (ErrorResponse 422, `param` "train" or "dev")."""
         paths = {"train": Path(train), "dev": Path(dev)}
@@ -152,7 +153,9 @@ class Client:
                 raise PeftsearchError(f"{split} file {path} does not exist")
         form = {"text_column": text_column, "label_column": label_column, "problem": problem,
                 "text_pair_column": text_pair_column, "format": format, "name": name,
-                "prompt_template": prompt_template}
+                "prompt_template": prompt_template,
+                "label_words": ",".join(f"{k}={v}" for k, v in label_words.items()) if isinstance(label_words, dict)
+                else label_words}
         with ExitStack() as files:
             opened = {split: files.enter_context(open(path, "rb")) for split, path in paths.items()}
 

@@ -24,6 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="completion: JSONL prompt/completion or chat rows, for a decoder model")
     upload.add_argument("--prompt-template", help="for a decoder model: classify by generating the label after "
                         "this prompt ({text}, {text_pair})")
+    upload.add_argument("--label-words", help="with --prompt-template: the word written for each label instead "
+                        "of its name, e.g. 0=negative,1=positive")
     upload.add_argument("--format", choices=("csv", "tsv", "jsonl"), help="default: from the file names")
     upload.add_argument("--name")
 
@@ -51,7 +53,7 @@ def upload(client, args: argparse.Namespace) -> int:
     dataset = client.upload_dataset(args.train, args.dev, text_column=args.text_column,
                                     text_pair_column=args.text_pair_column, label_column=args.label_column,
                                     problem=args.problem, format=args.format, name=args.name,
-                                    prompt_template=args.prompt_template)
+                                    prompt_template=args.prompt_template, label_words=args.label_words)
     out.print(dataset.id, highlight=False)
     labels = f", labels {', '.join(dataset.labels)}" if dataset.labels else ""
     err.print(f"{dataset.name}: {dataset.train_rows} train / {dataset.dev_rows} dev rows{labels}, metric "

@@ -45,6 +45,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-train-examples", type=int, help="subsample train (seeded)")
     p.add_argument("--prompt-template", help="a decoder classifies by generating the label after this prompt, "
                                              "e.g. 'Review: {text}\\nSentiment:' ({text_pair} for pairs)")
+    p.add_argument("--label-words", help="with --prompt-template: the word written for each label instead of "
+                                         "its name, e.g. 0=negative,1=positive")
     p.add_argument("--budget", help="trainable PEFT parameters: a count (70000, 70k) or a share of the backbone "
                                     "(0.5%%)")
     p.add_argument("--out", type=Path, required=True, help="result directory")
@@ -106,7 +108,8 @@ FLAG_FIELDS = {
 LIST_FIELDS = {"types": "space.types", "lora_targets": "space.lora.targets"}
 
 # flags that set the task's field of the same name
-TASK_FLAGS = ("text_column", "text_pair_column", "label_column", "problem", "max_train_examples", "prompt_template")
+TASK_FLAGS = ("text_column", "text_pair_column", "label_column", "problem", "max_train_examples", "prompt_template",
+              "label_words")
 
 
 def spec_default(dotted: str, root: type = SearchSpec):

@@ -274,7 +274,9 @@ def describe_task(config: dict) -> str:
         where = f"{Path(task['train']).name} / {Path(task['dev']).name} ({columns})"
     labels = config.get("labels")
     kind = config["problem"] if not task.get("prompt_template") else "classification by generating the label"
-    kind = f"{kind}: {', '.join(map(str, labels))}" if labels else kind
+    words = task.get("label_words") or {}
+    named = [f"{label} as {words[label]!r}" if label in words else str(label) for label in labels or []]
+    kind = f"{kind}: {', '.join(named)}" if named else kind
     if task.get("prompt_template"):
         kind += f", prompt {task['prompt_template']!r}"
     return f"{where}, {kind}"

@@ -92,6 +92,25 @@ def _budget(value: Any) -> Any:
     return value
 
 
+def _label_words(value: Any) -> Any:
+    """'0=negative,1=positive' -> {'0': 'negative', '1': 'positive'}; a mapping is checked as given."""
+    if isinstance(value, str):
+        pairs = [item.partition("=") for item in value.split(",") if item.strip()]
+        if not pairs or any(not sep for _, sep, _ in pairs):
+            raise ValueError("write label=word pairs separated by commas, e.g. 0=negative,1=positive")
+        value = {label.strip(): word.strip() for label, _, word in pairs}
+    if isinstance(value, dict):
+        if not value:
+            raise ValueError("give at least one label=word pair")
+        if any(not isinstance(w, str) or not w.strip() or "\x00" in w for w in value.values()):
+            raise ValueError("every label needs a non-empty word")
+        words = [w.strip() for w in value.values()]
+        if len(set(words)) != len(words):
+            raise ValueError(f"two labels share a word: {words}; exact match could not tell them apart")
+        value = {str(label): word.strip() for label, word in value.items()}
+    return value
+
+
 @dataclass(frozen=True)
 class TaskSpec:
     """A task: where its train/dev data live and how to read them.
@@ -126,6 +145,11 @@ class TaskSpec:
         "space unless the prompt ends with whitespace), learned as a completion and scored by the exact match of "
         "the greedy answer. Only with problem 'classification'; null: a classification head."))] = None
 
+    label_words: Annotated[dict[str, str] | None, BeforeValidator(_label_words), Field(description=(
+        "With prompt_template: the answer written for each label instead of its name, e.g. {'0': 'negative', "
+        "'1': 'positive'} (or the text '0=negative,1=positive'), so a decoder answers in words it already "
+        "knows. Every label needs one, and the words must differ; null: the labels' names."))] = None
+
     @property
     def learned_as(self) -> str:
         """What the model learns: the problem, or a completion for classification by label generation."""
@@ -149,6 +173,9 @@ class TaskSpec:
             if "text" not in fields or fields - {"text", "text_pair"}:
                 raise SpecError("prompt_template", "use {text} (and {text_pair} for sentence pairs), no other "
                                                    f"fields; got {sorted(fields) or 'none'}")
+        if self.label_words is not None and self.prompt_template is None:
+            raise SpecError("label_words", "label words are the answers of label generation: give prompt_template "
+                                           "too")
         if self.glue is not None:
             if not self.data_dir:
                 raise SpecError("data_dir", "a GLUE task needs data_dir (the folder holding SST-2/, MRPC/, ...)")
@@ -156,8 +183,9 @@ class TaskSpec:
             raise SpecError("", "give either glue (+ data_dir) or both train and dev file paths")
         return self
 
-    def validate(self, at: str = "task") -> None:
-        _validated(TaskSpec, self, at)
+    def validate(self, at: str = "task") -> TaskSpec:
+        """The task checked, with its fields as the engine reads them (label words given as text parsed)."""
+        return _validated(TaskSpec, self, at)
 
     @property
     def name(self) -> str:

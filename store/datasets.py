@@ -46,7 +46,8 @@ def create_dataset(session: Session, root: Path, *, owner: str, name: str | None
                           train_path=f"{dataset_id}/train.{fmt}", dev_path=f"{dataset_id}/dev.{fmt}",
                           size_bytes=size, labels=None, metric_name="", train_rows=0, dev_rows=0)
         try:
-            data = load_task(task_spec(dataset, root))
+            task = task_spec(dataset, root).validate()
+            data = load_task(task)
         except SpecError as e:
             raise DatasetError(e.field.removeprefix("task."), e.message) from e
         except DataError as e:
@@ -59,6 +60,8 @@ def create_dataset(session: Session, root: Path, *, owner: str, name: str | None
             raise DatasetError("train", "a label contains a NUL character")
         if not data.train or not data.dev:
             raise DatasetError("train" if not data.train else "dev", "the file holds no examples")
+        if task.label_words is not None:  # as the engine parsed them ("0=negative,1=positive" -> a mapping)
+            dataset.columns = {**columns, "label_words": task.label_words}
         dataset.labels, dataset.metric_name = data.labels, data.primary_metric
         dataset.train_rows, dataset.dev_rows = len(data.train), len(data.dev)
         session.add(dataset)

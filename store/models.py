@@ -68,7 +68,7 @@ class Dataset(Base):
     name: Mapped[str] = mapped_column(String(200))
     format: Mapped[str] = mapped_column(String(8))  # csv, tsv, jsonl
     # The column mapping, as pruning.TaskSpec names it: text_column, text_pair_column, label_column, problem,
-    # prompt_template.
+    # prompt_template, label_words.
     columns: Mapped[dict[str, Any]]
     train_path: Mapped[str] = mapped_column(Text)  # relative to the dataset directory
     dev_path: Mapped[str] = mapped_column(Text)

@@ -151,28 +151,29 @@ def glue(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def task_files(tmp_path_factory, glue) -> dict[str, tuple[str, str]]:
-    from bench.decoder import sst2_words
-
+def task_data(tmp_path_factory, glue) -> dict[str, dict]:
     tmp = tmp_path_factory.mktemp("decoder-data")
-    files = {"sst2-gen": sst2_words(glue, tmp / "sst2"),
-             "chat": chatterbot_chat(_corpus(tmp / "english"), tmp / "chat", dev_share=1 / 3)}
-    return {task: (str(train), str(dev)) for task, (train, dev) in files.items()}
+    train, dev = chatterbot_chat(_corpus(tmp / "english"), tmp / "chat", dev_share=1 / 3)
+    return {"sst2-gen": {"glue": "sst2", "data_dir": str(glue)}, "chat": {"train": str(train), "dev": str(dev)}}
 
 
-def test_sst2_labels_are_written_as_words(task_files):
-    rows = [json.loads(line) for line in Path(task_files["sst2-gen"][1]).read_text().splitlines()]
-    assert len(rows) == 24 and {r["label"] for r in rows} == {"negative", "positive"}
+def test_sst2_is_answered_in_words(llama, task_data):
+    from bench.decoder import decoder_spec
+    from pruning.data import Completion
+    from pruning.data.loaders import load_task
+
+    data = load_task(decoder_spec("sst2-gen", 0, llama, task_data["sst2-gen"], 3, 32).task)
+    assert len(data.dev) == 24 and {c.completion for c in data.dev} == {" negative", " positive"}
+    assert all(isinstance(c, Completion) and c.prompt.startswith("Review: ") for c in data.train)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("task, method", [("sst2-gen", m) for m in METHODS] + [("chat", "peftsearch")])
-def test_each_method_runs_on_a_tiny_llama(llama, task_files, task, method):
+def test_each_method_runs_on_a_tiny_llama(llama, task_data, task, method):
     from bench.decoder import run_job
     from bench.quality import lora_budget
 
-    train, dev = task_files[task]
-    result = run_job({"task": task, "method": method, "seed": 0, "model": llama, "train": train, "dev": dev,
+    result = run_job({"task": task, "method": method, "seed": 0, "model": llama, "data": task_data[task],
                       "steps": 4, "max_length": 32})
     budget = lora_budget(llama)
     assert result["budget"] == budget == 4 * 8 * ((64 + 64) + (64 + 32))  # q, v of 4 layers; v 2 kv heads of 16

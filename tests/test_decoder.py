@@ -121,6 +121,25 @@ def test_a_prompt_template_turns_classification_rows_into_completions(tmp_path):
     spaced = load_task(dataclasses.replace(task, prompt_template="{text} -> "))
     assert spaced.dev[0] == Completion("great -> ", "1")  # the prompt ends with whitespace: none added
     assert read_examples(task, dev, ["0", "1"]) == [Completion("Q: great / it is\nA:", " 1")]
+    # label words: the answers a decoder already knows, given as text (the CLI's and the form's) or a mapping
+    worded = dataclasses.replace(task, label_words="0=negative, 1=positive")
+    assert load_task(worded).train[:2] == [Completion("Q: fine film / it was\nA:", " positive"),
+                                           Completion("Q: dull film / it was\nA:", " negative")]
+    assert read_examples(worded, dev, ["0", "1"]) == [Completion("Q: great / it is\nA:", " positive")]
+    with pytest.raises(SpecError, match=r"label_words: no word for label\(s\) '0'; the data's labels are '0', '1'"):
+        load_task(dataclasses.replace(task, label_words={"1": "positive"}))
+
+
+@pytest.mark.parametrize("words, message", [
+    ("0negative", "write label=word pairs separated by commas"),
+    ({"0": "yes", "1": "yes"}, "two labels share a word"),
+    ({"0": " "}, "every label needs a non-empty word"),
+])
+def test_bad_label_words_are_refused(words, message):
+    with pytest.raises(SpecError, match=f"label_words: {message}"):
+        TaskSpec(train="a.csv", dev="b.csv", prompt_template="{text}", label_words=words).validate()
+    with pytest.raises(SpecError, match="label_words: label words are the answers of label generation"):
+        TaskSpec(train="a.csv", dev="b.csv", label_words={"0": "no", "1": "yes"}).validate()
 
 
 @pytest.mark.parametrize("template, problem, message", [

@@ -43,9 +43,13 @@ def upload_dataset(
     prompt_template: Annotated[str | None, Form(max_length=10_000, description=(
         "Classification on a decoder model by generating the label: each row becomes this prompt ({text}, "
         "{text_pair}) answered by its label's name. Empty: a classification head."))] = None,
+    label_words: Annotated[str | None, Form(max_length=10_000, description=(
+        "With prompt_template: the word written for each label instead of its name, e.g. "
+        "0=negative,1=positive."))] = None,
 ) -> DatasetOut:
     columns = {"text_column": text_column, "text_pair_column": text_pair_column or None,
-               "label_column": label_column, "problem": problem, "prompt_template": prompt_template or None}
+               "label_column": label_column, "problem": problem, "prompt_template": prompt_template or None,
+               "label_words": label_words or None}
     for param, value in {"name": name, **columns}.items():
         if value is not None and "\x00" in value:
             raise DatasetError(param, "must not contain NUL characters")

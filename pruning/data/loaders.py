@@ -77,7 +77,7 @@ class TaskData:
 
 def load_task(task: TaskSpec, seed: int = 0) -> TaskData:
     """Read train and dev; `task.max_train_examples` keeps a seeded subsample of train (dev is never cut)."""
-    task.validate()
+    task = task.validate()
     data = _load_glue(task) if task.glue else _load_local(task)
     if task.prompt_template is not None:
         data = TaskData(data.name, "completion", data.labels, COMPLETION_LOSSES,
@@ -90,10 +90,23 @@ def load_task(task: TaskSpec, seed: int = 0) -> TaskData:
 
 def prompted(task: TaskSpec, example: Example, labels: list[str]) -> Completion:
     """A classification example as a completion (task.prompt_template): the prompt from its text(s), its label's
-    name as the answer."""
+    word (task.label_words) or name as the answer."""
     prompt = task.prompt_template.format(text=example.text, text_pair=example.text_pair or "")
-    answer = labels[int(example.label)]
+    answer = answers(task, labels)[int(example.label)]
     return Completion(prompt, answer if prompt[-1:].isspace() else " " + answer)
+
+
+def answers(task: TaskSpec, labels: list[str]) -> list[str]:
+    """What label generation writes for each label index: its word, or its name without label_words."""
+    from pruning.spec import SpecError
+
+    if task.label_words is None:
+        return list(labels)
+    missing = [label for label in labels if label not in task.label_words]
+    if missing:
+        raise SpecError("task.label_words", f"no word for label(s) {', '.join(map(repr, missing))}; the data's "
+                                            f"labels are {', '.join(map(repr, labels))}")
+    return [task.label_words[label] for label in labels]
 
 
 def subsample(examples: list[Example], n: int, seed: int) -> list[Example]:
@@ -194,9 +207,10 @@ def read_examples(task: TaskSpec, path: str | Path, labels: list[str] | None) ->
     """One file read as `task` reads its files, its labels indexed by `labels` (a result's label map, so class
     indices mean what they meant in the search); None for regression and completion. Errors name the file and
     line."""
+    task = task.validate()
     if task.prompt_template is not None:
         return [prompted(task, e, list(labels)) for e in read_examples(
-            dataclasses.replace(task, prompt_template=None), path, labels)]
+            dataclasses.replace(task, prompt_template=None, label_words=None), path, labels)]
     if task.glue:
         return read_glue_file(task.glue, path)
     if task.problem == "completion":

@@ -292,7 +292,7 @@ def test_upload_each_format(client, auth, toy_files, fmt, settings):
     assert (dataset["train_rows"], dataset["dev_rows"]) == (256, 64)
     assert dataset["labels"] == ["0", "1"] and dataset["metric_name"] == "accuracy"
     assert dataset["columns"] == {"text_column": "text", "text_pair_column": None, "label_column": "label",
-                                  "problem": "classification", "prompt_template": None}
+                                  "problem": "classification", "prompt_template": None, "label_words": None}
     assert sorted(p.name for p in (settings.datasets / dataset["id"]).iterdir()) == [f"dev.{fmt}", f"train.{fmt}"]
     listed = client.get("/v1/datasets", headers=auth).json()
     assert [d["id"] for d in listed["data"]] == [dataset["id"]] and listed["next"] is None
@@ -404,6 +404,13 @@ def test_completion_and_label_generation_data_go_to_decoders_only(tmp_path, sett
         error = assert_error(upload(client, auth, train, dev, prompt_template="{label}"), 422, "invalid_request",
                              "prompt_template")
         assert "use {text}" in error["message"]
+        # label words: stored as the engine parsed them; a label without one is refused at the door
+        worded = upload(client, auth, train, dev, prompt_template="review: {text} ->", label_words="0=bad,1=good")
+        assert worded.status_code == 201, worded.text
+        assert worded.json()["columns"]["label_words"] == {"0": "bad", "1": "good"}
+        error = assert_error(upload(client, auth, train, dev, prompt_template="review: {text} ->",
+                                    label_words="1=good"), 422, "invalid_request", "label_words")
+        assert "no word for label(s) '0'" in error["message"]
 
 
 def test_health_and_readiness(client):

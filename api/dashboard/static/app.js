@@ -681,6 +681,7 @@ function datasetsView() {
       h("option", { value: "classification" }, "classification"), h("option", { value: "regression" }, "regression"),
       h("option", { value: "completion" }, "completion (JSONL prompt/completion or chat rows; decoder models)"))),
     ...fieldRow("Prompt template", "prompt_template", input("prompt_template", { placeholder: "decoders: classify by writing the label, e.g. Review: {text} Sentiment:" })),
+    ...fieldRow("Label words", "label_words", input("label_words", { placeholder: "with a prompt template: the word for each label, e.g. 0=negative,1=positive" })),
     h("span"), h("div", { class: "row" }, h("button", { type: "submit", id: "upload-submit" }, "Upload and check"),
       h("span", { class: "field-error", "data-error-for": "" }), h("span", { class: "hint", id: "upload-state" })));
   const list = h("div", { id: "datasets" });
