@@ -152,6 +152,10 @@ class _Context:
         model = load_model(self.spec.model, self.task.num_labels, self.task.problem, self.pad_id)
         if self.task.problem == "regression":
             standardise_head(model, [self.train_data.labels[i] for i in self.outside_validation])
+        if self.spec.train.gradient_checkpointing:
+            # non-reentrant: the frozen backbone's inputs need no grad for the LoRA, adapters and prefixes
+            # inside a checkpointed layer to get theirs (the reentrant variant would give them none)
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         return Supernet(model, self.spec.space, units, lora_ranks, masks=masks, backbone=backbone,
                         scales=scales).to(self.device)
 

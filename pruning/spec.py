@@ -258,6 +258,10 @@ class TrainSpec:
     weight_decay: Annotated[Real, Field(ge=0, description="AdamW weight decay.")] = 0.0
     max_length: Annotated[Int, Field(ge=1, description="Tokens per example; longer ones are truncated.")] = 128
     eval_batch_size: Annotated[Int, Field(ge=1, description="Batch size of evaluation.")] = 128
+    gradient_checkpointing: Annotated[bool, Strict(), Field(description=(
+        "Recompute each layer's activations in the backward pass instead of keeping them (the search's and the "
+        "retraining's): less memory for long sequences or large batches, at about a third more time per step."
+        ))] = False
 
 
 @dataclass(frozen=True)

@@ -421,3 +421,32 @@ def test_a_decoder_classifies_by_generating_the_label(tmp_path, llama_dir, toy_t
         tmp_path / "out" / "README.md").read_text()
     # a data file is read through the result's template and label map
     assert pruning.evaluate(tmp_path / "out", llama_dir, data=toy_task[1]) == result.metrics
+
+
+def test_gradient_checkpointing_trains_every_unit_type_as_without_it(tmp_path, llama_dir, plain_task, monkeypatch):
+    """Activations recomputed in the backward pass (non-reentrant): LoRA, adapters and prefixes inside the
+    checkpointed layers get the same gradients, so the same steps give the same weights."""
+    import transformers.modeling_utils
+    from safetensors.torch import load_file
+
+    calls = []
+    original = transformers.modeling_utils.checkpoint  # what gradient_checkpointing_enable binds
+
+    def counted(*args, **kwargs):
+        calls.append(kwargs.get("use_reentrant"))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(transformers.modeling_utils, "checkpoint", counted)
+    spec = dataclasses.replace(_spec(llama_dir, plain_task), train=TrainSpec(steps=4, batch_size=8, lr=1e-2,
+                                                                             eval_batch_size=32, max_length=32))
+    units = ["lora.0", "adapter.1", "prefix.2", "lora.3"]
+    weights = {}
+    for on in (False, True):
+        calls.clear()
+        checkpointed = dataclasses.replace(spec, train=dataclasses.replace(spec.train, gradient_checkpointing=on))
+        pruning.fit(checkpointed, tmp_path / str(on), units)
+        assert (set(calls) == {False}) if on else not calls  # every layer's forward, non-reentrant
+        weights[on] = load_file(tmp_path / str(on) / "peftsearch_weights.safetensors")
+    assert weights[True].keys() == weights[False].keys() and len(weights[True]) > 0
+    for name, tensor in weights[False].items():
+        torch.testing.assert_close(weights[True][name], tensor, rtol=1e-4, atol=1e-6, msg=name)
