@@ -23,7 +23,9 @@ COMMANDS = {
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    parser = argparse.ArgumentParser(prog="peftsearch", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="peftsearch", description=(
+        "Find a parameter-efficient fine-tuning configuration by pruning: run a search here, or serve the API and "
+        "use a server's jobs and datasets."))
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
     chosen = argv[0] if argv and argv[0] in COMMANDS else None
     for name, (module, help_text) in COMMANDS.items():

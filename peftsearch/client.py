@@ -36,6 +36,7 @@ from contextlib import ExitStack
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
+from urllib.parse import quote
 
 import httpx
 from pydantic import BaseModel, PrivateAttr
@@ -73,6 +74,14 @@ T = TypeVar("T", bound=BaseModel)
 
 class PeftsearchError(Exception):
     """Anything the client could not do; `str()` says what and why."""
+
+
+def _at(collection: str, resource_id: str, *rest: str) -> str:
+    """The path of one resource: an empty id is the caller's mistake, not a request for the collection (a
+    server answers `/v1/jobs/` with a redirect, and a DELETE of it would look like it worked)."""
+    if not isinstance(resource_id, str) or not resource_id.strip():
+        raise PeftsearchError(f"no {collection.rstrip('s')} id given")
+    return "/".join(["/v1", collection, quote(resource_id, safe=""), *rest])
 
 
 class ErrorResponse(PeftsearchError):
@@ -173,12 +182,12 @@ class Client:
         return self._page(DatasetOut, "/v1/datasets", limit=limit)
 
     def dataset(self, dataset_id: str) -> DatasetOut:
-        return DatasetOut.model_validate(self._json("GET", f"/v1/datasets/{dataset_id}"))
+        return DatasetOut.model_validate(self._json("GET", _at("datasets", dataset_id)))
 
     def delete_dataset(self, dataset_id: str) -> None:
         """DELETE /v1/datasets/{id}: the dataset and its files (ErrorResponse 409 `dataset_in_use` while a job
         that has not ended uses it)."""
-        self._send("DELETE", f"/v1/datasets/{dataset_id}", read=lambda _: None, gone_on_retry=True)
+        self._send("DELETE", _at("datasets", dataset_id), read=lambda _: None, gone_on_retry=True)
 
     # --- jobs ---------------------------------------------------------------------------------------------------
     def submit(self, model: str, dataset: str | DatasetOut, *, budget: str | int | None = None,
@@ -201,7 +210,7 @@ class Client:
         return job
 
     def job(self, job_id: str) -> Job:
-        return self._job(self._json("GET", f"/v1/jobs/{job_id}"))
+        return self._job(self._json("GET", _at("jobs", job_id)))
 
     def jobs(self, status: str | list[str] | None = None, limit: int | None = 20, *, model: str | None = None,
              dataset: str | None = None, created_after: datetime | str | None = None,
@@ -218,18 +227,18 @@ class Client:
 
     def cancel(self, job_id: str) -> Job:
         """A queued job is cancelled at once, a running one becomes `cancelling` until its worker stops."""
-        return self._job(self._json("POST", f"/v1/jobs/{job_id}/cancel"))
+        return self._job(self._json("POST", _at("jobs", job_id, "cancel")))
 
     def delete_job(self, job_id: str) -> None:
         """DELETE /v1/jobs/{id}: an ended job with its events, rounds and artifact (ErrorResponse 409
         `not_deletable` while it is queued or running: cancel it first)."""
-        self._send("DELETE", f"/v1/jobs/{job_id}", read=lambda _: None, gone_on_retry=True)
+        self._send("DELETE", _at("jobs", job_id), read=lambda _: None, gone_on_retry=True)
 
     def events(self, job_id: str, after: int | None = None) -> list[EventOut]:
         """The job's events after event id `after` (all pages), oldest first."""
         events: list[EventOut] = []
         while True:
-            page = self._json("GET", f"/v1/jobs/{job_id}/events",
+            page = self._json("GET", _at("jobs", job_id, "events"),
                               params={"limit": 100, **({"after": after} if after is not None else {})})
             events += [EventOut.model_validate(e) for e in page["data"]]
             if not page["next"]:
@@ -237,7 +246,7 @@ class Client:
             after = int(page["next"])
 
     def rounds(self, job_id: str) -> list[RoundOut]:
-        return [RoundOut.model_validate(r) for r in self._json("GET", f"/v1/jobs/{job_id}/rounds")["data"]]
+        return [RoundOut.model_validate(r) for r in self._json("GET", _at("jobs", job_id, "rounds"))["data"]]
 
     def deliveries(self, webhook_id: str | None = None, *, job: str | None = None,
                    limit: int | None = 20) -> list[DeliveryOut]:
@@ -245,7 +254,7 @@ class Client:
         (None: all)."""
         if (webhook_id is None) == (job is None):
             raise PeftsearchError("deliveries of a webhook or of a job: give one of webhook_id and job")
-        path = f"/v1/webhooks/{webhook_id}/deliveries" if job is None else f"/v1/jobs/{job}/deliveries"
+        path = _at("webhooks", webhook_id, "deliveries") if job is None else _at("jobs", job, "deliveries")
         return self._page(DeliveryOut, path, limit=limit)
 
     def download_archive(self, job_id: str, path: str | os.PathLike) -> Path:
@@ -271,7 +280,7 @@ class Client:
                                        f"announced {announced}; nothing kept")
 
         try:
-            self._send("GET", f"/v1/jobs/{job_id}/artifact", read=fetch)
+            self._send("GET", _at("jobs", job_id, "artifact"), read=fetch)
             partial.replace(path)
         finally:
             partial.unlink(missing_ok=True)
@@ -310,11 +319,11 @@ class Client:
         return self._page(WebhookOut, "/v1/webhooks", limit=limit)
 
     def webhook(self, webhook_id: str) -> WebhookOut:
-        return WebhookOut.model_validate(self._json("GET", f"/v1/webhooks/{webhook_id}"))
+        return WebhookOut.model_validate(self._json("GET", _at("webhooks", webhook_id)))
 
     def delete_webhook(self, webhook_id: str) -> None:
         """DELETE /v1/webhooks/{id}: the webhook and its deliveries; nothing more is sent to it."""
-        self._send("DELETE", f"/v1/webhooks/{webhook_id}", read=lambda _: None, gone_on_retry=True)
+        self._send("DELETE", _at("webhooks", webhook_id), read=lambda _: None, gone_on_retry=True)
 
     # --- HTTP ---------------------------------------------------------------------------------------------------
     def _job(self, data: dict[str, Any]) -> Job:
@@ -484,7 +493,7 @@ class Job(JobOut):
                    **({"Last-Event-ID": str(after)} if after is not None else {})}
         timeout = httpx.Timeout(client._http.timeout.connect, read=max(client._http.timeout.read or 0,
                                                                        STREAM_READ_TIMEOUT_S))
-        with client._http.stream("GET", f"/v1/jobs/{self.id}/events", headers=headers, timeout=timeout) as response:
+        with client._http.stream("GET", _at("jobs", self.id, "events"), headers=headers, timeout=timeout) as response:
             if response.status_code == 204:  # ended, nothing after `after`
                 return job.refresh(), after, True, True
             if response.status_code >= 400:

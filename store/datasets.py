@@ -33,9 +33,16 @@ def task_spec(dataset: Dataset, root: Path) -> TaskSpec:
 def create_dataset(session: Session, root: Path, *, owner: str, name: str | None, fmt: str | None,
                    files: dict[str, tuple[str, BinaryIO]], columns: dict, max_bytes: int) -> Dataset:
     """`files` maps "train" and "dev" to (uploaded file name, readable file). Raises DatasetError."""
-    fmt = fmt or _format_of(files["train"][0])
+    if fmt is None:
+        fmt, dev_fmt = _format_of(files["train"][0]), _format_of(files["dev"][0])
+        if fmt is None:
+            raise DatasetError("format", f"cannot tell the format of {files['train'][0]!r}: name the files *.csv, "
+                                         "*.tsv or *.jsonl, or set format")
+        if dev_fmt is not None and dev_fmt != fmt:  # both would be read as train's: say so instead of a bad column
+            raise DatasetError("dev", f"train is {fmt.upper()} but dev is {dev_fmt.upper()} "
+                                      f"({files['dev'][0]!r}): upload both in one format")
     if fmt not in FORMATS:
-        raise DatasetError("format", f"unknown format {fmt!r}: name the files *.csv, *.tsv or *.jsonl, or set format")
+        raise DatasetError("format", f"unknown format {fmt!r}: choose csv, tsv or jsonl")
     dataset_id = new_id("ds")
     folder = root / dataset_id
     folder.mkdir(parents=True)

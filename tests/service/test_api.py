@@ -335,8 +335,14 @@ def test_unknown_format_is_422(client, auth, tmp_path, settings):
     train, dev = tmp_path / "train.xlsx", tmp_path / "dev.xlsx"
     train.write_bytes(b"PK\x03\x04")
     dev.write_bytes(b"PK\x03\x04")
-    assert_error(upload(client, auth, train, dev), 422, "invalid_request", "format")
+    error = assert_error(upload(client, auth, train, dev), 422, "invalid_request", "format")
+    assert "cannot tell the format of 'train.xlsx'" in error["message"]
     assert_error(upload(client, auth, train, dev, format="parquet"), 422, "invalid_request", "format")
+    tsv, csv = tmp_path / "train.tsv", tmp_path / "dev.csv"  # one of each: neither read as the other
+    tsv.write_text("text\tlabel\ngood\t1\n")
+    csv.write_text("text,label\ngood,1\n")
+    error = assert_error(upload(client, auth, tsv, csv), 422, "invalid_request", "dev")
+    assert "train is TSV but dev is CSV" in error["message"]
     assert_nothing_kept(client, auth, settings)
 
 

@@ -335,6 +335,10 @@ def test_the_cli_says_what_went_wrong_in_one_line(server, capsys, tmp_path):
     capsys.readouterr()
     assert main(["jobs", "list", "--url", server.url, "--api-key", ""]) == 2
     assert "PEFTSEARCH_API_KEY" in capsys.readouterr().err
+    # an empty id (a shell variable left unset by a failed upload) is refused, never sent as the collection
+    for command in (["datasets", "delete", ""], ["jobs", "delete", " "], ["jobs", "get", ""], ["datasets", "get", ""]):
+        status, out, err = server.cli(capsys, *command)
+        assert (status, out) == (1, "") and f"no {command[0][:-1]} id given" in err and "Traceback" not in err
 
 
 def test_wait_gives_up_without_touching_the_job_and_cancel_stops_it(server, dataset, capsys):
