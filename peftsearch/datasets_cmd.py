@@ -17,9 +17,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                 help="upload a train and a dev file (CSV, TSV or JSONL); prints the dataset id")
     upload.add_argument("train")
     upload.add_argument("dev", help="the examples the search is scored on, same format")
-    upload.add_argument("--text-column", default="text")
+    upload.add_argument("--text-column", default="text", help="the column holding the text (default text)")
     upload.add_argument("--text-pair-column", help="the second text of sentence-pair tasks")
-    upload.add_argument("--label-column", default="label")
+    upload.add_argument("--label-column", default="label", help="the column holding the label (default label)")
     upload.add_argument("--problem", choices=PROBLEMS, default="classification",
                         help="completion: JSONL prompt/completion or chat rows, for a decoder model")
     upload.add_argument("--prompt-template", help="for a decoder model: classify by generating the label after "

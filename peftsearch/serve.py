@@ -15,8 +15,9 @@ WORKER_HEALTHCHECK_S = 60
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this "
+                                                            "machine only; 0.0.0.0: every interface)")
+    parser.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
     parser.add_argument("--workers", type=int, default=int(os.environ.get("WEB_CONCURRENCY", "1")),
                         help="API processes (default $WEB_CONCURRENCY or 1); more than one needs a BROKER_URL")
     parser.add_argument("--timeout-worker-healthcheck", type=int, default=WORKER_HEALTHCHECK_S, metavar="S",

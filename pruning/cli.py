@@ -1,6 +1,6 @@
 """`peftsearch search`: run a search on this machine, with a progress bar and a summary table.
 
-    peftsearch search --model all-MiniLM-L6-v2 --task glue:sst2 --data-dir ../shared/data/glue \\
+    peftsearch search --model all-MiniLM-L6-v2 --task glue:sst2 --data-dir path/to/glue \\
         --budget 0.3% --out runs/sst2 --seed 0
     peftsearch search --model path/to/model --train train.csv --dev dev.csv --text-column review \\
         --label-column stars --budget 50k --out runs/reviews
