@@ -76,7 +76,8 @@ def submit(session: Session, *, owner: str, body: JobCreate, idempotency_key: st
     # a dataset being deleted (either the deletion sees this job, or this finds the dataset gone).
     dataset = get_dataset(session, owner, body.dataset_id, lock="share")
     if dataset is None:
-        raise SpecError("dataset_id", f"no dataset {body.dataset_id!r}; upload one with POST /v1/datasets")
+        raise SpecError("dataset_id", f"no dataset {body.dataset_id!r}; upload one first (POST /v1/datasets, or "
+                                          "`peftsearch datasets upload`)")
     task = task_spec(dataset, settings.datasets)
     check_problem(task.learned_as, model_config(model_path), field="dataset_id")
     spec = build_spec(body, model_path, task)

@@ -107,7 +107,7 @@ def test_a_missing_data_file_exits_2_naming_it(tiny_model, toy_task, tmp_path, c
                  *SMALL])
     captured = capsys.readouterr()
     assert code == 2
-    assert f"peftsearch search: {missing}:0: file not found" in captured.err
+    assert f"peftsearch search: {missing}: file not found" in captured.err
     assert "Traceback" not in captured.err
 
 

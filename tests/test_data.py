@@ -104,7 +104,7 @@ def test_glue_qnli_dev_and_its_missing_train(tmp_path):
     assert dev[0] == Example(question, sentence, 0)
     with pytest.raises(DataError) as err:
         load_task(TaskSpec(glue="qnli", data_dir=str(GLUE_DIR)))
-    assert str(err.value) == f"{GLUE_DIR}/QNLI/train.tsv:0: file not found"
+    assert str(err.value) == f"{GLUE_DIR}/QNLI/train.tsv: file not found"
     # With a train file in place (dev standing in for it), load_task reads QNLI.
     shutil.copy(GLUE_DIR / "QNLI" / "dev.tsv", write(tmp_path, "QNLI/train.tsv", ""))
     shutil.copy(GLUE_DIR / "QNLI" / "dev.tsv", tmp_path / "QNLI" / "dev.tsv")
@@ -210,18 +210,18 @@ def test_data_error_fields_and_pickling():
 
 def test_error_missing_file(tmp_path):
     dev = write(tmp_path, "dev.csv", "text,label\na,0\n")
-    assert error_of(local(tmp_path / "nope.csv", dev)) == f"{tmp_path}/nope.csv:0: file not found"
+    assert error_of(local(tmp_path / "nope.csv", dev)) == f"{tmp_path}/nope.csv: file not found"
 
 
 @pytest.mark.parametrize("content", ["", "\n \n", "\ufeff"])
 def test_error_empty_file(tmp_path, content):
     train = write(tmp_path, "train.csv", content)
-    assert error_of(local(train, train)) == f"{train}:0: empty file"
+    assert error_of(local(train, train)) == f"{train}: empty file"
 
 
 def test_error_header_only(tmp_path):
     train = write(tmp_path, "train.csv", "text,label\n")
-    assert error_of(local(train, train)) == f"{train}:0: no examples (only a header row)"
+    assert error_of(local(train, train)) == f"{train}: no examples (only a header row)"
 
 
 def test_error_missing_column_lists_the_columns_found(tmp_path):
@@ -280,7 +280,7 @@ def test_error_not_utf8(tmp_path):
 
 def test_error_fewer_than_two_classes(tmp_path):
     train = write(tmp_path, "train.csv", "text,label\na,pos\nb,pos\n")
-    assert error_of(local(train, train)) == (f'{train}:0: classification needs at least 2 classes in train, '
+    assert error_of(local(train, train)) == (f'{train}: classification needs at least 2 classes in train, '
                                              'found only "pos"')
 
 
@@ -292,13 +292,13 @@ def test_error_dev_label_not_in_train(tmp_path):
 
 def test_error_json_extension_suggests_jsonl(tmp_path):
     train = write(tmp_path, "train.json", '[{"text": "a", "label": 0}]')
-    assert error_of(local(train, train)) == (f"{train}:0: JSON files are not supported: write one JSON object "
+    assert error_of(local(train, train)) == (f"{train}: JSON files are not supported: write one JSON object "
                                              "per line and name the file .jsonl")
 
 
 def test_error_unknown_extension(tmp_path):
     train = write(tmp_path, "train.txt", "text,label\na,0\n")
-    assert error_of(local(train, train)) == (f'{train}:0: cannot tell the format from the extension ".txt": '
+    assert error_of(local(train, train)) == (f'{train}: cannot tell the format from the extension ".txt": '
                                              "use .csv, .tsv or .jsonl, or set the task's format")
 
 

@@ -97,7 +97,7 @@ def test_a_malformed_completion_row_names_its_file_and_line(tmp_path, row, reaso
 
 def test_completion_data_is_jsonl_and_its_spec_is_checked(tmp_path):
     (tmp_path / "train.csv").write_text("prompt,completion\na,b\n")
-    with pytest.raises(DataError, match=r"train.csv:0: completion data is JSONL"):
+    with pytest.raises(DataError, match=r"train.csv: completion data is JSONL"):
         load_task(TaskSpec(train=str(tmp_path / "train.csv"), dev=str(tmp_path / "train.csv"), problem="completion"))
     with pytest.raises(SpecError, match="format: completion data is JSONL"):
         TaskSpec(train="a.csv", dev="b.csv", format="csv", problem="completion").validate()

@@ -28,10 +28,11 @@ COMPLETION_LOSSES = tuple(m for m in COMPLETION_METRICS if m != "exact_match")
 
 
 class DataError(ValueError):
-    """Malformed input. str(err) == f"{path}:{line}: {reason}"; line is 1-based, 0 when it is the whole file."""
+    """Malformed input. str(err) == f"{path}:{line}: {reason}"; line is 1-based, 0 when it is the whole file (then
+    str(err) == f"{path}: {reason}")."""
 
     def __init__(self, path: str | Path, line: int, reason: str):
-        super().__init__(f"{path}:{line}: {reason}")
+        super().__init__(f"{path}{f':{line}' if line else ''}: {reason}")
         self.path = str(path)
         self.line = line
         self.reason = reason
