@@ -135,6 +135,14 @@ def mean_spread(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
+def describe_machine(m: dict) -> str:
+    """A report's machine line from `machine()`: CPU, cores, torch and its threads, the GPU and library versions
+    where known."""
+    return (f"{m['cpu']}, {m['cores']} cores, torch {m['torch']} ({m['torch_threads']} threads)"
+            + (f", GPU {m['gpu']}" if "gpu" in m else "")
+            + (f", transformers {m['transformers']}, peft {m['peft']}" if "transformers" in m else ""))
+
+
 def write_report(results: Path, name: str, data: dict, markdown: str) -> None:
     results.mkdir(parents=True, exist_ok=True)
     (results / f"{name}.json").write_text(json.dumps(data, indent=2))

@@ -52,7 +52,16 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .common import DEFAULT_GLUE, Store, machine, mean_spread, provenance, run_child, write_report
+from .common import (
+    DEFAULT_GLUE,
+    Store,
+    describe_machine,
+    machine,
+    mean_spread,
+    provenance,
+    run_child,
+    write_report,
+)
 
 MODEL = "SmolLM2-135M-Instruct"
 METHODS = ("lora", "alllinear", "peftsearch")
@@ -288,9 +297,7 @@ def _markdown(data: dict) -> str:
         "# peftsearch on a decoder: SmolLM2-135M-Instruct against LoRA",
         "",
         f"Command: `{data['command']}`  ",
-        f"Report made on: {m['cpu']}, {m['cores']} cores, torch {m['torch']} ({m['torch_threads']} threads)"
-        + (f", GPU {m['gpu']}" if "gpu" in m else "") + f", transformers {m.get('transformers')}, "
-        f"peft {m.get('peft')}  ",
+        f"Report made on: {describe_machine(m)}  ",
         f"Model: {data['model']}. Runs on: {', '.join(data['devices'])}. Metric: mean ± std over seeds; exact "
         "match x 100 (higher is better), loss per completion token (lower is better). Step time: the retraining's "
         "wall time / its steps; search: the pruning phase's wall time; peak: the run's peak memory (CPU: the "

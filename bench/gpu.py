@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .common import machine, provenance, write_report
+from .common import describe_machine, machine, provenance, write_report
 
 RESULTS = Path(__file__).parent / "results"
 # SmolLM2-135M-Instruct's config.json (its sizes only), for when the model itself is not installed
@@ -89,7 +89,7 @@ def lora_step(model_dir: str, device_name: str, batch: int, length: int, steps: 
 
 def _markdown(data: dict) -> str:
     lines = ["# The GPU path: a LoRA step of SmolLM2-135M's shape", "",
-             f"Command: `{data['command']}`  ", f"Machine: {data['machine']}  ",
+             f"Command: `{data['command']}`  ", f"Machine: {describe_machine(data['machine'])}  ",
              f"Shape: {data['shape']}; batch {data['batch']} x {data['length']} tokens, median of {data['steps']} "
              "steps after the first", "",
              "| gradient checkpointing | device | precision | step s | peak memory MiB |", "|---|---|---|---|---|"]

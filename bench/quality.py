@@ -37,7 +37,17 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-from .common import DEFAULT_GLUE, TASKS, Store, machine, mean_spread, provenance, run_child, write_report
+from .common import (
+    DEFAULT_GLUE,
+    TASKS,
+    Store,
+    describe_machine,
+    machine,
+    mean_spread,
+    provenance,
+    run_child,
+    write_report,
+)
 
 METHODS = ("lora", "alllinear", "adalora", "adapter", "prefix", "random", "autopeft", "peftsearch")
 ALL_LINEAR = ("q", "k", "v", "o", "ffn_in", "ffn_out")
@@ -308,9 +318,7 @@ def _markdown(data: dict) -> str:
         "# Quality and cost: peftsearch against fixed PEFT methods and other searches",
         "",
         f"Command: `{data['command']}`  ",
-        f"Report made on: {m['cpu']}, {m['cores']} cores, torch {m['torch']} ({m['torch_threads']} threads)"
-        + (f", GPU {m['gpu']}" if "gpu" in m else "") + f", transformers {m.get('transformers')}, "
-        f"peft {m.get('peft')}  ",
+        f"Report made on: {describe_machine(m)}  ",
         f"Model: {data['model']}. Metric: the task's primary dev metric x 100, mean ± std over seeds. "
         "Wall times are per run (mean over seeds); search = pruning rounds (autopeft: all 8 trainings), "
         "retrain = training the final configuration.",

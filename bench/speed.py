@@ -27,7 +27,17 @@ import tempfile
 import time
 from pathlib import Path
 
-from .common import DEFAULT_GLUE, TASKS, Store, machine, mean_spread, provenance, run_child, write_report
+from .common import (
+    DEFAULT_GLUE,
+    TASKS,
+    Store,
+    describe_machine,
+    machine,
+    mean_spread,
+    provenance,
+    run_child,
+    write_report,
+)
 from .quality import base_spec, fixed_space
 
 METHODS = ("lora", "speed")
@@ -234,8 +244,7 @@ def _markdown(data: dict) -> str:
         "# Speed mode (backbone + rank pruning) against plain LoRA",
         "",
         f"Command: `{data['command']}`  ",
-        f"Report made on: {m['cpu']}, {m['cores']} cores, torch {m['torch']} ({m['torch_threads']} threads)"
-        + (f", GPU {m['gpu']}" if "gpu" in m else "") + "  ",
+        f"Report made on: {describe_machine(m)}  ",
         f"Model: {data['model']}. Metric x 100, mean ± std over seeds. Step time and peak memory (above the loaded "
         f"model) at batch {TRAIN_SHAPE[0]}, length {TRAIN_SHAPE[1]}; real-data step = the final training's wall "
         "time per step on the task's data; throughput in examples/s.",
