@@ -81,19 +81,20 @@ def load_task(task: TaskSpec, seed: int = 0) -> TaskData:
     task = task.validate()
     data = _load_glue(task) if task.glue else _load_local(task)
     if task.prompt_template is not None:
+        written = answers(task, data.labels)
         data = TaskData(data.name, "completion", data.labels, COMPLETION_LOSSES,
-                        [prompted(task, e, data.labels) for e in data.train],
-                        [prompted(task, e, data.labels) for e in data.dev])
+                        [prompted(task, e, written) for e in data.train],
+                        [prompted(task, e, written) for e in data.dev])
     if task.max_train_examples is not None:
         data.train = subsample(data.train, task.max_train_examples, seed)
     return data
 
 
-def prompted(task: TaskSpec, example: Example, labels: list[str]) -> Completion:
-    """A classification example as a completion (task.prompt_template): the prompt from its text(s), its label's
-    word (task.label_words) or name as the answer."""
+def prompted(task: TaskSpec, example: Example, written: list[str]) -> Completion:
+    """A classification example as a completion (task.prompt_template): the prompt from its text(s), answered by
+    what `written` (answers(task, labels)) holds for its label."""
     prompt = task.prompt_template.format(text=example.text, text_pair=example.text_pair or "")
-    answer = answers(task, labels)[int(example.label)]
+    answer = written[int(example.label)]
     return Completion(prompt, answer if prompt[-1:].isspace() else " " + answer)
 
 
@@ -210,7 +211,8 @@ def read_examples(task: TaskSpec, path: str | Path, labels: list[str] | None) ->
     line."""
     task = task.validate()
     if task.prompt_template is not None:
-        return [prompted(task, e, list(labels)) for e in read_examples(
+        written = answers(task, list(labels))
+        return [prompted(task, e, written) for e in read_examples(
             dataclasses.replace(task, prompt_template=None, label_words=None), path, labels)]
     if task.glue:
         return read_glue_file(task.glue, path)
