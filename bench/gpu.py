@@ -53,14 +53,14 @@ def lora_step(model_dir: str, device_name: str, batch: int, length: int, steps: 
     import torch
 
     from pruning import LoraSpec, SpaceSpec
-    from pruning.backbones import load_model, resolve_device
+    from pruning.backbones import checkpoint_activations, load_model, resolve_device
     from pruning.supernet import Supernet
     from pruning.train import autocast, loss_of
 
     device = resolve_device(device_name)
     model = load_model(model_dir, 1, "completion")
     if checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        checkpoint_activations(model)
     net = Supernet(model, SpaceSpec(types=("lora",), lora=LoraSpec(targets=("q", "v")))).to(device)
     optimizer = torch.optim.AdamW(net.trainable_parameters(), lr=1e-4)
     ids = torch.randint(0, model.config.vocab_size, (batch, length), device=device)

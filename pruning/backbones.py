@@ -123,6 +123,12 @@ def load_model(model_id: str, num_labels: int, problem: str, pad_token_id: int |
     return model.eval()
 
 
+def checkpoint_activations(model: torch.nn.Module) -> None:
+    """Gradient checkpointing, non-reentrant: the frozen backbone's inputs need no grad for the LoRA, adapters and
+    prefixes inside a checkpointed layer to get theirs (the reentrant variant would give them none)."""
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -24,7 +24,7 @@ from . import export
 from .arch import backbone_parameter_count
 from .backbone import Planner, RankTracker, choose_ranks
 from .backbone.guard import run_guard, stage_specs
-from .backbones import load_model, load_tokenizer, peak_memory_mb, resolve_device
+from .backbones import checkpoint_activations, load_model, load_tokenizer, peak_memory_mb, resolve_device
 from .calibration import unit_ablation
 from .checkpoint import (
     DEFAULT_CHECKPOINT_EVERY,
@@ -153,9 +153,7 @@ class _Context:
         if self.task.problem == "regression":
             standardise_head(model, [self.train_data.labels[i] for i in self.outside_validation])
         if self.spec.train.gradient_checkpointing:
-            # non-reentrant: the frozen backbone's inputs need no grad for the LoRA, adapters and prefixes
-            # inside a checkpointed layer to get theirs (the reentrant variant would give them none)
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            checkpoint_activations(model)
         return Supernet(model, self.spec.space, units, lora_ranks, masks=masks, backbone=backbone,
                         scales=scales).to(self.device)
 
@@ -555,10 +553,11 @@ def _prune_backbone(ctx: _Context, supernet: Supernet, rank_tracker: RankTracker
     now, before any head or neuron is off (the guard's reference). The record says what the guard did."""
     speed = ctx.spec.backbone
     planner = Planner.of(supernet, speed.score)
-    guard = {"max_drop": speed.max_drop, "asked_share": planner.removed_share(planner.plan(speed))}
+    target = planner.plan(speed)
+    guard = {"max_drop": speed.max_drop, "asked_share": planner.removed_share(target)}
     reference = metric if speed.max_drop is not None else None
     if reference is None:
-        kept = planner.plan(speed)
+        kept = target
         guard["stopped"] = ("no guard (max_drop is null)" if speed.max_drop is None
                             else "no validation split to guard with: pruned to the target")
         report.replan(speed.stages * ctx.spec.stage_steps())  # the stages planned do not run
