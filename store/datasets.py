@@ -59,7 +59,7 @@ def create_dataset(session: Session, root: Path, *, owner: str, name: str | None
             raise DatasetError(e.field.removeprefix("task."), e.message) from e
         except DataError as e:
             split = "train" if Path(e.path).name.startswith("train.") else "dev"
-            raise DatasetError(split, f"{files[split][0]}{f':{e.line}' if e.line else ''}: {e.reason}") from e
+            raise DatasetError(split, DataError.naming(files[split][0], e.line, e.reason)) from e
         except (ValueError, RecursionError) as e:  # the JSON parser's own limits: huge integers, deep nesting
             raise DatasetError(None, "the train or dev file holds a record the JSON parser refuses: "
                                      f"{type(e).__name__}: {str(e)[:200]}") from e

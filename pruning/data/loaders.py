@@ -32,10 +32,15 @@ class DataError(ValueError):
     str(err) == f"{path}: {reason}")."""
 
     def __init__(self, path: str | Path, line: int, reason: str):
-        super().__init__(f"{path}{f':{line}' if line else ''}: {reason}")
+        super().__init__(self.naming(path, line, reason))
         self.path = str(path)
         self.line = line
         self.reason = reason
+
+    @staticmethod
+    def naming(path: str | Path, line: int, reason: str) -> str:
+        """The message with `path` for the file (a name the user knows, e.g. the uploaded file's)."""
+        return f"{path}{f':{line}' if line else ''}: {reason}"
 
     def __reduce__(self) -> tuple[type, tuple[str, int, str]]:
         # Exceptions pickle through `args` (the message alone); the worker sends errors across processes.
