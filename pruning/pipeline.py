@@ -149,7 +149,8 @@ class _Context:
     def supernet(self, units: list[str] | None = None, lora_ranks: dict[str, int] | None = None,
                  masks: bool = False, backbone: dict | None = None,
                  scales: dict[str, torch.Tensor] | None = None) -> Supernet:
-        model = load_model(self.spec.model, self.task.num_labels, self.task.problem, self.pad_id)
+        model = load_model(self.spec.model, self.task.num_labels, self.task.problem, self.pad_id,
+                           load_in_4bit=self.spec.train.load_in_4bit, device=self.device)
         if self.task.problem == "regression":
             standardise_head(model, [self.train_data.labels[i] for i in self.outside_validation])
         if self.spec.train.gradient_checkpointing:

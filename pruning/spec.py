@@ -262,6 +262,10 @@ class TrainSpec:
         "Recompute each layer's activations in the backward pass instead of keeping them (the search's and the "
         "retraining's): less memory for long sequences or large batches, at about a third more time per step."
         ))] = False
+    load_in_4bit: Annotated[bool, Strict(), Field(description=(
+        "QLoRA: the frozen projections of the transformer layers held as 4-bit NormalFloat (bitsandbytes; "
+        "`pip install 'peftsearch[qlora]'`), about a quarter of their memory; the units, head and embeddings "
+        "stay in full precision. Not with backbone pruning, which slices those weights."))] = False
 
 
 @dataclass(frozen=True)
@@ -397,6 +401,9 @@ class SearchSpec:
         if task is not None and task.problem == "completion" and self.train.max_length < 2:
             raise SpecError("train.max_length", "a completion needs at least 2 tokens: one of its prompt, one "
                                                 "to learn")
+        if self.backbone.enabled and self.train.load_in_4bit:
+            raise SpecError("train.load_in_4bit", "backbone pruning slices the projections' weights, which 4-bit "
+                                                  "storage packs: choose one of the two")
         if self.backbone.enabled and self.backbone.mask_rounds > self.schedule.rounds:
             raise SpecError("backbone.mask_rounds", f"must be at most schedule.rounds ({self.schedule.rounds})")
         return self

@@ -219,15 +219,16 @@ def test_the_command_refuses_without_smollm2(monkeypatch, capsys, tmp_path):
 
 
 @pytest.mark.slow
-def test_the_gpu_script_times_a_lora_step_with_and_without_checkpointing(tmp_path):
+def test_the_gpu_script_times_a_lora_step_with_and_without_checkpointing_and_4bit(tmp_path):
     from bench.gpu import main
 
     assert main(["--device", "cpu", "--layers", "1", "--batch", "2", "--length", "16", "--steps", "1",
                  "--results", str(tmp_path)]) == 0
     data = json.loads((tmp_path / "gpu.json").read_text())
-    assert [run["gradient_checkpointing"] for run in data["runs"]] == [False, True]
+    assert [(run["base_weights"], run["gradient_checkpointing"]) for run in data["runs"]] == [
+        ("as stored", False), ("as stored", True), ("4-bit NF4", False), ("4-bit NF4", True)]
     assert data["shape"]["num_hidden_layers"] == 1 and data["shape"]["num_key_value_heads"] == 3
     # LoRA r=8 on q (576 -> 576) and v (576 -> 192, three key/value heads) of the one layer
     assert all(run["trainable_params"] == 8 * (576 + 576) + 8 * (576 + 192) for run in data["runs"])
     assert all(run["step_s"] > 0 and run["dtype"] == "fp32" for run in data["runs"])
-    assert "| on | cpu | fp32 |" in (tmp_path / "gpu.md").read_text()
+    assert "| 4-bit NF4 | on | cpu | fp32 |" in (tmp_path / "gpu.md").read_text()

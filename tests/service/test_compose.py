@@ -75,7 +75,7 @@ def test_api_image_has_no_torch_and_the_worker_image_has_the_engine(compose):
     assert ".[service]" in installs and "torch" not in installs and "engine" not in installs
     assert '! python -c "import torch"' in api  # the build fails if torch sneaks in as a dependency
     worker = (ROOT / "docker/worker.Dockerfile").read_text()
-    assert ".[engine,service]" in worker and "TORCH_SPEC" in worker
+    assert ".[engine,service,qlora]" in worker and "TORCH_SPEC" in worker
     for dockerfile in (api, worker):
         for line in re.findall(r"^COPY (.+)$", dockerfile, re.M):
             for source in line.split()[:-1]:
