@@ -32,8 +32,21 @@ def main(argv: list[str] | None = None) -> int:
         command = sub.add_parser(name, help=help_text, description=help_text)
         if name == chosen:  # only the command that runs is imported
             importlib.import_module(module).add_arguments(command)
-    args = parser.parse_args(argv)
+    _remember_parsers(parser)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # argparse would blame the top-level parser and print its usage, not the subcommand's
+        args.parser_.error(f"unrecognized arguments: {' '.join(unknown)}")
+    del args.parser_
     return importlib.import_module(COMMANDS[args.command][0]).run(args)
+
+
+def _remember_parsers(parser: argparse.ArgumentParser) -> None:
+    """Each (sub)command's parser records itself as `parser_`; the innermost one that parses has the last word."""
+    parser.set_defaults(parser_=parser)
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                _remember_parsers(child)
 
 
 if __name__ == "__main__":

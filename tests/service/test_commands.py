@@ -78,3 +78,10 @@ def test_several_api_processes_accept_connections_with_tcp_nodelay():
             server.close()
 
     assert asyncio.run(accepted_nodelay()) == 1
+
+
+def test_an_unknown_flag_is_blamed_on_the_subcommand_that_got_it(tmp_path):
+    run = peftsearch("jobs", "list", "--bogus", home=tmp_path)
+    assert run.returncode == 2
+    assert run.stderr.startswith("usage: peftsearch jobs list ")  # that command's flags, not the top level's
+    assert run.stderr.rstrip().endswith("peftsearch jobs list: error: unrecognized arguments: --bogus")
