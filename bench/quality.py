@@ -6,6 +6,9 @@ On all-MiniLM-L6-v2, every method trains its final configuration with the same s
 (per-task settings in bench/common.py):
 
     lora        LoRA r=8 on q,v in all layers (the reference; its parameter count is everyone's budget)
+    lora_long   the same LoRA trained for as many steps as peftsearch's survivors can see: the search's learning
+                phase (at most) and rounds, then train.steps (a warm retraining continues the search's weights, so
+                it asks whether the search wins by its configuration or by those extra steps)
     alllinear   LoRA on every linear projection (q, k, v, o, FFN in and out) at ranks matched to that budget
                 (within 2%, alpha = 2 x rank as for the reference)
     adalora     AdaLoRA from peft on q, v, from rank 12 to an average of 8 (the same final budget), its rank
@@ -49,7 +52,7 @@ from .common import (
     write_report,
 )
 
-METHODS = ("lora", "alllinear", "adalora", "adapter", "prefix", "random", "autopeft", "peftsearch")
+METHODS = ("lora", "lora_long", "alllinear", "adalora", "adapter", "prefix", "random", "autopeft", "peftsearch")
 ALL_LINEAR = ("q", "k", "v", "o", "ffn_in", "ffn_out")
 RESULTS = Path(__file__).parent / "results"
 AUTOPEFT_CANDIDATES = 8
@@ -156,6 +159,10 @@ def run_spec(method: str, task: str, spec) -> dict:
         if method in ("lora", "adapter", "prefix"):
             result = pruning.fit(dataclasses.replace(spec, space=fixed_space(method)), tmp)
             search_wall, candidates = 0.0, None
+        elif method == "lora_long":
+            train = dataclasses.replace(spec.train, steps=spec.train.steps + search_training_steps(spec))
+            result = pruning.fit(dataclasses.replace(spec, space=fixed_space("lora"), train=train), tmp)
+            search_wall, candidates = 0.0, None
         elif method == "adalora":
             from .adalora import fit_adalora
 
@@ -198,6 +205,7 @@ def run_spec(method: str, task: str, spec) -> dict:
         "search_wall_s": search_wall, "retrain_wall_s": 0.0 if method == "autopeft" else result.retrain_wall_s,
         "total_wall_s": time.monotonic() - start, "peak_memory_mb": result.peak_memory_mb,
         "steps": spec.train.steps, "search_steps": spec.schedule.rounds * spec.round_steps(),
+        **({"trained_steps": spec.train.steps + search_training_steps(spec)} if method == "lora_long" else {}),
         "units": result.configuration["units"], "candidates": candidates,
         **({"selected_on": "validation"} if method == "autopeft" else {}),
         # where the parameters went: the fixed methods' are known, a search's are what it found
@@ -208,6 +216,13 @@ def run_spec(method: str, task: str, spec) -> dict:
         **({"round_wall_s": [r.wall_s for r in result.rounds]} if method in ("random", "peftsearch") else {}),
         **({"initial_ranks": result.initial_ranks, "final_ranks": result.final_ranks} if method == "adalora" else {}),
     }
+
+
+def search_training_steps(spec) -> int:
+    """The most steps a search trains its units before the retraining: its learning phase's limit and its rounds."""
+    from pruning.pipeline import learn_limit
+
+    return learn_limit(spec) + spec.schedule.rounds * spec.round_steps()
 
 
 def _per_rank_params(spec) -> dict[str, int]:
@@ -251,6 +266,7 @@ def report(store: Store, command: str) -> tuple[dict, str]:
                 "retrain_wall_s": mean_spread([r["retrain_wall_s"] for r in runs])[0],
                 "total_wall_s": mean_spread([r["total_wall_s"] for r in runs])[0],
                 "peak_memory_mb": max(r["peak_memory_mb"] for r in runs),
+                **({"trained_steps": runs[0]["trained_steps"]} if "trained_steps" in runs[0] else {}),
             }
     # Averages compare methods only over tasks where all of them ran (the 8-candidate search may cover fewer).
     fixed = [m for m in METHODS if m != "autopeft" and any(m in table[t] for t in tasks)]
@@ -329,7 +345,8 @@ def _markdown(data: dict) -> str:
     for task, methods in data["results"].items():
         setting = data["tasks"][task]
         for method, r in methods.items():
-            lines.append(f"| {task} ({setting['steps']}, {setting['max_length']}) | {method} | "
+            label = f"{method} ({r['trained_steps']} steps)" if "trained_steps" in r else method
+            lines.append(f"| {task} ({setting['steps']}, {setting['max_length']}) | {label} | "
                          f"{r['metric_name']} {r['mean']:.2f} ± {r['std']:.2f} (n={r['seeds']}) | "
                          f"{r['trainable_params']:,} | {r['search_wall_s']:.0f} | {r['retrain_wall_s']:.0f} | "
                          f"{r['total_wall_s']:.0f} | {r['peak_memory_mb']:.0f} |")
