@@ -84,6 +84,23 @@ def completion_metrics(model: torch.nn.Module, data: Encoded, metric_names, batc
     return {name: scores[name] for name in metric_names}
 
 
+EXAMPLE_TOKENS = 64  # the model card's example generation stops here, or at the end token
+
+
+def example_generation(model: torch.nn.Module, tokenizer, data: Encoded, pad_id: int, device: torch.device
+                       ) -> dict[str, str] | None:
+    """The first dev example's prompt, its reference completion and the model's greedy one (text), for the model
+    card: what the numbers mean, in words. None without dev examples."""
+    if not len(data):
+        return None
+    start = data.prompt_length(0)
+    prompt, reference = data.input_ids[0][:start], _answer(data, 0)
+    generated = greedy_completions(model, [prompt], [EXAMPLE_TOKENS], 1, pad_id, data.eos_id, device)[0]
+    generated = generated[:generated.index(data.eos_id)] if data.eos_id in generated else generated
+    return {name: tokenizer.decode(ids, skip_special_tokens=True).strip()
+            for name, ids in (("prompt", prompt), ("reference", reference), ("generated", generated))}
+
+
 @torch.no_grad()
 def greedy_completions(model: torch.nn.Module, prompts: list[list[int]], max_new_tokens: list[int],
                        batch_size: int, pad_id: int, eos_id: int | None, device: torch.device) -> list[list[int]]:

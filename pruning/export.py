@@ -38,7 +38,8 @@ BACKBONE = "backbone.safetensors"
 
 
 def configuration_of(model, spec: SearchSpec, task, metrics: dict[str, float],
-                     stock_peft: dict[str, Any] | None = None) -> dict[str, Any]:
+                     stock_peft: dict[str, Any] | None = None, example: dict[str, str] | None = None
+                     ) -> dict[str, Any]:
     units = model.unit_keys()
     layers = []
     for layer in range(model.num_layers):
@@ -64,14 +65,16 @@ def configuration_of(model, spec: SearchSpec, task, metrics: dict[str, float],
         "trainable_params": model.peft_params(),
         "metrics": metrics,
         "stock_peft": stock_peft,
+        "example_generation": example,  # a completion task: the first dev prompt, its reference and the answer
     }
 
 
 def save(out_dir: str | Path, model, *, spec: SearchSpec, task, metrics: dict[str, float], records,
-         trace_extra: dict, stock_peft: dict[str, Any] | None = None) -> dict[str, Any]:
+         trace_extra: dict, stock_peft: dict[str, Any] | None = None, example: dict[str, str] | None = None
+         ) -> dict[str, Any]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    config = configuration_of(model, spec, task, metrics, stock_peft)
+    config = configuration_of(model, spec, task, metrics, stock_peft, example)
     (out / CONFIG).write_text(json.dumps(config, indent=2))
     save_file({k: v.contiguous().cpu() for k, v in model.trained_state().items()}, out / WEIGHTS,
               metadata={"format": "peftsearch", "format_version": str(FORMAT_VERSION)})
@@ -259,9 +262,28 @@ def _model_card(config: dict, records) -> str:
 {rows}
 
 {rounds}
-
+{_example_section(config.get("example_generation"))}
 `pruning.load(dir)` rebuilds the whole model (give the base model's path as a second argument if
 `{config['base_model']}` is not found on this machine).
+"""
+
+
+def _example_section(example: dict[str, str] | None) -> str:
+    if not example:
+        return ""
+    prompt = example["prompt"] if len(example["prompt"]) <= 600 else "..." + example["prompt"][-600:]
+    return f"""
+## Example generation (the first dev example, greedy)
+
+Prompt:
+
+```text
+{prompt}
+```
+
+Reference: `{example['reference']!r}`
+
+Generated: `{example['generated']!r}`
 """
 
 

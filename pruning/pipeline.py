@@ -34,7 +34,7 @@ from .checkpoint import (
     TrainCheckpoint,
     spec_fingerprint,
 )
-from .completion import completion_metric_names
+from .completion import completion_metric_names, example_generation
 from .data import TaskData, compute_metrics, load_task
 from .data.metrics import LOWER_IS_BETTER
 from .hybrid import (
@@ -123,6 +123,7 @@ class _Context:
     pad_id: int
     device: torch.device
     outside_validation: list[int]  # train rows not in the validation split
+    tokenizer: object  # the model's, for the text of an example generation
     chance_scores: tuple[float | None, float | None] | None = None  # chance(): measured once
 
     @classmethod
@@ -141,7 +142,7 @@ class _Context:
         rest = sorted(set(range(len(train_data))) - set(held_out))
         search_rows = [rest[i] for i in _sample(len(rest), spec.schedule.max_train_examples, spec.seed)]
         return cls(spec, task, train_data, dev_data, train_data.subset(search_rows),
-                   train_data.subset(held_out), tokenizer.pad_token_id, device, rest)
+                   train_data.subset(held_out), tokenizer.pad_token_id, device, rest, tokenizer)
 
     def train_without_validation(self) -> Encoded:
         return self.train_data.subset(self.outside_validation)
@@ -499,9 +500,11 @@ def _retrain_evaluate_export(ctx: _Context, model: Supernet, out_dir, report: _R
     metrics = ctx.evaluate(model, ctx.dev_data)
     validation = ctx.evaluate(model, ctx.validation) if hold_out and len(ctx.validation) else None
     stock_peft = _stock_peft_part(ctx, model, metrics)
+    example = example_generation(model, ctx.tokenizer, ctx.dev_data, ctx.pad_id, ctx.device) \
+        if ctx.task.problem == "completion" else None
     report.phase("export", str(out_dir))
     configuration = export.save(out_dir, model, spec=spec, task=ctx.task, metrics=metrics, records=records,
-                                trace_extra=trace_extra, stock_peft=stock_peft)
+                                trace_extra=trace_extra, stock_peft=stock_peft, example=example)
     return SearchResult(
         out_dir=str(out_dir), task=ctx.task.name, metric_name=ctx.task.primary_metric,
         metric=metrics[ctx.task.primary_metric], metrics=metrics, trainable_params=model.peft_params(),

@@ -308,7 +308,26 @@ def test_a_whole_search_on_a_decoder_with_every_module_type(searched_chat, llama
     config = json.loads((out / "peftsearch_config.json").read_text())
     assert config["problem"] == "completion" and config["metric_names"] == ["exact_match", "loss", "perplexity"]
     assert pruning.evaluate(out, llama_dir) == result.metrics  # the reloaded model scores what was measured
-    assert "prompt/completion or chat rows" in (out / "README.md").read_text()
+    card = (out / "README.md").read_text()
+    assert "prompt/completion or chat rows" in card
+
+
+def test_the_model_card_shows_an_example_generation(searched_chat, llama_dir, chat_task, llama_tokenizer):
+    from pruning.completion import EXAMPLE_TOKENS, completion_tokens, greedy_completions
+
+    out, _ = searched_chat
+    example = json.loads((out / "peftsearch_config.json").read_text())["example_generation"]
+    first = load_task(chat_task).dev[0]
+    prompt, reference = completion_tokens(llama_tokenizer, first)
+    assert example["reference"] == first.completion  # the answer's text, without the turn's end
+    model = pruning.load(out, llama_dir)
+    generated = greedy_completions(model, [prompt], [EXAMPLE_TOKENS], 1, 2, llama_tokenizer.eos_token_id, CPU)[0]
+    assert example["generated"] == llama_tokenizer.decode(
+        generated[:generated.index(2)] if 2 in generated else generated, skip_special_tokens=True).strip()
+    assert example["prompt"] == llama_tokenizer.decode(prompt, skip_special_tokens=True).strip()
+    card = (out / "README.md").read_text()
+    assert "## Example generation (the first dev example, greedy)" in card
+    assert f"Generated: `{example['generated']!r}`" in card and f"Reference: `{first.completion!r}`" in card
 
 
 def test_the_chance_loss_of_a_completion_task_is_the_backbones_own(llama_dir, chat_task):
