@@ -8,6 +8,8 @@ This package knows nothing of HTTP, SQL or Celery. Importing it is cheap: torch 
 `load` or `evaluate`, so the service can validate specs without torch.
 """
 
+import logging
+
 from .result import Cancelled, ProgressEvent, RemovedUnit, RoundRecord, SearchResult
 from .spec import (
     AdapterSpec,
@@ -22,6 +24,10 @@ from .spec import (
     TaskSpec,
     TrainSpec,
 )
+
+# bitsandbytes (the qlora extra), which peft imports whenever it is installed, logs at import that an optional CPU
+# kernel could not be fetched from the Hub; its plain-torch path works, and the line would open every run's output.
+logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
 
 __all__ = [
     "AdapterSpec", "BackboneSpec", "Cancelled", "LoraSpec", "PolicySpec", "PrefixSpec", "ProgressEvent",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
 import re
 import shutil
@@ -144,8 +143,6 @@ def four_bit(config: dict | None, device: torch.device) -> dict:
 
     if importlib.util.find_spec("bitsandbytes") is None:
         raise RuntimeError("train.load_in_4bit needs bitsandbytes: pip install 'peftsearch[qlora]'")
-    # its CPU backend logs at import that an optional kernel package is missing; the plain-torch path works
-    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     model_type = (config or {}).get("model_type")
     if model_type not in ARCHITECTURES:
         raise ValueError(f"model type {model_type!r} has no architecture map; supported: "
