@@ -181,6 +181,7 @@ def run_spec(method: str, task: str, spec) -> dict:
                 spec = dataclasses.replace(spec, policy=PolicySpec(assignment="random"))
             result = pruning.search(spec, tmp)
             search_wall, candidates = result.search_wall_s, None
+            learned = json.loads((Path(tmp) / "trace.json").read_text())["learn"]
         elif method == "autopeft":
             # on/off per (type, layer) over units of comparable size: one all-projection LoRA unit would take most
             # of the budget, so sampled sets would hold almost no LoRA
@@ -214,6 +215,11 @@ def run_spec(method: str, task: str, spec) -> dict:
         # where a search's time went: each round's (training, scoring, calibration, removal); the rest of
         # search_wall_s is loading and the learning phase
         **({"round_wall_s": [r.wall_s for r in result.rounds]} if method in ("random", "peftsearch") else {}),
+        # what each decision saw: the learning phase's end, and per round the validation metric (with the
+        # search's weights), the parameters left and the measured worth of each module type
+        **({"learn": learned, "rounds": [{"round": r.round, "params": r.trainable_params, "metric": r.metric,
+                                         "chance_metric": r.chance_metric, "type_values": r.type_values}
+                                        for r in result.rounds]} if method in ("random", "peftsearch") else {}),
         **({"initial_ranks": result.initial_ranks, "final_ranks": result.final_ranks} if method == "adalora" else {}),
     }
 
