@@ -160,7 +160,7 @@ def run_spec(method: str, task: str, spec) -> dict:
             result = pruning.fit(dataclasses.replace(spec, space=fixed_space(method)), tmp)
             search_wall, candidates = 0.0, None
         elif method == "lora_long":
-            train = dataclasses.replace(spec.train, steps=spec.train.steps + search_training_steps(spec))
+            train = dataclasses.replace(spec.train, steps=spec.train.steps + spec.search_steps_limit())
             result = pruning.fit(dataclasses.replace(spec, space=fixed_space("lora"), train=train), tmp)
             search_wall, candidates = 0.0, None
         elif method == "adalora":
@@ -206,7 +206,7 @@ def run_spec(method: str, task: str, spec) -> dict:
         "search_wall_s": search_wall, "retrain_wall_s": 0.0 if method == "autopeft" else result.retrain_wall_s,
         "total_wall_s": time.monotonic() - start, "peak_memory_mb": result.peak_memory_mb,
         "steps": spec.train.steps, "search_steps": spec.schedule.rounds * spec.round_steps(),
-        **({"trained_steps": spec.train.steps + search_training_steps(spec)} if method == "lora_long" else {}),
+        **({"trained_steps": spec.train.steps + spec.search_steps_limit()} if method == "lora_long" else {}),
         "units": result.configuration["units"], "candidates": candidates,
         **({"selected_on": "validation"} if method == "autopeft" else {}),
         # where the parameters went: the fixed methods' are known, a search's are what it found
@@ -222,13 +222,6 @@ def run_spec(method: str, task: str, spec) -> dict:
                                         for r in result.rounds]} if method in ("random", "peftsearch") else {}),
         **({"initial_ranks": result.initial_ranks, "final_ranks": result.final_ranks} if method == "adalora" else {}),
     }
-
-
-def search_training_steps(spec) -> int:
-    """The most steps a search trains its units before the retraining: its learning phase's limit and its rounds."""
-    from pruning.pipeline import learn_limit
-
-    return learn_limit(spec) + spec.schedule.rounds * spec.round_steps()
 
 
 def _per_rank_params(spec) -> dict[str, int]:

@@ -67,7 +67,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="QLoRA: hold the frozen layers' projections in 4 bits (needs peftsearch[qlora])")
     p.add_argument("--assignment", help="criteria per partition: default | prunepeft | warmup | random | "
                                         "<criterion name>")
-    p.add_argument("--retrain", choices=["fresh", "warm"], help="retrain the survivors from scratch or go on")
+    p.add_argument("--retrain", choices=["fresh", "warm", "continue"],
+                   help="retrain the survivors from scratch, go on for --steps, or go on for what the search left of "
+                        "--steps")
     p.add_argument("--device", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
     p.add_argument("--checkpoint-dir", type=Path, help="checkpoint every round here; rerun to resume")
     backbone = p.add_argument_group("backbone pruning (Light-PEFT speed mode)")

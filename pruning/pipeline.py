@@ -9,7 +9,6 @@ and evaluating the surviving configuration.
 from __future__ import annotations
 
 import contextlib
-import math
 import random
 import time
 from collections.abc import Callable
@@ -273,11 +272,18 @@ def search(spec: SearchSpec, out_dir: str | Path, *, on_progress: ProgressCallba
         del supernet
         set_seed(spec.seed)
         supernet = ctx.supernet(survivors, **rebuild)
-    result = _retrain_evaluate_export(ctx, supernet, out_dir, report, should_stop, budget=budget,
+    searched = searched_steps(spec, state)
+    steps = retrain_steps(spec, searched)
+    report.replan(retrain_steps(spec, spec.search_steps_limit()) - steps)  # 'continue': what the search left
+    # 'continue' goes on with trained units: its learning rate decays from the peak at once, no second warm-up
+    warmup_ratio = 0.0 if spec.retrain == "continue" else spec.train.warmup_ratio
+    result = _retrain_evaluate_export(ctx, supernet, out_dir, report, should_stop, budget=budget, steps=steps,
+                                      warmup_ratio=warmup_ratio,
                                       backbone_before=backbone_before, records=state.records,
                                       trace_extra={"assignment": state.assignment, "warmup": state.warmup,
                                                    "learn": state.learn, "start_params": state.start_params,
-                                                   "targets": targets},
+                                                   "targets": targets, "searched_steps": searched,
+                                                   "retrain_steps": steps},
                                       checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every)
     result.search_wall_s, result.front = state.search_wall_s, front
     export.write_result(out_dir, result)
@@ -304,7 +310,7 @@ def _start_or_resume(ctx: _Context, checkpoint: Checkpoint, report: _Reporter,
                                 backbone=state.backbone, scales=tensors)
         supernet.load_trained_state(tensors)
         learned = state.learn["step"] if state.learn else 0
-        report.replan(learn_limit(spec) - learned if state.learn else 0)
+        report.replan(spec.learn_steps_limit() - learned if state.learn else 0)
         report.skip(learned + state.round * spec.round_steps()
                     + (spec.policy.warmup_steps if spec.policy.assignment == "warmup" else 0))
         report.emit(kind="phase", message=f"resuming after round {state.round} of {spec.schedule.rounds}")
@@ -327,7 +333,7 @@ def _learn(ctx: _Context, supernet: Supernet, batches, ranks: RankTracker | None
     """Train the supernet until its validation loss is below chance by the margin, for at most
     learn_max_share x train.steps steps. Returns when scoring began and what the supernet had learned then."""
     spec, schedule = ctx.spec, ctx.spec.schedule
-    limit = learn_limit(spec)
+    limit = spec.learn_steps_limit()
     if len(ctx.validation) < MIN_VALIDATION:
         report.replan(limit)
         why = "schedule.eval_examples is 0" if not schedule.eval_examples else \
@@ -355,17 +361,23 @@ def _learn(ctx: _Context, supernet: Supernet, batches, ranks: RankTracker | None
             "metric": ctx.validation_metric(supernet), "chance_metric": chance_metric}
 
 
-def learn_limit(spec: SearchSpec) -> int:
-    """The most steps the learning phase may take."""
-    return math.ceil(spec.schedule.learn_max_share * spec.train.steps) if spec.schedule.eval_examples else 0
-
-
 def planned_steps(spec: SearchSpec) -> int:
     """Every training step a search plans: warm-up, learning (at most), rounds, speed mode's guarded stages (at
-    most), retraining."""
+    most), retraining (with 'continue', what the search at most leaves of train.steps)."""
     warmup = spec.policy.warmup_steps if spec.policy.assignment == "warmup" else 0
-    return (warmup + learn_limit(spec) + spec.schedule.rounds * spec.round_steps()
-            + spec.backbone.stages * spec.stage_steps() + spec.train.steps)
+    return warmup + spec.search_steps_limit() + retrain_steps(spec, spec.search_steps_limit())
+
+
+def retrain_steps(spec: SearchSpec, searched: int) -> int:
+    """Steps of the retraining after a search that trained the supernet `searched` steps."""
+    return spec.train.steps - searched if spec.retrain == "continue" else spec.train.steps
+
+
+def searched_steps(spec: SearchSpec, state: SearchState) -> int:
+    """The steps a search trained its supernet (units and all): learning phase, rounds, the guard's stages."""
+    guard = (state.backbone or {}).get("guard") or {}
+    return (state.learn or {}).get("step", 0) + state.round * spec.round_steps() \
+        + len(guard.get("stages", [])) * spec.stage_steps()
 
 
 def _run_round(ctx: _Context, supernet: Supernet, policy: ImportancePolicy, index: int, target: int, batches,
@@ -466,7 +478,8 @@ def fit(spec: SearchSpec, out_dir: str | Path, units: list[str] | None = None, *
     ctx = _Context.prepare(spec)
     model = ctx.supernet(units, lora_ranks)
     backbone_before = backbone_parameter_count(model.model, model.arch)
-    result = _retrain_evaluate_export(ctx, model, out_dir, report, should_stop,
+    result = _retrain_evaluate_export(ctx, model, out_dir, report, should_stop, steps=spec.train.steps,
+                                      warmup_ratio=spec.train.warmup_ratio,
                                       budget=budget_params(spec.budget, backbone_before),
                                       backbone_before=backbone_before, records=[], trace_extra={},
                                       hold_out=hold_out, checkpoint_dir=checkpoint_dir,
@@ -477,7 +490,8 @@ def fit(spec: SearchSpec, out_dir: str | Path, units: list[str] | None = None, *
 
 
 def _retrain_evaluate_export(ctx: _Context, model: Supernet, out_dir, report: _Reporter, should_stop,
-                             *, budget: int, backbone_before: int, records: list[RoundRecord],
+                             *, budget: int, steps: int, warmup_ratio: float, backbone_before: int,
+                             records: list[RoundRecord],
                              trace_extra: dict, hold_out: bool = False, checkpoint_dir: str | Path | None = None,
                              checkpoint_every: CheckpointEvery = DEFAULT_CHECKPOINT_EVERY) -> SearchResult:
     spec = ctx.spec
@@ -485,13 +499,13 @@ def _retrain_evaluate_export(ctx: _Context, model: Supernet, out_dir, report: _R
     saved = checkpoint.load()
     done = saved.step if saved else 0
     report.skip(done)
-    report.phase("retrain", f"training {len(model.unit_keys())} units for {spec.train.steps} steps"
+    report.phase("retrain", f"training {len(model.unit_keys())} units for {steps} steps"
                             + (f", resuming after step {done}" if saved else ""))
     start = time.monotonic()
     data = ctx.train_without_validation() if hold_out else ctx.train_data
     train(model, model.param_groups(spec.train.lr), ctx.batches(data, spec.seed, skip=done),
-          steps=spec.train.steps, lr=spec.train.lr, problem=ctx.task.problem, device=ctx.device,
-          warmup_ratio=spec.train.warmup_ratio, weight_decay=spec.train.weight_decay,
+          steps=steps, lr=spec.train.lr, problem=ctx.task.problem, device=ctx.device,
+          warmup_ratio=warmup_ratio, weight_decay=spec.train.weight_decay,
           on_step=report.steps(None, model.peft_params()), should_stop=should_stop, resume=saved,
           checkpoint=checkpoint)
     fold(model.model)  # a standardised regression head back in the labels' units

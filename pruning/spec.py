@@ -388,9 +388,11 @@ class SearchSpec:
     train: Annotated[TrainSpec, Field(description="The final retraining.")] = field(default_factory=TrainSpec)
     backbone: Annotated[BackboneSpec, Field(description="Light-PEFT backbone pruning (off by default).")] = field(
         default_factory=BackboneSpec)
-    retrain: Annotated[Literal["fresh", "warm"], Field(description=(
-        "Retrain the chosen configuration from the supernet's trained weights ('warm'), or from a fresh "
-        "initialisation ('fresh')."))] = "warm"
+    retrain: Annotated[Literal["fresh", "warm", "continue"], Field(description=(
+        "Retrain the chosen configuration for train.steps from the supernet's trained weights ('warm'), or from "
+        "a fresh initialisation ('fresh'); or 'continue': go on from the supernet's weights for what is left of "
+        "train.steps after the steps the search trained (learning phase, rounds, the guard's stages), so the "
+        "final configuration trains train.steps steps in all, as a fixed PEFT method would."))] = "warm"
     seed: Annotated[Int, Field(ge=0, description="Seeds data order, initialisation and subsampling.")] = 0
     device: Annotated[str, Field(min_length=1, description=(
         "'auto' (cuda when present), 'cpu', 'cuda', 'cuda:1', ..."))] = "auto"
@@ -404,9 +406,23 @@ class SearchSpec:
         if self.backbone.enabled and self.train.load_in_4bit:
             raise SpecError("train.load_in_4bit", "backbone pruning slices the projections' weights, which 4-bit "
                                                   "storage packs: choose one of the two")
+        if self.retrain == "continue" and self.search_steps_limit() >= self.train.steps:
+            raise SpecError("retrain", f"'continue' counts the search's training (up to {self.search_steps_limit()} "
+                                       f"steps) within train.steps ({self.train.steps}), which leaves none to "
+                                       "retrain: give more train.steps, or fewer or shorter rounds")
         if self.backbone.enabled and self.backbone.mask_rounds > self.schedule.rounds:
             raise SpecError("backbone.mask_rounds", f"must be at most schedule.rounds ({self.schedule.rounds})")
         return self
+
+    def learn_steps_limit(self) -> int:
+        """The most steps the learning phase may take (none without a validation split to gate it)."""
+        return math.ceil(self.schedule.learn_max_share * self.train.steps) if self.schedule.eval_examples else 0
+
+    def search_steps_limit(self) -> int:
+        """The most steps the search trains the supernet: its learning phase, rounds and speed mode's guarded
+        stages."""
+        return (self.learn_steps_limit() + self.schedule.rounds * self.round_steps()
+                + self.backbone.stages * self.stage_steps())
 
     def round_steps(self) -> int:
         """Training steps of each search round."""

@@ -293,6 +293,8 @@ def test_a_guarded_search_removes_the_last_stage_its_validation_metric_accepts(t
     assert removed == pytest.approx(guard["reached_share"], abs=0.01)
     # the stages' recovery steps are reported, and the plan shrinks by the stage never tried
     assert events[-1].done_steps == events[-1].total_steps == pipeline.planned_steps(spec) - 2
+    learned = json.loads((Path(result.out_dir) / "trace.json").read_text())
+    assert learned["searched_steps"] == learned["learn"]["step"] + 2 * 3 + 2 * 2  # rounds, then 2 stages tried
     card = (Path(result.out_dir) / "README.md").read_text()
     assert f"asked {guard['asked_share']:.1%}, guard: stage 2 of 3 fell" in card
 

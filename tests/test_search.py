@@ -231,7 +231,7 @@ def test_search_with_a_budget_above_the_supernet_removes_nothing(make_spec, tmp_
     assert [(r.removed, r.target_params, r.metric) for r in result.rounds] == [([], START, None)]
 
 
-@pytest.mark.parametrize("retrain", ["warm", "fresh"])
+@pytest.mark.parametrize("retrain", ["warm", "fresh", "continue"])
 def test_retrain_starts_from_the_supernets_weights_only_when_warm(make_spec, tmp_path, monkeypatch, retrain):
     from safetensors.torch import load_file
 
@@ -245,12 +245,38 @@ def test_retrain_starts_from_the_supernets_weights_only_when_warm(make_spec, tmp
         return original(ctx, model, *args, **kwargs)
 
     monkeypatch.setattr(pipeline, "_retrain_evaluate_export", capture)
-    search(make_spec(retrain=retrain), tmp_path / "out", checkpoint_dir=tmp_path / "ckpt")
+    search(make_spec(retrain=retrain, train__steps=12), tmp_path / "out", checkpoint_dir=tmp_path / "ckpt")
     searched = load_file(tmp_path / "ckpt" / "weights-3.safetensors")
     assert started and set(started) <= set(searched)
     same = [torch.equal(started[k], searched[k]) for k in started]
-    # warm: every LoRA tensor goes on from the last round; fresh: LoRA's B starts at zero again
-    assert all(same) if retrain == "warm" else not all(same)
+    # warm and continue: every LoRA tensor goes on from the last round; fresh: LoRA's B starts at zero again
+    assert all(same) if retrain != "fresh" else not all(same)
+
+
+def test_continue_trains_the_survivors_for_what_the_search_left_of_the_steps(make_spec, tmp_path, monkeypatch):
+    """The final configuration trains train.steps in all: the rounds' 9 steps of 20, then 11 more, decaying from the
+    peak learning rate without a second warm-up; the progress counts 20 steps."""
+    import pruning.pipeline as pipeline
+
+    retrains = []
+    original = pipeline.train
+
+    def recording(model, params, batches, **kwargs):
+        if kwargs.get("checkpoint") is not None:  # the retraining (the search's own training checkpoints nothing)
+            retrains.append((kwargs["steps"], kwargs["warmup_ratio"]))
+        return original(model, params, batches, **kwargs)
+
+    monkeypatch.setattr(pipeline, "train", recording)
+    events = []
+    spec = make_spec(retrain="continue", train__steps=20)  # 3 rounds of 3 steps, no learning phase
+    search(spec, tmp_path / "out", on_progress=events.append)
+    assert retrains == [(20 - 9, 0.0)]
+    assert events[0].total_steps == events[-1].total_steps == events[-1].done_steps == 20
+    trace = json.loads((tmp_path / "out" / "trace.json").read_text())
+    assert (trace["searched_steps"], trace["retrain_steps"]) == (9, 11)
+    with pytest.raises(SpecError, match="retrain: 'continue' counts the search's training \\(up to 9 steps\\) "
+                                        "within train.steps \\(9\\)"):
+        make_spec(retrain="continue", train__steps=9).validate()
 
 
 @pytest.mark.parametrize("examples", [None, 16])
