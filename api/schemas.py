@@ -62,7 +62,8 @@ def body_of(record: type, name: str, *, exclude: tuple[str, ...] = (), doc: str 
 PHASE = f"One of {', '.join(PHASES)}."
 Progress = body_of(ProgressEvent, "Progress", exclude=("kind", "record"), doc="The latest progress of a job.",
                    phase=PHASE, done_steps="Training steps of the whole run done so far (all phases).",
-                   total_steps="Training steps planned for the whole run (shrinks when learning ends early).",
+                   total_steps="Training steps planned for the whole run (shrinks when learning ends early, unless "
+                               "retrain is 'continue': those steps go to the retraining).",
                    eta_s="Estimated seconds left, at the pace of the steps done so far.")
 # The search's outcome (pruning.SearchResult without its rounds: GET /v1/jobs/{id}/rounds has those).
 JobResult = body_of(SearchResult, "JobResult", exclude=("out_dir", "rounds"), doc="The search's outcome.",

@@ -14,6 +14,7 @@ LoRA r=8 on q and v, its autocast and loss.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import shlex
 import sys
@@ -59,6 +60,9 @@ def lora_step(model_dir: str, device_name: str, batch: int, length: int, steps: 
     from pruning.train import autocast, loss_of
 
     device = resolve_device(device_name)
+    gc.collect()  # the previous run's model, should a reference cycle keep it, must not count in this peak
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
     model = load_model(model_dir, 1, "completion", load_in_4bit=four_bit, device=device)
     if checkpointing:
         checkpoint_activations(model)

@@ -267,8 +267,9 @@ def report(store: Store, command: str) -> tuple[dict, str]:
                 "peak_memory_mb": max(r["peak_memory_mb"] for r in runs),
                 **({"trained_steps": runs[0]["trained_steps"]} if "trained_steps" in runs[0] else {}),
             }
-    # Averages compare methods only over tasks where all of them ran (the 8-candidate search may cover fewer).
-    fixed = [m for m in METHODS if m != "autopeft" and any(m in table[t] for t in tasks)]
+    # Averages compare methods only over tasks where all of them ran (the 8-candidate search and the longer LoRA, a
+    # control, may cover fewer).
+    fixed = [m for m in METHODS if m not in ("autopeft", "lora_long") and any(m in table[t] for t in tasks)]
     common = [t for t in tasks if all(m in table[t] for m in fixed)]
     average = {m: mean_spread([table[t][m]["mean"] for t in common])[0] for m in fixed} if common else {}
     # peftsearch against each other method: over every task where both ran, with the per-seed differences.

@@ -147,15 +147,22 @@ def head_parameters(model: nn.Module, arch: ArchitectureMap) -> list[nn.Paramete
     return [p for path in head_paths(model, arch) for p in model.get_submodule(path).parameters()]
 
 
+def parameter_count(param) -> int:
+    """Parameters a tensor stands for: a 4-bit weight (bitsandbytes) packs two in a byte, and its quantisation
+    state knows the weight's real shape; the budget and the backbone's size count the model, not its storage."""
+    state = getattr(param, "quant_state", None)
+    return state.shape.numel() if state is not None else param.numel()
+
+
 def backbone_parameter_count(model: nn.Module, arch: ArchitectureMap) -> int:
     """Every pretrained parameter except the task head (embeddings included), LoRA weights excluded."""
     head = {id(p) for p in head_parameters(model, arch)}
-    return sum(p.numel() for n, p in model.named_parameters() if id(p) not in head and not is_lora_name(n))
+    return sum(parameter_count(p) for n, p in model.named_parameters() if id(p) not in head and not is_lora_name(n))
 
 
 def layer_parameter_count(model: nn.Module, arch: ArchitectureMap) -> int:
     """Pretrained parameters of the transformer layers only: the part head and neuron pruning can shrink."""
-    return sum(p.numel() for n, p in layers_of(model, arch).named_parameters() if not is_lora_name(n))
+    return sum(parameter_count(p) for n, p in layers_of(model, arch).named_parameters() if not is_lora_name(n))
 
 
 def is_lora_name(name: str) -> bool:

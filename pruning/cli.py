@@ -24,7 +24,7 @@ from .result import (
     format_unit,
     stock_peft_warning,
 )
-from .spec import GLUE_TASKS, PROBLEMS, SearchSpec, SpecError
+from .spec import GLUE_TASKS, PROBLEMS, RETRAIN_MODES, SearchSpec, SpecError
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -67,7 +67,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="QLoRA: hold the frozen layers' projections in 4 bits (needs peftsearch[qlora])")
     p.add_argument("--assignment", help="criteria per partition: default | prunepeft | warmup | random | "
                                         "<criterion name>")
-    p.add_argument("--retrain", choices=["fresh", "warm", "continue"],
+    p.add_argument("--retrain", choices=RETRAIN_MODES,
                    help="retrain the survivors from scratch, go on for --steps, or go on for what the search left of "
                         "--steps")
     p.add_argument("--device", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")

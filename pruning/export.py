@@ -171,7 +171,7 @@ def load(out_dir: str | Path, base_model: str | None = None, device: str = "cpu"
                             scales=tensors)
     supernet.load_trained_state(tensors)
     supernet.tokenizer = tokenizer
-    return supernet.to(device).eval()
+    return supernet.to(resolve_device(device)).eval()
 
 
 def _load_saved_backbone(out: Path, config: dict):

@@ -58,10 +58,15 @@ StopCheck = Callable[[], bool]
 
 class _Reporter:
     """Turns the engine's phases, steps and rounds into ProgressEvents for the caller, with the steps done and
-    planned in the whole run and the time left at the pace of the steps so far (evaluations included)."""
+    planned in the whole run and the time left at the pace of the steps so far (evaluations included).
 
-    def __init__(self, on_progress: ProgressCallback | None, rounds: int, total_steps: int):
+    With `within` (retrain: continue) the search's steps count within the retraining's: a step the search plans
+    but does not take (a learning phase that ends early, a guard stage never tried) goes to the retraining, and
+    the total stays."""
+
+    def __init__(self, on_progress: ProgressCallback | None, rounds: int, total_steps: int, within: bool = False):
         self.on_progress = on_progress
+        self.within = within
         self.rounds = rounds
         self.start = time.monotonic()
         self.phase_name = "load"
@@ -86,7 +91,9 @@ class _Reporter:
         self.done += steps
 
     def replan(self, unused: int) -> None:
-        self.total -= unused
+        """Planned steps of the search that will not run."""
+        if not self.within:
+            self.total -= unused
 
     def phase(self, name: str, message: str = "") -> None:
         self.phase_name = name
@@ -225,7 +232,7 @@ def search(spec: SearchSpec, out_dir: str | Path, *, on_progress: ProgressCallba
     retrain is checkpointed there as `checkpoint_every` says, and resumes from its last checkpoint."""
     spec = spec.validate()
     schedule, speed = spec.schedule, spec.backbone
-    report = _Reporter(on_progress, schedule.rounds, planned_steps(spec))
+    report = _Reporter(on_progress, schedule.rounds, planned_steps(spec), within=spec.retrain == "continue")
     report.phase("load", f"loading {spec.model} and {spec.task.name}")
     set_seed(spec.seed)
     ctx = _Context.prepare(spec)
@@ -274,7 +281,6 @@ def search(spec: SearchSpec, out_dir: str | Path, *, on_progress: ProgressCallba
         supernet = ctx.supernet(survivors, **rebuild)
     searched = searched_steps(spec, state)
     steps = retrain_steps(spec, searched)
-    report.replan(retrain_steps(spec, spec.search_steps_limit()) - steps)  # 'continue': what the search left
     # 'continue' goes on with trained units: its learning rate decays from the peak at once, no second warm-up
     warmup_ratio = 0.0 if spec.retrain == "continue" else spec.train.warmup_ratio
     result = _retrain_evaluate_export(ctx, supernet, out_dir, report, should_stop, budget=budget, steps=steps,
@@ -309,9 +315,12 @@ def _start_or_resume(ctx: _Context, checkpoint: Checkpoint, report: _Reporter,
         supernet = ctx.supernet(state.units, state.lora_ranks, masks=speed.enabled and not state.backbone,
                                 backbone=state.backbone, scales=tensors)
         supernet.load_trained_state(tensors)
-        learned = state.learn["step"] if state.learn else 0
-        report.replan(spec.learn_steps_limit() - learned if state.learn else 0)
-        report.skip(learned + state.round * spec.round_steps()
+        if state.learn:
+            report.replan(spec.learn_steps_limit() - state.learn["step"])
+        guard = (state.backbone or {}).get("guard")
+        if guard is not None:  # the backbone was pruned: the stages it did not try will not run
+            report.replan((speed.stages - len(guard.get("stages", []))) * spec.stage_steps())
+        report.skip(searched_steps(spec, state)
                     + (spec.policy.warmup_steps if spec.policy.assignment == "warmup" else 0))
         report.emit(kind="phase", message=f"resuming after round {state.round} of {spec.schedule.rounds}")
         for record in state.records:  # a kill between checkpoint and report must not lose a round

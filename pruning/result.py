@@ -90,7 +90,7 @@ class ProgressEvent:
     metric: float | None = None
     elapsed_s: float = 0.0  # since the search started
     done_steps: int = 0  # training steps of the whole run done so far (all phases)
-    total_steps: int = 0  # and planned (shrinks when the learning phase ends early)
+    total_steps: int = 0  # and planned (shrinks when the learning phase ends early, unless retrain is 'continue')
     eta_s: float | None = None  # seconds left at the pace of this process's steps so far
     message: str = ""
     record: RoundRecord | None = None  # set when kind == "round"

@@ -35,6 +35,7 @@ PROBLEMS = ("classification", "regression", "completion")
 ROLES = ("q", "k", "v", "o", "ffn_in", "ffn_out")  # projections of a layer, as architecture maps name them
 ADAPTER_ACTIVATIONS = ("relu", "gelu", "silu", "tanh")
 ASSIGNMENT_PRESETS = ("default", "prunepeft", "warmup", "random")
+RETRAIN_MODES = ("fresh", "warm", "continue")
 # A search round trains this share of train.steps unless schedule.steps_per_round says otherwise, so the search's
 # share of a run's cost does not depend on the run's length (bench/results/fidelity.md: how its choices move
 # with the rounds' length).
@@ -251,10 +252,14 @@ class TrainSpec:
 
     __pydantic_config__ = SPEC_CONFIG
 
-    steps: Annotated[Int, Field(ge=1, description="Optimizer steps of the final retraining.")] = 300
+    steps: Annotated[Int, Field(ge=1, description=(
+        "Optimizer steps of the final retraining (with retrain 'continue': of the final configuration in all, "
+        "the search's training included)."))] = 300
     batch_size: Annotated[Int, Field(ge=1, description="Training batch size.")] = 32
     lr: Annotated[Real, Field(gt=0, description="Peak learning rate (AdamW, linear warm-up and decay).")] = 1e-3
-    warmup_ratio: Annotated[Share, Field(description="Share of the steps spent warming the learning rate up.")] = 0.06
+    warmup_ratio: Annotated[Share, Field(description=(
+        "Share of the retraining's steps spent warming the learning rate up (none with retrain 'continue': its "
+        "units are trained already)."))] = 0.06
     weight_decay: Annotated[Real, Field(ge=0, description="AdamW weight decay.")] = 0.0
     max_length: Annotated[Int, Field(ge=1, description="Tokens per example; longer ones are truncated.")] = 128
     eval_batch_size: Annotated[Int, Field(ge=1, description="Batch size of evaluation.")] = 128
@@ -388,7 +393,7 @@ class SearchSpec:
     train: Annotated[TrainSpec, Field(description="The final retraining.")] = field(default_factory=TrainSpec)
     backbone: Annotated[BackboneSpec, Field(description="Light-PEFT backbone pruning (off by default).")] = field(
         default_factory=BackboneSpec)
-    retrain: Annotated[Literal["fresh", "warm", "continue"], Field(description=(
+    retrain: Annotated[Literal[RETRAIN_MODES], Field(description=(  # type: ignore[valid-type]
         "Retrain the chosen configuration for train.steps from the supernet's trained weights ('warm'), or from "
         "a fresh initialisation ('fresh'); or 'continue': go on from the supernet's weights for what is left of "
         "train.steps after the steps the search trained (learning phase, rounds, the guard's stages), so the "

@@ -17,6 +17,7 @@ from pruning.backbone import choose_ranks, plan_pruning
 from pruning.backbone.guard import run_guard, stage_specs
 from pruning.backbones import load_model
 from pruning.supernet import Supernet
+from tests.helpers import stop_after
 
 
 def _batch(seed: int = 0):
@@ -297,6 +298,14 @@ def test_a_guarded_search_removes_the_last_stage_its_validation_metric_accepts(t
     assert learned["searched_steps"] == learned["learn"]["step"] + 2 * 3 + 2 * 2  # rounds, then 2 stages tried
     card = (Path(result.out_dir) / "README.md").read_text()
     assert f"asked {guard['asked_share']:.1%}, guard: stage 2 of 3 fell" in card
+
+    # cancelled in round 2 and resumed: the stages tried before are counted done, the one never tried is not planned
+    resumed = []
+    with pytest.raises(pruning.Cancelled):
+        pruning.search(spec, tmp_path / "again", checkpoint_dir=tmp_path / "ckpt",
+                       should_stop=stop_after(learned["learn"]["step"] + 3 + 2 * 2 + 1))
+    pruning.search(spec, tmp_path / "again", checkpoint_dir=tmp_path / "ckpt", on_progress=resumed.append)
+    assert resumed[-1].done_steps == resumed[-1].total_steps == pipeline.planned_steps(spec) - 2
 
 
 @pytest.fixture(scope="module")

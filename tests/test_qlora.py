@@ -31,12 +31,20 @@ def llama_dir(tmp_path_factory) -> str:
     return str(make_tiny_llama(tmp_path_factory.mktemp("tiny-llama")))
 
 
-def test_only_the_layers_projections_are_4bit(tiny_model):
+def test_only_the_layers_projections_are_4bit_and_they_count_as_many_parameters(tiny_model):
+    from pruning.arch import architecture_of, backbone_parameter_count, layer_parameter_count
+
     model = load_model(tiny_model, 2, "classification", load_in_4bit=True, device=CPU)
     quantised = {name for name, module in model.named_modules() if isinstance(module, bnb.nn.Linear4bit)}
     linear = {name for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)}
     assert quantised and quantised == {name for name in linear if name.startswith("bert.encoder.layer.")}
     assert {"classifier", "bert.pooler.dense"} <= linear - quantised  # the head trains; the pooler may be new
+    # kept trainable on CPU: see backbones.keep_4bit_differentiable
+    assert not any(getattr(model.get_submodule(name), "support_avx512bf16_for_cpu", False) for name in quantised)
+    plain = load_model(tiny_model, 2, "classification")
+    arch = architecture_of(model)
+    assert backbone_parameter_count(model, arch) == backbone_parameter_count(plain, arch)  # a budget of 0.5% too
+    assert layer_parameter_count(model, arch) == layer_parameter_count(plain, arch)
 
 
 def test_the_units_get_the_gradients_of_the_dequantised_model(llama_dir):

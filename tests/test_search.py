@@ -274,6 +274,24 @@ def test_continue_trains_the_survivors_for_what_the_search_left_of_the_steps(mak
     assert events[0].total_steps == events[-1].total_steps == events[-1].done_steps == 20
     trace = json.loads((tmp_path / "out" / "trace.json").read_text())
     assert (trace["searched_steps"], trace["retrain_steps"]) == (9, 11)
+
+
+def test_continue_keeps_the_total_when_learning_ends_early_and_across_a_resume(make_spec, tmp_path, monkeypatch):
+    """A learning phase planned at up to 10 steps ends at once (its check passes): those steps go to the
+    retraining, so every event plans the same 40 steps; a search cancelled in round 2 and resumed ends there too."""
+    import pruning.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline._Context, "validation_loss", lambda ctx, model: 0.0)
+    spec = make_spec(retrain="continue", train__steps=40, schedule__learn_max_share=0.25)
+    first, second = [], []
+    with pytest.raises(Cancelled):
+        search(spec, tmp_path / "out", on_progress=first.append, should_stop=stop_after(4),
+               checkpoint_dir=tmp_path / "ckpt")
+    search(spec, tmp_path / "out", on_progress=second.append, checkpoint_dir=tmp_path / "ckpt")
+    assert {e.total_steps for e in first + second} == {40}
+    assert second[-1].done_steps == 40
+    trace = json.loads((tmp_path / "out" / "trace.json").read_text())
+    assert trace["learn"]["step"] == 0 and (trace["searched_steps"], trace["retrain_steps"]) == (9, 31)
     with pytest.raises(SpecError, match="retrain: 'continue' counts the search's training \\(up to 9 steps\\) "
                                         "within train.steps \\(9\\)"):
         make_spec(retrain="continue", train__steps=9).validate()

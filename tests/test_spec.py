@@ -64,6 +64,10 @@ def test_every_field_round_trips_through_json():
     assert back == spec
     assert back.space.lora.targets == ("q", "k", "ffn_in") and back.policy.block_cuts == (0.25, 0.75)
     assert json.dumps(back.to_dict()) == text
+    # the fields that exclude speed mode or need a longer run than the one above
+    other = SearchSpec(model="m", task=TaskSpec(glue="sst2", data_dir="glue"), retrain="continue",
+                       train=TrainSpec(load_in_4bit=True, gradient_checkpointing=True))
+    assert SearchSpec.from_dict(json.loads(json.dumps(other.to_dict()))) == other
 
 
 def test_budget_keeps_its_type_through_json():
