@@ -99,3 +99,20 @@ def test_the_longer_lora_is_compared_and_labelled_with_its_steps():
     data, markdown = report(SimpleNamespace(rows=rows), "cmd")
     assert data["versus"]["lora_long"]["points"] == pytest.approx(-1.0)
     assert "| sst2 (300, 64) | lora_long (420 steps) | accuracy 83.00" in markdown
+
+
+def test_the_mask_trace_compares_each_rankings_removals_across_chunks(make_spec):
+    from bench.masks import report as masks_report
+    from bench.masks import trace_masks
+
+    row = trace_masks(make_spec(), chunks=3)
+    assert row["round_steps"] == 3 and row["removed"] > 0
+    for score in ("magnitude", "taylor"):
+        points = row["trace"][score]
+        assert [p["steps"] for p in points] == [3, 6, 9] and points[0]["with_previous"] is None
+        assert points[-1]["with_last"] == 1.0 and all(0 <= p["with_last"] <= 1 for p in points)
+        assert all(0 <= p["with_previous"] <= 1 for p in points[1:])
+    assert len(row["magnitude_with_taylor"]) == 3
+    data, markdown = masks_report(SimpleNamespace(rows=[{"task": "toy", **row}]), "cmd")
+    assert [p["steps"] for p in data["tasks"]["toy"]] == [3, 6, 9]
+    assert "| 9 | " in markdown
