@@ -75,13 +75,13 @@ def machine() -> dict:
             "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "platform": platform.platform()}
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
-    try:
-        import peft
-        import transformers
+    from importlib.metadata import PackageNotFoundError, version
 
-        info["transformers"], info["peft"] = transformers.__version__, peft.__version__
-    except ImportError:
-        pass
+    for package in ("transformers", "peft"):  # their versions, without importing them (peft imports bitsandbytes)
+        try:
+            info[package] = version(package)
+        except PackageNotFoundError:
+            pass
     return info
 
 
