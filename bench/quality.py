@@ -154,13 +154,14 @@ def run_spec(method: str, task: str, spec) -> dict:
     from pruning import LoraSpec, PolicySpec, SpaceSpec
 
     seed, model = spec.seed, spec.model
+    long_steps = spec.train.steps + spec.search_steps_limit()  # lora_long's: what warm survivors see at most
     start = time.monotonic()
     with tempfile.TemporaryDirectory() as tmp:
         if method in ("lora", "adapter", "prefix"):
             result = pruning.fit(dataclasses.replace(spec, space=fixed_space(method)), tmp)
             search_wall, candidates = 0.0, None
         elif method == "lora_long":
-            train = dataclasses.replace(spec.train, steps=spec.train.steps + spec.search_steps_limit())
+            train = dataclasses.replace(spec.train, steps=long_steps)
             result = pruning.fit(dataclasses.replace(spec, space=fixed_space("lora"), train=train), tmp)
             search_wall, candidates = 0.0, None
         elif method == "adalora":
@@ -206,7 +207,7 @@ def run_spec(method: str, task: str, spec) -> dict:
         "search_wall_s": search_wall, "retrain_wall_s": 0.0 if method == "autopeft" else result.retrain_wall_s,
         "total_wall_s": time.monotonic() - start, "peak_memory_mb": result.peak_memory_mb,
         "steps": spec.train.steps, "search_steps": spec.schedule.rounds * spec.round_steps(),
-        **({"trained_steps": spec.train.steps + spec.search_steps_limit()} if method == "lora_long" else {}),
+        **({"trained_steps": long_steps} if method == "lora_long" else {}),
         "units": result.configuration["units"], "candidates": candidates,
         **({"selected_on": "validation"} if method == "autopeft" else {}),
         # where the parameters went: the fixed methods' are known, a search's are what it found

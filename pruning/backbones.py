@@ -140,14 +140,15 @@ def four_bit(config: dict | None, device: torch.device) -> dict:
     from transformers import BitsAndBytesConfig
 
     from .arch import ARCHITECTURES
+    from .sizes import architecture
 
     if importlib.util.find_spec("bitsandbytes") is None:
         raise RuntimeError("train.load_in_4bit needs bitsandbytes: pip install 'peftsearch[qlora]'")
-    model_type = (config or {}).get("model_type")
-    if model_type not in ARCHITECTURES:
-        raise ValueError(f"model type {model_type!r} has no architecture map; supported: "
+    arch = architecture(config or {})
+    if arch is None:
+        raise ValueError(f"model type {(config or {}).get('model_type')!r} has no architecture map; supported: "
                          f"{', '.join(sorted(ARCHITECTURES))}")
-    layers = re.escape(ARCHITECTURES[model_type].layers)
+    layers = re.escape(arch.layers)
     return {"quantization_config": BitsAndBytesConfig(
                 load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                 bnb_4bit_compute_dtype=torch.bfloat16 if device.type == "cuda" else torch.float32,

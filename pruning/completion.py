@@ -64,8 +64,12 @@ def completion_metric_names(data: Encoded) -> tuple[str, ...]:
 
 
 def _answer(data: Encoded, i: int) -> list[int]:
-    completion = data.input_ids[i][data.prompt_length(i):]
-    return completion[:completion.index(data.eos_id)] if data.eos_id in completion else completion
+    return _until_end(data.input_ids[i][data.prompt_length(i):], data.eos_id)
+
+
+def _until_end(tokens: list[int], eos_id: int | None) -> list[int]:
+    """The tokens before the end-of-sequence token (all of them without one)."""
+    return tokens[:tokens.index(eos_id)] if eos_id in tokens else tokens
 
 
 def completion_metrics(model: torch.nn.Module, data: Encoded, metric_names, batch_size: int, pad_id: int,
@@ -95,8 +99,8 @@ def example_generation(model: torch.nn.Module, tokenizer, data: Encoded, pad_id:
         return None
     start = data.prompt_length(0)
     prompt, reference = data.input_ids[0][:start], _answer(data, 0)
-    generated = greedy_completions(model, [prompt], [EXAMPLE_TOKENS], 1, pad_id, data.eos_id, device)[0]
-    generated = generated[:generated.index(data.eos_id)] if data.eos_id in generated else generated
+    generated = _until_end(greedy_completions(model, [prompt], [EXAMPLE_TOKENS], 1, pad_id, data.eos_id, device)[0],
+                           data.eos_id)
     return {name: tokenizer.decode(ids, skip_special_tokens=True).strip()
             for name, ids in (("prompt", prompt), ("reference", reference), ("generated", generated))}
 

@@ -148,7 +148,7 @@ def load(out_dir: str | Path, base_model: str | None = None, device: str = "cpu"
     from .backbones import load_model, load_tokenizer
     from .supernet import Supernet
 
-    out = Path(out_dir)
+    out, target = Path(out_dir), resolve_device(device)
     config = read_config(out)
     space = _from_dict(SpaceSpec, config["space"], "space")
     tensors = load_file(out / WEIGHTS)
@@ -163,7 +163,7 @@ def load(out_dir: str | Path, base_model: str | None = None, device: str = "cpu"
         tokenizer = load_tokenizer(base_model)
         num_labels = len(config["labels"]) if config["labels"] else 1
         model = load_model(base_model, num_labels, config["problem"], tokenizer.pad_token_id,
-                           load_in_4bit=config.get("load_in_4bit", False), device=resolve_device(device))
+                           load_in_4bit=config.get("load_in_4bit", False), device=target)
         if architecture_of(model).name != config["architecture"]:
             raise ValueError(f"{base_model} is a {architecture_of(model).name} model; the result was searched "
                              f"on a {config['architecture']} model")
@@ -171,7 +171,7 @@ def load(out_dir: str | Path, base_model: str | None = None, device: str = "cpu"
                             scales=tensors)
     supernet.load_trained_state(tensors)
     supernet.tokenizer = tokenizer
-    return supernet.to(resolve_device(device)).eval()
+    return supernet.to(target).eval()
 
 
 def _load_saved_backbone(out: Path, config: dict):

@@ -320,8 +320,7 @@ def _start_or_resume(ctx: _Context, checkpoint: Checkpoint, report: _Reporter,
         guard = (state.backbone or {}).get("guard")
         if guard is not None:  # the backbone was pruned: the stages it did not try will not run
             report.replan((speed.stages - len(guard.get("stages", []))) * spec.stage_steps())
-        report.skip(searched_steps(spec, state)
-                    + (spec.policy.warmup_steps if spec.policy.assignment == "warmup" else 0))
+        report.skip(_warmup_steps(spec) + searched_steps(spec, state))
         report.emit(kind="phase", message=f"resuming after round {state.round} of {spec.schedule.rounds}")
         for record in state.records:  # a kill between checkpoint and report must not lose a round
             report.round(record)
@@ -373,8 +372,12 @@ def _learn(ctx: _Context, supernet: Supernet, batches, ranks: RankTracker | None
 def planned_steps(spec: SearchSpec) -> int:
     """Every training step a search plans: warm-up, learning (at most), rounds, speed mode's guarded stages (at
     most), retraining (with 'continue', what the search at most leaves of train.steps)."""
-    warmup = spec.policy.warmup_steps if spec.policy.assignment == "warmup" else 0
-    return warmup + spec.search_steps_limit() + retrain_steps(spec, spec.search_steps_limit())
+    return _warmup_steps(spec) + spec.search_steps_limit() + retrain_steps(spec, spec.search_steps_limit())
+
+
+def _warmup_steps(spec: SearchSpec) -> int:
+    """Steps of the warm-up that derives the criteria (`assignment: warmup`; it trains a probe, not the supernet)."""
+    return spec.policy.warmup_steps if spec.policy.assignment == "warmup" else 0
 
 
 def retrain_steps(spec: SearchSpec, searched: int) -> int:
