@@ -36,7 +36,8 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 KINDS = ("postgres", "redis", "checkpoint", "retrain", "archive")
 MODEL = "tiny-bert"
-SEARCH = {"schedule": {"rounds": 2, "steps_per_round": 10, "eval_examples": 32},
+# pruned by the scores although ten steps teach the tiny model nothing: the faults strike during the rounds
+SEARCH = {"schedule": {"rounds": 2, "steps_per_round": 10, "eval_examples": 32, "unlearned": "prune"},
           "train": {"steps": 10, "batch_size": 8, "max_length": 32}}
 RETRAIN_CHECKPOINT_STEPS, RETRAIN_KILL_STEP = 3, 5  # the retrain is killed 2 steps after its checkpoint at step 3
 JOBS_BEHIND = 2  # queued behind the running job when the database or the broker goes away

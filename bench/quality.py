@@ -104,37 +104,6 @@ def sample_configurations(unit_params: dict[str, int], budget: int, count: int, 
     return configs
 
 
-def matched_ranks(per_rank: dict[str, int], budget: int, tolerance: float = 0.02) -> dict[str, int]:
-    """Ranks for LoRA on every projection at `budget` parameters: the uniform rank nearest the budget, then
-    single projections one rank down (largest first, spread over depth) while above the budget, or up while
-    more than `tolerance` below it. `per_rank`: module path -> parameters of one rank component."""
-    rank = max(1, round(budget / sum(per_rank.values())))
-    ranks = dict.fromkeys(per_rank, rank)
-    # largest first; within a size, a golden-ratio stride through (layer, projection) order spreads the changes
-    same_size = {path: i for size in set(per_rank.values())
-                 for i, path in enumerate(sorted((p for p in per_rank if per_rank[p] == size), key=_depth_order))}
-    order = sorted(per_rank, key=lambda path: (-per_rank[path], (same_size[path] * 0.618) % 1))
-
-    def total() -> int:
-        return sum(ranks[p] * per_rank[p] for p in ranks)
-
-    for path in order:
-        if total() <= budget:
-            break
-        if ranks[path] > 1:
-            ranks[path] -= 1
-    for path in order:
-        if total() >= budget * (1 - tolerance):
-            break
-        if total() + per_rank[path] <= budget:
-            ranks[path] += 1
-    return ranks
-
-
-def _depth_order(path: str) -> tuple[int, str]:
-    return next(int(part) for part in path.split(".") if part.isdigit()), path
-
-
 def fixed_space(method: str):
     """The space of a fixed method: LoRA r=8 on q,v (peft's default), a bottleneck adapter of 16, or a prefix of
     16 in every layer."""
@@ -152,6 +121,7 @@ def run_spec(method: str, task: str, spec) -> dict:
     """One method trained (and searched) on `spec`'s task, model, budget, steps and seed: a row of results."""
     import pruning
     from pruning import LoraSpec, PolicySpec, SpaceSpec
+    from pruning.schedule import spread_ranks
 
     seed, model = spec.seed, spec.model
     long_steps = spec.train.steps + spec.search_steps_limit()  # lora_long's: what warm survivors see at most
@@ -172,7 +142,7 @@ def run_spec(method: str, task: str, spec) -> dict:
             search_wall, candidates = 0.0, None
         elif method == "alllinear":
             per_rank = _per_rank_params(spec)
-            ranks = matched_ranks(per_rank, spec.budget)
+            ranks = spread_ranks(per_rank, spec.budget)
             rank = max(set(ranks.values()), key=list(ranks.values()).count)  # the common rank; others by pattern
             space = SpaceSpec(types=("lora",), lora=LoraSpec(targets=ALL_LINEAR, rank=rank, alpha=2.0 * rank))
             result = pruning.fit(dataclasses.replace(spec, space=space), tmp, lora_ranks=ranks)

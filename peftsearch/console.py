@@ -167,6 +167,8 @@ def summary_tables(job: Job, downloaded: str | None = None) -> list[Table]:
     warning = stock_peft_warning(result.configuration.get("stock_peft"))
     if warning:
         outcome.add_row("[bold]stock peft[/bold]", rich.markup.escape(warning))
+    if result.configuration.get("prior"):
+        outcome.add_row("[bold]no pruning[/bold]", rich.markup.escape(result.configuration["prior"]))
     layers = Table(title="configuration per layer", title_justify="left")
     types = result.configuration.get("space", {}).get("types", [])
     for name in ("layer", *types):

@@ -24,7 +24,7 @@ from .result import (
     format_unit,
     stock_peft_warning,
 )
-from .spec import GLUE_TASKS, PROBLEMS, RETRAIN_MODES, SearchSpec, SpecError
+from .spec import GLUE_TASKS, PROBLEMS, RETRAIN_MODES, UNLEARNED_CHOICES, SearchSpec, SpecError
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -70,6 +70,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--retrain", choices=RETRAIN_MODES,
                    help="retrain the survivors from scratch, go on for --steps, or go on for what the search left of "
                         "--steps")
+    p.add_argument("--unlearned", choices=UNLEARNED_CHOICES,
+                   help="when the supernet has not learned the task by the end of its learning phase: keep LoRA on "
+                        "every projection at the budget (prior), or prune by its scores anyway (prune)")
     p.add_argument("--device", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
     p.add_argument("--checkpoint-dir", type=Path, help="checkpoint every round here; rerun to resume")
     backbone = p.add_argument_group("backbone pruning (Light-PEFT speed mode)")
@@ -107,7 +110,7 @@ FLAG_FIELDS = {
     "neuron_ratio": "backbone.neuron_ratio", "backbone_target": "backbone.target_params",
     "mask_penalty": "backbone.mask_penalty", "mask_lr": "backbone.mask_lr", "mask_rounds": "backbone.mask_rounds",
     "rank_ratio": "backbone.rank_ratio", "save_backbone": "backbone.save_backbone",
-    "max_drop": "backbone.max_drop", "stages": "backbone.stages",
+    "max_drop": "backbone.max_drop", "stages": "backbone.stages", "unlearned": "schedule.unlearned",
 }
 
 
@@ -253,6 +256,8 @@ def summary(result) -> str:
         f"peak memory        {result.peak_memory_mb:.0f} MiB",
         f"result             {result.out_dir}",
     ]
+    if config.get("prior"):
+        lines += ["", f"NOTE: {config['prior']}"]
     if result.front:
         lines += ["", "configurations passed through (validation split, before retraining):",
                   format_front(result.front, result.metric_name)]

@@ -38,8 +38,8 @@ BACKBONE = "backbone.safetensors"
 
 
 def configuration_of(model, spec: SearchSpec, task, metrics: dict[str, float],
-                     stock_peft: dict[str, Any] | None = None, example: dict[str, str] | None = None
-                     ) -> dict[str, Any]:
+                     stock_peft: dict[str, Any] | None = None, example: dict[str, str] | None = None,
+                     prior: str | None = None) -> dict[str, Any]:
     units = model.unit_keys()
     layers = []
     for layer in range(model.num_layers):
@@ -66,15 +66,16 @@ def configuration_of(model, spec: SearchSpec, task, metrics: dict[str, float],
         "metrics": metrics,
         "stock_peft": stock_peft,
         "example_generation": example,  # a completion task: the first dev prompt, its reference and the answer
+        "prior": prior,  # why the search kept its prior rather than pruning (schedule.unlearned), if it did
     }
 
 
 def save(out_dir: str | Path, model, *, spec: SearchSpec, task, metrics: dict[str, float], records,
-         trace_extra: dict, stock_peft: dict[str, Any] | None = None, example: dict[str, str] | None = None
-         ) -> dict[str, Any]:
+         trace_extra: dict, stock_peft: dict[str, Any] | None = None, example: dict[str, str] | None = None,
+         prior: str | None = None) -> dict[str, Any]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    config = configuration_of(model, spec, task, metrics, stock_peft, example)
+    config = configuration_of(model, spec, task, metrics, stock_peft, example, prior)
     (out / CONFIG).write_text(json.dumps(config, indent=2))
     save_file({k: v.contiguous().cpu() for k, v in model.trained_state().items()}, out / WEIGHTS,
               metadata={"format": "peftsearch", "format_version": str(FORMAT_VERSION)})
@@ -241,6 +242,8 @@ def _model_card(config: dict, records) -> str:
                      + " |" for e in config["layers"])
     rounds = "\n".join(f"- round {r.round}: removed {', '.join(u.unit for u in r.removed) or 'nothing'}; "
                        f"{r.trainable_params:,} parameters left" for r in records)
+    if config.get("prior"):
+        rounds = f"No pruning rounds: {config['prior']}."
     if warning:
         loading = f"**Warning: {warning}**"
     else:

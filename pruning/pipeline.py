@@ -46,7 +46,7 @@ from .hybrid import (
 from .importance import ImportanceTracker
 from .regression import fold, standardise_head
 from .result import ProgressEvent, RemovedUnit, RoundRecord, SearchResult, pareto_front
-from .schedule import choose_removals, kept_ranks, rank_chunks, round_targets
+from .schedule import choose_removals, kept_ranks, rank_chunks, round_targets, spread_ranks
 from .spec import MIN_VALIDATION, SearchSpec, budget_params
 from .supernet import Supernet
 from .train import Encoded, chance_loss, encode, evaluate, mean_loss, shuffled_batches, train
@@ -257,8 +257,13 @@ def search(spec: SearchSpec, out_dir: str | Path, *, on_progress: ProgressCallba
     backbone_before = _unpruned_backbone_params(supernet, state)
     budget = budget_params(spec.budget, backbone_before)
     targets = round_targets(state.start_params, budget, schedule.rounds)
-    report.phase("search", f"{schedule.rounds} rounds from {state.start_params:,} to {budget:,} parameters")
-    for index in range(state.round, schedule.rounds):
+    prior = _prior(ctx, supernet, state, budget)
+    if prior is not None:
+        report.phase("search", prior["reason"])
+        report.replan(schedule.rounds * spec.round_steps())
+    else:
+        report.phase("search", f"{schedule.rounds} rounds from {state.start_params:,} to {budget:,} parameters")
+    for index in range(state.round, 0 if prior else schedule.rounds):
         record = _run_round(ctx, supernet, policy, index, targets[index], batches, ranks, report, should_stop)
         if record.backbone_params is not None:
             ranks = None  # the ranks were pruned with the backbone
@@ -268,28 +273,29 @@ def search(spec: SearchSpec, out_dir: str | Path, *, on_progress: ProgressCallba
         state.search_wall_s = search_wall()
         checkpoint.save(state, supernet.trained_state())
         report.round(record)
-    front = pareto_front(state.start_params, state.records, ctx.validation_metric(supernet),
-                         lower_is_better=ctx.task.primary_metric in LOWER_IS_BETTER)
+    front = [] if prior else pareto_front(state.start_params, state.records, ctx.validation_metric(supernet),
+                                          lower_is_better=ctx.task.primary_metric in LOWER_IS_BETTER)
     state.search_wall_s = search_wall()
 
-    if spec.retrain == "fresh":
-        survivors, rebuild = supernet.unit_keys(), {"lora_ranks": supernet.lora_ranks(),
-                                                    "backbone": supernet.backbone_record,
-                                                    "scales": supernet.backbone_scales}
+    if prior is not None or spec.retrain == "fresh":  # the prior is new to the supernet: it starts afresh too
+        survivors, rebuild = (prior["units"], {"lora_ranks": prior["lora_ranks"]}) if prior else \
+            (supernet.unit_keys(), {"lora_ranks": supernet.lora_ranks(), "backbone": supernet.backbone_record,
+                                    "scales": supernet.backbone_scales})
         del supernet
         set_seed(spec.seed)
         supernet = ctx.supernet(survivors, **rebuild)
     searched = searched_steps(spec, state)
     steps = retrain_steps(spec, searched)
     # 'continue' goes on with trained units: its learning rate decays from the peak at once, no second warm-up
-    warmup_ratio = 0.0 if spec.retrain == "continue" else spec.train.warmup_ratio
+    warmup_ratio = 0.0 if spec.retrain == "continue" and prior is None else spec.train.warmup_ratio
     result = _retrain_evaluate_export(ctx, supernet, out_dir, report, should_stop, budget=budget, steps=steps,
                                       warmup_ratio=warmup_ratio,
                                       backbone_before=backbone_before, records=state.records,
                                       trace_extra={"assignment": state.assignment, "warmup": state.warmup,
                                                    "learn": state.learn, "start_params": state.start_params,
                                                    "targets": targets, "searched_steps": searched,
-                                                   "retrain_steps": steps},
+                                                   "retrain_steps": steps, "prior": prior},
+                                      prior=prior and prior["reason"],
                                       checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every)
     result.search_wall_s, result.front = state.search_wall_s, front
     export.write_result(out_dir, result)
@@ -367,6 +373,26 @@ def _learn(ctx: _Context, supernet: Supernet, batches, ranks: RankTracker | None
     return {**seen, "chance_loss": chance, "threshold": threshold, "max_steps": limit,
             "learned": seen["validation_loss"] < threshold, "metric_name": ctx.task.primary_metric,
             "metric": ctx.validation_metric(supernet), "chance_metric": chance_metric}
+
+
+def _prior(ctx: _Context, supernet: Supernet, state: SearchState, budget: int) -> dict | None:
+    """The search's prior, when its learning phase ran out with the supernet still not past chance (see
+    schedule.unlearned): LoRA units on every projection of the space, ranks spread evenly to the budget. None:
+    prune by the scores (the supernet learned, or there was no learning phase to tell, or no such prior fits)."""
+    spec, learn = ctx.spec, state.learn or {}
+    if (spec.schedule.unlearned != "prior" or learn.get("learned") is not False or not learn.get("max_steps")
+            or supernet.masks is not None or state.round):
+        return None
+    lora = [unit for unit in supernet.units.values() if unit.kind == "lora"]
+    per_rank = {path: unit.params_per_rank(role) for unit in lora for role, path in unit.paths.items()}
+    if not per_rank or sum(per_rank.values()) > budget:
+        return None
+    ranks = spread_ranks(per_rank, budget, most=supernet.lora_ranks())
+    return {"units": [unit.key for unit in lora], "lora_ranks": ranks,
+            "reason": f"the supernet had not learned the task after {learn['step']} steps (validation loss "
+                      f"{learn['validation_loss']:.4f}, chance {learn['chance_loss']:.4f}), so its scores would be "
+                      f"noise: kept the prior instead, LoRA on every projection at ranks spread to "
+                      f"{sum(ranks[p] * per_rank[p] for p in ranks):,} parameters"}
 
 
 def planned_steps(spec: SearchSpec) -> int:
@@ -504,7 +530,8 @@ def fit(spec: SearchSpec, out_dir: str | Path, units: list[str] | None = None, *
 def _retrain_evaluate_export(ctx: _Context, model: Supernet, out_dir, report: _Reporter, should_stop,
                              *, budget: int, steps: int, warmup_ratio: float, backbone_before: int,
                              records: list[RoundRecord],
-                             trace_extra: dict, hold_out: bool = False, checkpoint_dir: str | Path | None = None,
+                             trace_extra: dict, prior: str | None = None, hold_out: bool = False,
+                             checkpoint_dir: str | Path | None = None,
                              checkpoint_every: CheckpointEvery = DEFAULT_CHECKPOINT_EVERY) -> SearchResult:
     spec = ctx.spec
     checkpoint = TrainCheckpoint(checkpoint_dir, _retrain_key(spec, model, hold_out), checkpoint_every)
@@ -530,7 +557,7 @@ def _retrain_evaluate_export(ctx: _Context, model: Supernet, out_dir, report: _R
         if ctx.task.problem == "completion" else None
     report.phase("export", str(out_dir))
     configuration = export.save(out_dir, model, spec=spec, task=ctx.task, metrics=metrics, records=records,
-                                trace_extra=trace_extra, stock_peft=stock_peft, example=example)
+                                trace_extra=trace_extra, stock_peft=stock_peft, example=example, prior=prior)
     return SearchResult(
         out_dir=str(out_dir), task=ctx.task.name, metric_name=ctx.task.primary_metric,
         metric=metrics[ctx.task.primary_metric], metrics=metrics, trainable_params=model.peft_params(),

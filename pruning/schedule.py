@@ -63,3 +63,37 @@ def kept_ranks(removed_chunks: list[str], rank_scores: dict[tuple[str, str], lis
         order = sorted(range(len(scores)), key=lambda r: (scores[r], r))
         kept[unit, role] = sorted(order[count * step:])
     return kept
+
+
+def spread_ranks(per_rank: dict[str, int], budget: int, most: dict[str, int] | None = None,
+                 tolerance: float = 0.02) -> dict[str, int]:
+    """Ranks for LoRA on every projection at `budget` parameters: the uniform rank nearest the budget (at most
+    `most`'s), then single projections one rank down (largest first, spread over depth) while above the budget,
+    or up while more than `tolerance` below it. `per_rank`: module path -> parameters of one rank component.
+    Rank 1 everywhere is the floor: the result can exceed a budget below that."""
+    cap = most or {}
+    rank = max(1, round(budget / sum(per_rank.values())))
+    ranks = {path: min(rank, cap.get(path, rank)) for path in per_rank}
+    # largest first; within a size, a golden-ratio stride through (layer, projection) order spreads the changes
+    same_size = {path: i for size in set(per_rank.values())
+                 for i, path in enumerate(sorted((p for p in per_rank if per_rank[p] == size), key=_depth_order))}
+    order = sorted(per_rank, key=lambda path: (-per_rank[path], (same_size[path] * 0.618) % 1))
+
+    def total() -> int:
+        return sum(ranks[p] * per_rank[p] for p in ranks)
+
+    for path in order:
+        if total() <= budget:
+            break
+        if ranks[path] > 1:
+            ranks[path] -= 1
+    for path in order:
+        if total() >= budget * (1 - tolerance):
+            break
+        if total() + per_rank[path] <= budget and ranks[path] < cap.get(path, ranks[path] + 1):
+            ranks[path] += 1
+    return ranks
+
+
+def _depth_order(path: str) -> tuple[int, str]:
+    return next(int(part) for part in path.split(".") if part.isdigit()), path

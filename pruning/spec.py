@@ -36,6 +36,7 @@ ROLES = ("q", "k", "v", "o", "ffn_in", "ffn_out")  # projections of a layer, as 
 ADAPTER_ACTIVATIONS = ("relu", "gelu", "silu", "tanh")
 ASSIGNMENT_PRESETS = ("default", "prunepeft", "warmup", "random")
 RETRAIN_MODES = ("fresh", "warm", "continue")
+UNLEARNED_CHOICES = ("prior", "prune")  # what a search does when its supernet never learned the task
 # A search round trains this share of train.steps unless schedule.steps_per_round says otherwise, so the search's
 # share of a run's cost does not depend on the run's length (bench/results/fidelity.md: how its choices move
 # with the rounds' length).
@@ -335,6 +336,12 @@ class ScheduleSpec:
         "prior."))] = 0.05
     learn_check_every: Annotated[Int, Field(ge=1, description=(
         "The learning phase checks the validation loss every this many steps."))] = 10
+    unlearned: Annotated[Literal[UNLEARNED_CHOICES], Field(description=(  # type: ignore[valid-type]
+        "When the learning phase runs out with the supernet's validation loss still not below the threshold, "
+        "its scores are noise, and pruning by noise does worse than not pruning (PrunePEFT Table 5). 'prior': "
+        "keep the search's prior instead, LoRA on every projection of the space at ranks spread evenly to the "
+        "budget (at equal parameters the most reliable choice: LoRA paper Table 5, peft's MetaMathQA "
+        "comparison); not with speed mode, or a budget below rank 1 everywhere. 'prune': prune anyway."))] = "prior"
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,9 @@ from conftest import LAYERS, unit_size
 from pruning.cli import main
 
 ROOT = Path(__file__).parent.parent
-SMALL = ["--budget", "8000", "--rounds", "2", "--steps-per-round", "2", "--steps", "2", "--batch-size", "8"]
+# two steps teach the toy task nothing: prune by the scores anyway, since these tests are about the rounds
+SMALL = ["--budget", "8000", "--rounds", "2", "--steps-per-round", "2", "--steps", "2", "--batch-size", "8",
+         "--unlearned", "prune"]
 WHOLE_QV = ["--lora-targets", "q,v", "--rank-step", "0"]  # the space conftest's sizes are of
 
 
@@ -58,6 +60,18 @@ def test_the_default_space_spreads_lora_over_every_projection_at_rank_grain(tiny
     assert ranks and all(rank in (2, 4, 6, 8) for rank in ranks.values())
     assert result["trainable_params"] <= 8000
     assert any(u["role"] for r in result["rounds"] for u in r["removed"])  # ranks shrank, not only whole units
+
+
+def test_a_search_that_never_learned_says_it_kept_the_prior(tiny_model, toy_task, tmp_path, capsys):
+    out = tmp_path / "out"
+    code = main(["--model", tiny_model, "--train", toy_task[0], "--dev", toy_task[1], "--out", str(out),
+                 *SMALL[:-2]])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    result = json.loads((out / "result.json").read_text())
+    assert result["rounds"] == [] and result["configuration"]["prior"].startswith("the supernet had not learned")
+    assert f"NOTE: {result['configuration']['prior']}" in captured.out
+    assert "configurations passed through" not in captured.out  # no rounds, no front
 
 
 def test_spec_file_with_flag_overrides(tiny_model, toy_task, tmp_path, capsys):

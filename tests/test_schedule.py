@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from pruning.schedule import choose_removals, round_targets
+from pruning.schedule import choose_removals, round_targets, spread_ranks
 
 
 def test_round_targets_are_geometric_and_end_at_the_budget():
@@ -65,3 +65,23 @@ def test_choose_removals_stops_as_soon_as_the_target_is_met(seed):
     mean = total / len(keys)
     order = sorted(keys, key=lambda k: (importance[k] * mean / params[k], k))
     assert removed == order[: len(removed)]  # a prefix of the importance-per-parameter order
+
+
+def test_spread_ranks_land_within_two_percent_below_the_budget():
+    # MiniLM-L6: q, k, v, o take 384 + 384 per rank, FFN in and out 384 + 1536
+    per_rank = {f"layer.{layer}.{p}": 768 for layer in range(6) for p in ("q", "k", "v", "o")}
+    per_rank |= {f"layer.{layer}.{p}": 1920 for layer in range(6) for p in ("ffn_in", "ffn_out")}
+    budget = 6 * 2 * 8 * 768  # LoRA r=8 on q, v: 73,728
+    ranks = spread_ranks(per_rank, budget)
+    total = sum(ranks[p] * per_rank[p] for p in ranks)
+    assert 0.98 * budget <= total <= budget
+    assert set(ranks.values()) <= {1, 2} and list(ranks.values()).count(2) > len(ranks) / 2
+    lowered = sorted(p for p, r in ranks.items() if r == 1)
+    assert all(p.endswith(("ffn_in", "ffn_out")) for p in lowered)  # the largest projections give way first
+    assert len({p.split(".")[1] for p in lowered}) >= min(len(lowered), 6) - 1  # spread over depth
+
+
+def test_spread_ranks_stay_within_what_the_supernet_holds():
+    per_rank = {f"layer.{layer}.{p}": 768 for layer in range(2) for p in ("q", "v")}
+    ranks = spread_ranks(per_rank, budget=100 * 768, most=dict.fromkeys(per_rank, 8))
+    assert set(ranks.values()) == {8}  # the budget would allow 25 each: capped at the supernet's rank

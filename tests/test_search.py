@@ -397,7 +397,8 @@ def test_progress_counts_the_steps_of_the_whole_run(searched):
 
 def test_a_learning_phase_that_ends_early_shrinks_the_plan(make_spec, tmp_path):
     spec = make_spec(train__steps=20, schedule__learn_max_share=0.5, schedule__learn_check_every=2,
-                     schedule__learn_margin=0.99, schedule__rounds=1, schedule__steps_per_round=1)
+                     schedule__learn_margin=0.99, schedule__rounds=1, schedule__steps_per_round=1,
+                     schedule__unlearned="prune")
     events = []
     search(spec, tmp_path / "out", on_progress=events.append)
     learn = json.loads((tmp_path / "out" / "trace.json").read_text())["learn"]

@@ -61,13 +61,37 @@ def test_scoring_begins_once_the_supernet_has_learned(make_spec, tiny_model, tas
     assert result.rounds[0].removed  # and only then did it score and remove
 
 
-def test_a_supernet_that_cannot_learn_is_reported_as_such(make_spec, tiny_model, tasks, tmp_path):
+def test_a_supernet_that_cannot_learn_keeps_the_prior(make_spec, tiny_model, tasks, tmp_path):
+    """Scores of a supernet at chance are noise: the search keeps LoRA on every projection at ranks spread to the
+    budget, says so, and does not train rounds whose choices it would not trust."""
     spec = spec_for(make_spec, tiny_model, tasks["noise"], train__steps=40, schedule__learn_max_share=0.5,
-                    schedule__learn_check_every=5, schedule__eval_examples=48)
-    search(spec, tmp_path / "out")
-    learn = json.loads((tmp_path / "out" / "trace.json").read_text())["learn"]
+                    schedule__learn_check_every=5, schedule__eval_examples=48, budget=3000)
+    events = []
+    result = search(spec, tmp_path / "out", on_progress=events.append)
+    trace = json.loads((tmp_path / "out" / "trace.json").read_text())
+    learn = trace["learn"]
     assert learn["learned"] is False and learn["step"] == learn["max_steps"] == 20
     assert learn["validation_loss"] >= learn["threshold"]
+    assert result.rounds == [] and result.front == []
+    layers = len(result.configuration["layers"])
+    assert set(result.configuration["units"]) == {f"lora.{layer}" for layer in range(layers)}
+    ranks = result.configuration["lora_ranks"]
+    assert {path.rsplit(".", 1)[-1] for path in ranks} == {"query", "value"} and len(ranks) == 2 * layers
+    assert 0.98 * 3000 <= result.trainable_params <= 3000 and len(set(ranks.values())) <= 2  # evenly spread
+    assert trace["prior"]["lora_ranks"] == ranks
+    assert result.configuration["prior"] == trace["prior"]["reason"]
+    assert "had not learned the task after 20 steps" in result.configuration["prior"]
+    assert "No pruning rounds: the supernet had not learned" in (tmp_path / "out" / "README.md").read_text()
+    assert not [e for e in events if e.kind == "step" and e.round is not None]
+    assert events[-1].done_steps == events[-1].total_steps == 20 + 40  # the rounds left the plan
+
+
+def test_a_supernet_that_cannot_learn_is_pruned_anyway_when_asked(make_spec, tiny_model, tasks, tmp_path):
+    spec = spec_for(make_spec, tiny_model, tasks["noise"], train__steps=40, schedule__learn_max_share=0.5,
+                    schedule__learn_check_every=5, schedule__eval_examples=48, schedule__unlearned="prune")
+    result = search(spec, tmp_path / "out")
+    assert result.configuration["prior"] is None and len(result.rounds) == 3
+    assert json.loads((tmp_path / "out" / "trace.json").read_text())["prior"] is None
 
 
 def test_the_validation_split_comes_from_train_and_is_held_out(make_spec, tasks):
@@ -93,7 +117,7 @@ def test_the_survivors_depend_on_the_data(make_spec, tasks, tmp_path, layers):
     for name in ("sentiment", "length"):
         spec = spec_for(make_spec, model, tasks[name], budget=3 * layers * 1000, train__steps=100,
                         schedule__learn_max_share=0.5, schedule__learn_check_every=5, schedule__eval_examples=48,
-                        schedule__steps_per_round=5)
+                        schedule__steps_per_round=5, schedule__unlearned="prune")  # scored, learned or not
         result = search(spec, tmp_path / name)
         configurations[name] = result.configuration["units"]
         scores = [u.score for r in result.rounds for u in r.removed]

@@ -38,7 +38,7 @@ from store.settings import Settings, get_settings
 from .support import ROOT, TINY, TINY_SEARCH, free_port, wait_until
 
 # A search the test cancels: far longer than the test (the worker stops it at its next heartbeat).
-LONG_SEARCH = {"schedule": {"rounds": 2, "steps_per_round": 50_000, "eval_examples": 64},
+LONG_SEARCH = {"schedule": {"rounds": 2, "steps_per_round": 50_000, "eval_examples": 64, "unlearned": "prune"},
                "train": {"steps": 50_000, "batch_size": 16, "max_length": 32}}
 HOLD_AT_MOST_S = 60  # a held answer is let go after this, should the client never come back (a failing test)
 

@@ -34,7 +34,7 @@ STATIC = ROOT / "api" / "dashboard" / "static"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
 # A job that trains until it is cancelled (minutes on the tiny model): the cancel button's subject.
-LONG_SEARCH = {"schedule": {"rounds": 2, "steps_per_round": 20000, "eval_examples": 16},
+LONG_SEARCH = {"schedule": {"rounds": 2, "steps_per_round": 20000, "eval_examples": 16, "unlearned": "prune"},
                "train": {"steps": 20000, "batch_size": 8, "max_length": 16}}
 
 

@@ -52,7 +52,7 @@ def read(settings, job_id: str) -> tuple[Job, list[str], list[int]]:
 
 
 def test_cancelling_a_running_job_stops_the_search(settings, submit):
-    job_id = submit({"schedule": {"rounds": 2, "steps_per_round": 100000}, "train": {"batch_size": 8}})
+    job_id = submit({"schedule": {"rounds": 2, "steps_per_round": 100000, "unlearned": "prune"}, "train": {"batch_size": 8}})
     outcome = []
     runner = threading.Thread(target=lambda: outcome.append(run_job(job_id, settings)))
     runner.start()
@@ -69,7 +69,7 @@ def test_cancelling_a_running_job_stops_the_search(settings, submit):
 
 
 def test_a_killed_worker_is_reaped_and_the_next_attempt_resumes(settings, submit, tmp_path):
-    job_id = submit({"schedule": {"rounds": 2, "steps_per_round": 20, "eval_examples": 32},
+    job_id = submit({"schedule": {"rounds": 2, "steps_per_round": 20, "eval_examples": 32, "unlearned": "prune"},
                      "train": {"steps": 20, "batch_size": 8, "max_length": 32}})
     env = {"DATABASE_URL": settings.db_url, "PEFTSEARCH_HOME": str(settings.home),
            "PEFTSEARCH_MODELS": json.dumps(settings.models), "PEFTSEARCH_HEARTBEAT_S": "0.2"}

@@ -569,7 +569,8 @@ function heatMap(config) {
           : h("td", { class: "off", "data-kind": kinds[k] }, "–"))))))),
     h("div", { class: "hint", style: "margin-top:6px" },
       `${config.units.length} modules kept; darker = larger rank or size in its column; – = pruned.`,
-      config.pruned_layers.length ? ` Layers without any module: ${config.pruned_layers.join(", ")}.` : ""));
+      config.pruned_layers.length ? ` Layers without any module: ${config.pruned_layers.join(", ")}.` : "",
+      config.prior ? ` No pruning rounds: ${config.prior}.` : ""));
 }
 
 function roundsTable(rounds) {
