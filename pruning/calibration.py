@@ -8,19 +8,68 @@ averages it over a few units of each type, and that mean is the type's importanc
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 FLOOR = 1e-6  # a type whose units do not help at all still gets an ordering, by its criteria
+# The layer outputs the ablations replay are kept up to this many bytes; layers beyond it are recomputed.
+REPLAY_BYTES = 1 << 30
 
 
-def unit_ablation(supernet, data, keys, batch_size: int, pad_id: int, device) -> dict[str, float]:
-    """unit key -> (loss on `data` with that unit alone switched off) - (loss with every unit on)."""
-    from .train import mean_loss  # torch: this module's other functions are plain Python
+def unit_ablation(supernet, data, keys, batch_size: int, pad_id: int, device,
+                  replay_bytes: int = REPLAY_BYTES) -> dict[str, float]:
+    """unit key -> (loss on `data` with that unit alone switched off) - (loss with every unit on).
 
-    reference = mean_loss(supernet, data, batch_size, pad_id, device)
+    A unit lives in one layer, so the layers below it compute exactly what they computed for the reference: each
+    ablation replays their outputs, recorded during the reference pass, and runs only from the unit's layer on
+    (about 40% of the passes' work saved on six layers, more on deep models)."""
+    from .arch import layers_of
+    from .train import by_length, mean_loss  # torch: this module's other functions are plain Python
+
+    layers = list(layers_of(supernet.model, supernet.arch))
+    deepest = max((supernet.unit(key).layer for key in keys), default=0)
+    order = by_length(data)  # mean_loss's batches: widest example of each times its size, per layer
+    per_layer = 4 * supernet.model.config.hidden_size * sum(
+        len(order[i:i + batch_size]) * len(data.input_ids[order[min(i + batch_size, len(order)) - 1]])
+        for i in range(0, len(order), batch_size))
+    replay = _LayerReplay(layers[:min(deepest, replay_bytes // max(per_layer, 1))])
+    with replay.recording():
+        reference = mean_loss(supernet, data, batch_size, pad_id, device)
     out = {}
     for key in keys:
-        with supernet.unit(key).switched_off():
+        unit = supernet.unit(key)
+        with unit.switched_off(), replay.below(unit.layer):
             out[key] = mean_loss(supernet, data, batch_size, pad_id, device) - reference
     return out
+
+
+class _LayerReplay:
+    """Records what each of `layers` returns, call after call, then makes the first few return it again instead
+    of computing (their submodules, and any unit hooked into them, are not called)."""
+
+    def __init__(self, layers):
+        self.layers, self.outputs = layers, [[] for _ in layers]
+
+    @contextmanager
+    def recording(self):
+        handles = [layer.register_forward_hook(lambda _m, _i, output, kept=kept: kept.append(output))
+                   for layer, kept in zip(self.layers, self.outputs, strict=True)]
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    @contextmanager
+    def below(self, depth: int):
+        replayed = self.layers[:depth]
+        for layer, kept in zip(replayed, self.outputs[:depth], strict=True):
+            calls = iter(kept)
+            layer.forward = lambda *_args, calls=calls, **_kwargs: next(calls)
+        try:
+            yield
+        finally:
+            for layer in replayed:
+                del layer.forward  # the class's forward again
 
 
 def sample_per_type(keys: list[str], per_type: int) -> list[str]:

@@ -1,0 +1,71 @@
+"""The calibration's ablations: replaying the outputs of the layers below a unit gives exactly the losses that
+recomputing them gives, on an encoder and on a decoder with grouped-query attention, and it skips their work."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from pruning import SpaceSpec
+from pruning.arch import layers_of
+from pruning.calibration import unit_ablation
+from pruning.train import IGNORE, Encoded
+from tests.tiny import make_tiny_llama
+
+CPU = torch.device("cpu")
+
+
+def _supernet(model_dir: str, labels: int, problem: str):
+    from pruning.backbones import load_model
+    from pruning.supernet import Supernet
+
+    torch.manual_seed(0)
+    supernet = Supernet(load_model(model_dir, labels, problem), SpaceSpec()).eval()
+    with torch.no_grad():  # trained units: each one changes the loss (fresh LoRA and prefixes would not)
+        for unit in supernet.units.values():
+            for parameter in unit.trainable():
+                parameter.normal_(0, 0.2)
+    return supernet
+
+
+def _data(problem: str, n: int = 21) -> Encoded:
+    rng = random.Random(0)
+    ids = [[rng.randrange(5, 90) for _ in range(rng.randrange(4, 16))] for _ in range(n)]
+    if problem == "completion":  # the loss on the second half of each row
+        labels = [[IGNORE] * (len(row) // 2) + row[len(row) // 2:] for row in ids]
+        return Encoded(ids, None, labels, problem)
+    return Encoded(ids, [[0] * len(row) for row in ids], [rng.randrange(2) for _ in ids], problem)
+
+
+@pytest.fixture(scope="module")
+def llama_dir(tmp_path_factory) -> str:
+    return str(make_tiny_llama(tmp_path_factory.mktemp("tiny-llama")))
+
+
+@pytest.mark.parametrize("model", ["bert", "llama"])
+def test_replaying_the_layers_below_a_unit_changes_no_loss(model, tiny_model, llama_dir):
+    problem = "classification" if model == "bert" else "completion"
+    supernet = _supernet(tiny_model if model == "bert" else llama_dir, 2 if model == "bert" else 1, problem)
+    data, keys = _data(problem), supernet.unit_keys()
+    recomputed = unit_ablation(supernet, data, keys, 8, 0, CPU, replay_bytes=0)
+    assert len({round(v, 6) for v in recomputed.values()}) > len(keys) // 2  # the units matter, differently
+    one_layer = 4 * supernet.model.config.hidden_size * 8 * 16 * 3  # what about one layer's outputs take
+    for replay_bytes in (one_layer, 1 << 30):  # the first layer replayed only; every layer below the unit's
+        replayed = unit_ablation(supernet, data, keys, 8, 0, CPU, replay_bytes=replay_bytes)
+        assert replayed.keys() == recomputed.keys()
+        assert all(replayed[k] == pytest.approx(recomputed[k], abs=1e-6) for k in keys)
+
+
+def test_a_replayed_layer_is_not_computed(tiny_model):
+    supernet = _supernet(tiny_model, 2, "classification")
+    data, keys = _data("classification"), ["lora.2", "adapter.3", "prefix.1"]
+    calls = []
+    first = layers_of(supernet.model, supernet.arch)[0]
+    handle = first.attention.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        unit_ablation(supernet, data, keys, 8, 0, CPU)
+    finally:
+        handle.remove()
+    assert len(calls) == 3  # the reference's three batches; none for the ablations, all of them above layer 0
