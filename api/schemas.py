@@ -63,11 +63,13 @@ PHASE = f"One of {', '.join(PHASES)}."
 Progress = body_of(ProgressEvent, "Progress", exclude=("kind", "record"), doc="The latest progress of a job.",
                    phase=PHASE, done_steps="Training steps of the whole run done so far (all phases).",
                    total_steps="Training steps planned for the whole run (shrinks when learning ends early, unless "
-                               "retrain is 'continue': those steps go to the retraining).",
+                               "retrain is 'continue': those steps go to the retraining; shrinks by the rounds "
+                               "when the search keeps its prior).",
                    eta_s="Estimated seconds left, at the pace of the steps done so far.")
 # The search's outcome (pruning.SearchResult without its rounds: GET /v1/jobs/{id}/rounds has those).
 JobResult = body_of(SearchResult, "JobResult", exclude=("out_dir", "rounds"), doc="The search's outcome.",
-                    configuration="Module type per layer, ranks, sizes, backbone record.")
+                    configuration="Module type per layer, ranks, sizes, backbone record; `prior`: why the "
+                                  "search kept its prior instead of pruning, if it did.")
 RoundOut = body_of(RoundRecord, "RoundOut", doc="One search round.")
 
 

@@ -253,8 +253,19 @@ def report(store: Store, command: str) -> tuple[dict, str]:
             "commits": {m: sorted({r.get("commit") or "not recorded" for r in rows if r["method"] == m})
                         for m in METHODS if any(r["method"] == m for r in rows)},
             "cpus": sorted({r.get("cpu") or "not recorded" for r in rows}),
-            "targets": _targets(table, versus), "stale_rows": stale}
+            "targets": _targets(table, versus), "stale_rows": stale, "prior_kept": _prior_kept(rows)}
     return data, _markdown(data)
+
+
+def _prior_kept(rows: list[dict]) -> dict:
+    """method -> task -> seeds of the searches that ran no round: their supernet had not learned the task by the
+    end of its learning phase, so they kept the prior (schedule.unlearned)."""
+    kept: dict = {}
+    for r in rows:
+        if r["method"] in ("random", "peftsearch") and (r.get("learn") or {}).get("learned") is False \
+                and r.get("rounds") == []:
+            kept.setdefault(r["method"], {}).setdefault(r["task"], []).append(r["seed"])
+    return {m: {t: sorted(seeds) for t, seeds in tasks.items()} for m, tasks in kept.items()}
 
 
 def _versus(rows: list[dict], table: dict, tasks: list[str], other: str) -> dict:
@@ -329,6 +340,11 @@ def _markdown(data: dict) -> str:
                           for t, per in v["per_seed"].items())
         lines += ["", f"peftsearch minus {other}, over {', '.join(v['tasks'])}: {v['points']:+.2f} points "
                       f"(per seed: {seeds})"]
+    for method, tasks in data["prior_kept"].items():
+        lines += ["", f"{method} kept its prior (LoRA on every projection at the budget; no round ran: the supernet "
+                      "had not learned the task by the end of its learning phase) on: " + "; ".join(
+                          f"{t} seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}"
+                          for t, seeds in tasks.items()) + "."]
     lines += ["", "CPUs the runs were on (wall times compare only within one): " + "; ".join(data["cpus"]) + "."]
     lines += ["", "Code measured (commit per method): " + "; ".join(
         f"{method} {', '.join(commits)}" for method, commits in data["commits"].items()) + "."]

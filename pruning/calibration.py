@@ -11,8 +11,10 @@ from __future__ import annotations
 from contextlib import contextmanager
 
 FLOOR = 1e-6  # a type whose units do not help at all still gets an ordering, by its criteria
-# The layer outputs the ablations replay are kept up to this many bytes; layers beyond it are recomputed.
+# The layer outputs the ablations replay are kept up to this many bytes (on an accelerator, up to a quarter of its
+# free memory); the layers beyond are recomputed.
 REPLAY_BYTES = 1 << 30
+FLOAT_BYTES = 4  # a layer output's element, at most (float32; bf16 under autocast takes half)
 
 
 def unit_ablation(supernet, data, keys, batch_size: int, pad_id: int, device,
@@ -21,17 +23,19 @@ def unit_ablation(supernet, data, keys, batch_size: int, pad_id: int, device,
 
     A unit lives in one layer, so the layers below it compute exactly what they computed for the reference: each
     ablation replays their outputs, recorded during the reference pass, and runs only from the unit's layer on
-    (about 40% of the passes' work saved on six layers, more on deep models)."""
-    from .arch import layers_of
-    from .train import by_length, mean_loss  # torch: this module's other functions are plain Python
+    (what it saves: bench/results/replay.md)."""
+    import torch
 
+    from .arch import layers_of
+    from .train import eval_batches, mean_loss  # torch: this module's other functions are plain Python
+
+    if device.type == "cuda":
+        replay_bytes = min(replay_bytes, torch.cuda.mem_get_info(device)[0] // 4)
     layers = list(layers_of(supernet.model, supernet.arch))
     deepest = max((supernet.unit(key).layer for key in keys), default=0)
-    order = by_length(data)  # mean_loss's batches: widest example of each times its size, per layer
-    per_layer = 4 * supernet.model.config.hidden_size * sum(
-        len(order[i:i + batch_size]) * len(data.input_ids[order[min(i + batch_size, len(order)) - 1]])
-        for i in range(0, len(order), batch_size))
-    replay = _LayerReplay(layers[:min(deepest, replay_bytes // max(per_layer, 1))])
+    bytes_per_layer = FLOAT_BYTES * supernet.model.config.hidden_size * sum(  # mean_loss's padded batches
+        len(batch) * max(len(data.input_ids[i]) for i in batch) for batch in eval_batches(data, batch_size))
+    replay = _LayerReplay(layers[:min(deepest, replay_bytes // max(bytes_per_layer, 1))])
     with replay.recording():
         reference = mean_loss(supernet, data, batch_size, pad_id, device)
     out = {}
@@ -62,14 +66,30 @@ class _LayerReplay:
     @contextmanager
     def below(self, depth: int):
         replayed = self.layers[:depth]
+        own = [layer.__dict__.get("forward") for layer in replayed]  # a forward set on the instance, if any
         for layer, kept in zip(replayed, self.outputs[:depth], strict=True):
-            calls = iter(kept)
-            layer.forward = lambda *_args, calls=calls, **_kwargs: next(calls)
+            layer.forward = _replaying(kept)
         try:
             yield
         finally:
-            for layer in replayed:
-                del layer.forward  # the class's forward again
+            for layer, forward in zip(replayed, own, strict=True):
+                if forward is None:
+                    del layer.forward  # the class's forward again
+                else:
+                    layer.forward = forward
+
+
+def _replaying(kept: list):
+    calls = iter(kept)
+
+    def forward(*_args, **_kwargs):
+        output = next(calls, None)
+        if output is None:
+            raise RuntimeError(f"a replayed layer was called more often than the {len(kept)} times recorded: "
+                               "the ablation's batches differ from the reference's")
+        return output
+
+    return forward
 
 
 def sample_per_type(keys: list[str], per_type: int) -> list[str]:

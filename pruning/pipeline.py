@@ -95,6 +95,10 @@ class _Reporter:
         if not self.within:
             self.total -= unused
 
+    def extend(self, steps: int) -> None:
+        """Steps beyond the plan (the prior's retraining: the search's steps trained a supernet it discards)."""
+        self.total += steps
+
     def phase(self, name: str, message: str = "") -> None:
         self.phase_name = name
         self.emit(kind="phase", message=message)
@@ -258,7 +262,7 @@ def search(spec: SearchSpec, out_dir: str | Path, *, on_progress: ProgressCallba
     budget = budget_params(spec.budget, backbone_before)
     targets = round_targets(state.start_params, budget, schedule.rounds)
     prior = _prior(ctx, supernet, state, budget)
-    if prior is not None:
+    if prior:
         report.phase("search", prior["reason"])
         report.replan(schedule.rounds * spec.round_steps())
     else:
@@ -277,7 +281,7 @@ def search(spec: SearchSpec, out_dir: str | Path, *, on_progress: ProgressCallba
                                           lower_is_better=ctx.task.primary_metric in LOWER_IS_BETTER)
     state.search_wall_s = search_wall()
 
-    if prior is not None or spec.retrain == "fresh":  # the prior is new to the supernet: it starts afresh too
+    if prior or spec.retrain == "fresh":  # the prior is new to the supernet: it starts afresh too
         survivors, rebuild = (prior["units"], {"lora_ranks": prior["lora_ranks"]}) if prior else \
             (supernet.unit_keys(), {"lora_ranks": supernet.lora_ranks(), "backbone": supernet.backbone_record,
                                     "scales": supernet.backbone_scales})
@@ -285,9 +289,10 @@ def search(spec: SearchSpec, out_dir: str | Path, *, on_progress: ProgressCallba
         set_seed(spec.seed)
         supernet = ctx.supernet(survivors, **rebuild)
     searched = searched_steps(spec, state)
-    steps = retrain_steps(spec, searched)
+    steps = spec.train.steps if prior else retrain_steps(spec, searched)  # the prior owes nothing to the search
+    report.extend(steps - retrain_steps(spec, searched))
     # 'continue' goes on with trained units: its learning rate decays from the peak at once, no second warm-up
-    warmup_ratio = 0.0 if spec.retrain == "continue" and prior is None else spec.train.warmup_ratio
+    warmup_ratio = 0.0 if spec.retrain == "continue" and not prior else spec.train.warmup_ratio
     result = _retrain_evaluate_export(ctx, supernet, out_dir, report, should_stop, budget=budget, steps=steps,
                                       warmup_ratio=warmup_ratio,
                                       backbone_before=backbone_before, records=state.records,

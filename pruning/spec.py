@@ -341,7 +341,8 @@ class ScheduleSpec:
         "its scores are noise, and pruning by noise does worse than not pruning (PrunePEFT Table 5). 'prior': "
         "keep the search's prior instead, LoRA on every projection of the space at ranks spread evenly to the "
         "budget (at equal parameters the most reliable choice: LoRA paper Table 5, peft's MetaMathQA "
-        "comparison); not with speed mode, or a budget below rank 1 everywhere. 'prune': prune anyway."))] = "prior"
+        "comparison), trained for all of train.steps; not with speed mode, a space without LoRA, or a budget below "
+        "rank 1 everywhere. 'prune': prune anyway."))] = "prior"
 
 
 @dataclass(frozen=True)

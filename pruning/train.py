@@ -255,9 +255,8 @@ def mean_loss(model: torch.nn.Module, data: Encoded, batch_size: int, pad_id: in
     """The training loss (without regularisers) averaged over `data`, in eval mode."""
     model.eval()
     total, count = 0.0, 0
-    order = by_length(data)
-    for start in range(0, len(order), batch_size):
-        batch = collate(data, order[start:start + batch_size], pad_id, device)
+    for indices in eval_batches(data, batch_size):
+        batch = collate(data, indices, pad_id, device)
         labels = batch.pop("labels")
         with autocast(device):
             logits = model(**batch)
@@ -269,10 +268,11 @@ def mean_loss(model: torch.nn.Module, data: Encoded, batch_size: int, pad_id: in
     return total / max(count, 1)
 
 
-def by_length(data: Encoded) -> list[int]:
-    """Example indices, shortest first: evaluation batches of similar lengths pad little (on a CPU, half the
-    work of a batch of mixed lengths on SST-2)."""
-    return sorted(range(len(data)), key=lambda i: len(data.input_ids[i]))
+def eval_batches(data: Encoded, batch_size: int) -> list[list[int]]:
+    """The example indices of each evaluation batch, shortest examples first: batches of similar lengths pad
+    little (on a CPU, half the work of a batch of mixed lengths on SST-2)."""
+    order = sorted(range(len(data)), key=lambda i: len(data.input_ids[i]))
+    return [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
 
 
 def chance_loss(data: Encoded) -> float:
@@ -293,10 +293,8 @@ def predict(model: torch.nn.Module, data: Encoded, batch_size: int, pad_id: int,
             device: torch.device) -> np.ndarray:
     """Class indices (classification) or values (regression), in the data's order."""
     model.eval()
-    order = by_length(data)
     out = np.zeros(len(data), dtype=float if data.problem == "regression" else int)
-    for start in range(0, len(order), batch_size):
-        indices = order[start:start + batch_size]
+    for indices in eval_batches(data, batch_size):
         batch = collate(data, indices, pad_id, device)
         batch.pop("labels")
         with autocast(device):

@@ -47,6 +47,18 @@ def test_targets_compare_peftsearch_with_each_method_over_every_task_both_ran():
            "mrpc: seed 0 -1.00, seed 1 +1.00)" in markdown
 
 
+def test_the_searches_that_kept_their_prior_are_named():
+    unlearned = {"learn": {"learned": False}, "rounds": []}
+    rows = [run("cola", "peftsearch", 0.2, seed=2, **unlearned), run("cola", "peftsearch", 0.2, **unlearned),
+            run("cola", "peftsearch", 0.2, seed=1, learn={"learned": True}, rounds=[{"round": 1}]),
+            run("sst2", "peftsearch", 0.8, learn={"learned": False}, rounds=[{"round": 1}]),  # pruned anyway
+            run("cola", "lora", 0.2)]
+    data, markdown = report(SimpleNamespace(rows=rows), "cmd")
+    assert data["prior_kept"] == {"peftsearch": {"cola": [0, 2]}}
+    assert "peftsearch kept its prior (LoRA on every projection at the budget; no round ran: the supernet had " \
+           "not learned the task by the end of its learning phase) on: cola seeds 0, 2." in markdown
+
+
 def test_more_params_than_lora_fails_the_params_target():
     rows = [run("sst2", "lora", 0.80), run("sst2", "peftsearch", 0.90, params=1001)]
     targets = report(SimpleNamespace(rows=rows), "cmd")[0]["targets"]

@@ -10,8 +10,8 @@ import torch
 
 from pruning import SpaceSpec
 from pruning.arch import layers_of
-from pruning.calibration import unit_ablation
-from pruning.train import IGNORE, Encoded
+from pruning.calibration import FLOAT_BYTES, unit_ablation
+from pruning.train import IGNORE, Encoded, eval_batches
 from tests.tiny import make_tiny_llama
 
 CPU = torch.device("cpu")
@@ -51,11 +51,24 @@ def test_replaying_the_layers_below_a_unit_changes_no_loss(model, tiny_model, ll
     data, keys = _data(problem), supernet.unit_keys()
     recomputed = unit_ablation(supernet, data, keys, 8, 0, CPU, replay_bytes=0)
     assert len({round(v, 6) for v in recomputed.values()}) > len(keys) // 2  # the units matter, differently
-    one_layer = 4 * supernet.model.config.hidden_size * 8 * 16 * 3  # what about one layer's outputs take
-    for replay_bytes in (one_layer, 1 << 30):  # the first layer replayed only; every layer below the unit's
-        replayed = unit_ablation(supernet, data, keys, 8, 0, CPU, replay_bytes=replay_bytes)
+    one_layer = FLOAT_BYTES * supernet.model.config.hidden_size * sum(  # one layer's outputs, padded batches
+        len(batch) * max(len(data.input_ids[i]) for i in batch) for batch in eval_batches(data, 8))
+    layers = layers_of(supernet.model, supernet.arch)
+    for replayed_layers, replay_bytes in ((1, one_layer), (len(layers) - 1, 1 << 30)):
+        calls = [0] * len(layers)
+        handles = [layer.get_submodule(supernet.arch.attention).register_forward_hook(
+            lambda *_, i=i, calls=calls: calls.__setitem__(i, calls[i] + 1)) for i, layer in enumerate(layers)]
+        try:
+            replayed = unit_ablation(supernet, data, keys, 8, 0, CPU, replay_bytes=replay_bytes)
+        finally:
+            for handle in handles:
+                handle.remove()
         assert replayed.keys() == recomputed.keys()
         assert all(replayed[k] == pytest.approx(recomputed[k], abs=1e-6) for k in keys)
+        # three batches: once for the reference, then once for each ablation at or below the layer, unless replayed
+        for i in range(len(layers)):
+            ablations = sum(supernet.unit(k).layer <= i for k in keys) if i < replayed_layers else len(keys)
+            assert calls[i] == 3 * (1 + ablations), (replay_bytes, i)
 
 
 def test_a_replayed_layer_is_not_computed(tiny_model):

@@ -61,11 +61,13 @@ def test_scoring_begins_once_the_supernet_has_learned(make_spec, tiny_model, tas
     assert result.rounds[0].removed  # and only then did it score and remove
 
 
-def test_a_supernet_that_cannot_learn_keeps_the_prior(make_spec, tiny_model, tasks, tmp_path):
+@pytest.mark.parametrize("retrain", ["warm", "continue"])
+def test_a_supernet_that_cannot_learn_keeps_the_prior(make_spec, tiny_model, tasks, tmp_path, retrain):
     """Scores of a supernet at chance are noise: the search keeps LoRA on every projection at ranks spread to the
-    budget, says so, and does not train rounds whose choices it would not trust."""
+    budget, says so, does not train rounds whose choices it would not trust, and trains the prior for all of
+    train.steps (with 'continue' too: the learning phase trained a supernet the prior does not keep)."""
     spec = spec_for(make_spec, tiny_model, tasks["noise"], train__steps=40, schedule__learn_max_share=0.5,
-                    schedule__learn_check_every=5, schedule__eval_examples=48, budget=3000)
+                    schedule__learn_check_every=5, schedule__eval_examples=48, budget=3000, retrain=retrain)
     events = []
     result = search(spec, tmp_path / "out", on_progress=events.append)
     trace = json.loads((tmp_path / "out" / "trace.json").read_text())
@@ -83,6 +85,7 @@ def test_a_supernet_that_cannot_learn_keeps_the_prior(make_spec, tiny_model, tas
     assert "had not learned the task after 20 steps" in result.configuration["prior"]
     assert "No pruning rounds: the supernet had not learned" in (tmp_path / "out" / "README.md").read_text()
     assert not [e for e in events if e.kind == "step" and e.round is not None]
+    assert trace["retrain_steps"] == 40
     assert events[-1].done_steps == events[-1].total_steps == 20 + 40  # the rounds left the plan
 
 

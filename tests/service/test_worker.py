@@ -52,7 +52,8 @@ def read(settings, job_id: str) -> tuple[Job, list[str], list[int]]:
 
 
 def test_cancelling_a_running_job_stops_the_search(settings, submit):
-    job_id = submit({"schedule": {"rounds": 2, "steps_per_round": 100000, "unlearned": "prune"}, "train": {"batch_size": 8}})
+    job_id = submit({"schedule": {"rounds": 2, "steps_per_round": 100000, "unlearned": "prune"},
+                     "train": {"batch_size": 8}})
     outcome = []
     runner = threading.Thread(target=lambda: outcome.append(run_job(job_id, settings)))
     runner.start()

@@ -307,7 +307,7 @@ function jobView(id) {
     sections.loss.replaceChildren(lossChart(state.loss, state.rounds));
     sections.trajectory.replaceChildren(trajectoryChart(state.rounds, job));
     sections.heatmap.replaceChildren(heatMap(job.result && job.result.configuration));
-    sections.rounds.replaceChildren(roundsTable(state.rounds));
+    sections.rounds.replaceChildren(roundsTable(state.rounds, job));
     sections.events.replaceChildren(eventsTable(state.events));
   };
 
@@ -502,8 +502,16 @@ function lossChart(samples, rounds) {
     h("div", { class: "hint" }, "Mean training loss per search round (the job ended before this page sampled it)."));
 }
 
+// Why a finished job has no rounds: its supernet never learned the task, so the search kept its prior.
+const priorNote = (job) => job.result?.configuration?.prior;
+
+function noRounds(job, waiting, id) {
+  const prior = priorNote(job);
+  return h("div", { class: "empty", ...(id ? { id } : {}) }, prior ? `No pruning rounds: ${prior}.` : waiting);
+}
+
 function trajectoryChart(rounds, job) {
-  if (!rounds.length) return h("div", { class: "empty", id: "trajectory" }, "No search round has finished yet.");
+  if (!rounds.length) return noRounds(job, "No search round has finished yet.", "trajectory");
   const xs = rounds.map((r) => r.round);
   const params = rounds.flatMap((r) => [r.trainable_params, r.target_params]);
   const budget = job.result ? job.result.budget_params : null;
@@ -573,8 +581,8 @@ function heatMap(config) {
       config.prior ? ` No pruning rounds: ${config.prior}.` : ""));
 }
 
-function roundsTable(rounds) {
-  if (!rounds.length) return h("div", { class: "empty" }, "No rounds yet.");
+function roundsTable(rounds, job) {
+  if (!rounds.length) return noRounds(job, "No rounds yet.");
   return h("table", { id: "rounds" },
     h("thead", {}, h("tr", {}, h("th", {}, "round"), h("th", { class: "num" }, "params left"),
       h("th", { class: "num" }, "target"), h("th", { class: "num" }, "validation metric"), h("th", { class: "num" }, "train loss"),
