@@ -20,6 +20,7 @@ def fit_adalora(spec, target_r: int = 8) -> dict:
     from peft import AdaLoraConfig, get_peft_model
     from transformers import set_seed
 
+    from pruning.arch import architecture_of, head_parameters
     from pruning.backbones import load_model, load_tokenizer, peak_memory_mb
     from pruning.data import load_task
     from pruning.regression import fold, standardise_head
@@ -39,7 +40,9 @@ def fit_adalora(spec, target_r: int = 8) -> dict:
                            lora_dropout=0.1, target_modules=list(TARGETS), tinit=round(0.1 * steps),
                            tfinal=round(0.2 * steps), deltaT=max(1, steps // 30), total_step=steps)
     model = get_peft_model(base, config)
-    for p in base.classifier.parameters():  # the head trains in place (not a modules_to_save copy): fold needs it
+    # the task head trains in place (not a modules_to_save copy: fold needs it), the modules every other method
+    # trains as the head (the architecture map's: BERT's classifier, LLaMA's score)
+    for p in head_parameters(base, architecture_of(base)):
         p.requires_grad = True
     initial = _ranks(model)
 
