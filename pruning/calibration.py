@@ -33,8 +33,9 @@ def unit_ablation(supernet, data, keys, batch_size: int, pad_id: int, device,
         replay_bytes = min(replay_bytes, torch.cuda.mem_get_info(device)[0] // 4)
     layers = list(layers_of(supernet.model, supernet.arch))
     deepest = max((supernet.unit(key).layer for key in keys), default=0)
-    bytes_per_layer = FLOAT_BYTES * supernet.model.config.hidden_size * sum(  # mean_loss's padded batches
-        len(batch) * max(len(data.input_ids[i]) for i in batch) for batch in eval_batches(data, batch_size))
+    widths = [(len(batch), max(len(data.input_ids[i]) for i in batch))  # mean_loss's batches, padded
+              for batch in eval_batches(data.input_ids, batch_size)]
+    bytes_per_layer = FLOAT_BYTES * supernet.model.config.hidden_size * sum(rows * width for rows, width in widths)
     replay = _LayerReplay(layers[:min(deepest, replay_bytes // max(bytes_per_layer, 1))])
     with replay.recording():
         reference = mean_loss(supernet, data, batch_size, pad_id, device)

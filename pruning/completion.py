@@ -13,7 +13,7 @@ import torch
 from .data import Completion
 from .data.loaders import COMPLETION_LOSSES
 from .data.metrics import COMPLETION_METRICS, exact_match
-from .train import IGNORE, Encoded, autocast, mean_loss
+from .train import IGNORE, Encoded, autocast, eval_batches, mean_loss
 
 EXACT_MATCH_TOKENS = 8  # completions this short (before their end token) are answers: exact match scores them too
 
@@ -114,9 +114,7 @@ def greedy_completions(model: torch.nn.Module, prompts: list[list[int]], max_new
     is read at the last position."""
     model.eval()
     out: list[list[int]] = [[] for _ in prompts]
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    for start in range(0, len(order), batch_size):
-        rows = order[start:start + batch_size]
+    for rows in eval_batches(prompts, batch_size):
         for _ in range(max(max_new_tokens[i] for i in rows)):
             live = [i for i in rows if len(out[i]) < max_new_tokens[i] and not (out[i] and out[i][-1] == eos_id)]
             if not live:

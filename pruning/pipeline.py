@@ -289,8 +289,9 @@ def search(spec: SearchSpec, out_dir: str | Path, *, on_progress: ProgressCallba
         set_seed(spec.seed)
         supernet = ctx.supernet(survivors, **rebuild)
     searched = searched_steps(spec, state)
-    steps = spec.train.steps if prior else retrain_steps(spec, searched)  # the prior owes nothing to the search
-    report.extend(steps - retrain_steps(spec, searched))
+    planned = retrain_steps(spec, searched)
+    steps = spec.train.steps if prior else planned  # the prior owes nothing to the search's training
+    report.extend(steps - planned)
     # 'continue' goes on with trained units: its learning rate decays from the peak at once, no second warm-up
     warmup_ratio = 0.0 if spec.retrain == "continue" and not prior else spec.train.warmup_ratio
     result = _retrain_evaluate_export(ctx, supernet, out_dir, report, should_stop, budget=budget, steps=steps,

@@ -255,7 +255,7 @@ def mean_loss(model: torch.nn.Module, data: Encoded, batch_size: int, pad_id: in
     """The training loss (without regularisers) averaged over `data`, in eval mode."""
     model.eval()
     total, count = 0.0, 0
-    for indices in eval_batches(data, batch_size):
+    for indices in eval_batches(data.input_ids, batch_size):
         batch = collate(data, indices, pad_id, device)
         labels = batch.pop("labels")
         with autocast(device):
@@ -268,10 +268,10 @@ def mean_loss(model: torch.nn.Module, data: Encoded, batch_size: int, pad_id: in
     return total / max(count, 1)
 
 
-def eval_batches(data: Encoded, batch_size: int) -> list[list[int]]:
-    """The example indices of each evaluation batch, shortest examples first: batches of similar lengths pad
-    little (on a CPU, half the work of a batch of mixed lengths on SST-2)."""
-    order = sorted(range(len(data)), key=lambda i: len(data.input_ids[i]))
+def eval_batches(sequences: list[list[int]], batch_size: int) -> list[list[int]]:
+    """The indices of `sequences` in each evaluation (or generation) batch, shortest first: batches of similar
+    lengths pad little (on a CPU, half the work of a batch of mixed lengths on SST-2)."""
+    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
     return [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
 
 
@@ -294,7 +294,7 @@ def predict(model: torch.nn.Module, data: Encoded, batch_size: int, pad_id: int,
     """Class indices (classification) or values (regression), in the data's order."""
     model.eval()
     out = np.zeros(len(data), dtype=float if data.problem == "regression" else int)
-    for indices in eval_batches(data, batch_size):
+    for indices in eval_batches(data.input_ids, batch_size):
         batch = collate(data, indices, pad_id, device)
         batch.pop("labels")
         with autocast(device):

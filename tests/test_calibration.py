@@ -51,8 +51,9 @@ def test_replaying_the_layers_below_a_unit_changes_no_loss(model, tiny_model, ll
     data, keys = _data(problem), supernet.unit_keys()
     recomputed = unit_ablation(supernet, data, keys, 8, 0, CPU, replay_bytes=0)
     assert len({round(v, 6) for v in recomputed.values()}) > len(keys) // 2  # the units matter, differently
-    one_layer = FLOAT_BYTES * supernet.model.config.hidden_size * sum(  # one layer's outputs, padded batches
-        len(batch) * max(len(data.input_ids[i]) for i in batch) for batch in eval_batches(data, 8))
+    batches = eval_batches(data.input_ids, 8)  # one layer's outputs take their padded sizes
+    one_layer = FLOAT_BYTES * supernet.model.config.hidden_size * sum(
+        len(batch) * max(len(data.input_ids[i]) for i in batch) for batch in batches)
     layers = layers_of(supernet.model, supernet.arch)
     for replayed_layers, replay_bytes in ((1, one_layer), (len(layers) - 1, 1 << 30)):
         calls = [0] * len(layers)
