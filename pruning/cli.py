@@ -84,6 +84,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     backbone.add_argument("--mask-penalty", type=float, help="L1 coefficient on the masks")
     backbone.add_argument("--mask-lr", type=float, help="learning rate of the masks")
     backbone.add_argument("--mask-rounds", type=int, help="search rounds the masks learn before pruning")
+    backbone.add_argument("--mask-share", type=float, help="share of train.steps the masks learn at least before "
+                                                           "pruning")
+    backbone.add_argument("--mask-score", choices=["taylor", "magnitude"], help="how heads and neurons are ranked")
     backbone.add_argument("--rank-ratio", type=float, help="share of LoRA ranks removed globally")
     backbone.add_argument("--max-drop", type=_optional_float, help="quality guard: the most points the validation "
                           "metric may fall while pruning in stages ('none': one step to the target, no guard)")
@@ -109,6 +112,7 @@ FLAG_FIELDS = {
     "prune_backbone": "backbone.enabled", "head_ratio": "backbone.head_ratio",
     "neuron_ratio": "backbone.neuron_ratio", "backbone_target": "backbone.target_params",
     "mask_penalty": "backbone.mask_penalty", "mask_lr": "backbone.mask_lr", "mask_rounds": "backbone.mask_rounds",
+    "mask_share": "backbone.mask_share", "mask_score": "backbone.score",
     "rank_ratio": "backbone.rank_ratio", "save_backbone": "backbone.save_backbone",
     "max_drop": "backbone.max_drop", "stages": "backbone.stages", "unlearned": "schedule.unlearned",
 }

@@ -91,7 +91,7 @@ class _Reporter:
         self.done += steps
 
     def replan(self, unused: int) -> None:
-        """Planned steps of the search that will not run."""
+        """Planned steps of the search that will not run (negative: steps beyond the plan)."""
         if not self.within:
             self.total -= unused
 
@@ -254,6 +254,8 @@ def search(spec: SearchSpec, out_dir: str | Path, *, on_progress: ProgressCallba
     ranks = RankTracker(supernet.units.values()) if supernet.masks is not None and speed.rank_ratio else None
     if not resumed:  # train until the supernet has learned; only then are units scored
         state.learn = _learn(ctx, supernet, batches, ranks, report, should_stop)
+        state.learn["mask_steps"] = _estimate_masks(ctx, supernet, batches, ranks, report, should_stop,
+                                                    state.learn["step"])
         state.search_wall_s = search_wall()
         checkpoint.save(state, supernet.trained_state())
 
@@ -329,6 +331,7 @@ def _start_or_resume(ctx: _Context, checkpoint: Checkpoint, report: _Reporter,
         supernet.load_trained_state(tensors)
         if state.learn:
             report.replan(spec.learn_steps_limit() - state.learn["step"])
+            report.replan(_unplanned_mask_steps(spec, state.learn.get("mask_steps", 0)))
         guard = (state.backbone or {}).get("guard")
         if guard is not None:  # the backbone was pruned: the stages it did not try will not run
             report.replan((speed.stages - len(guard.get("stages", []))) * spec.stage_steps())
@@ -381,6 +384,26 @@ def _learn(ctx: _Context, supernet: Supernet, batches, ranks: RankTracker | None
             "metric": ctx.validation_metric(supernet), "chance_metric": chance_metric}
 
 
+def _estimate_masks(ctx: _Context, supernet: Supernet, batches, ranks: RankTracker | None, report: _Reporter,
+                    should_stop, learned: int) -> int:
+    """Speed mode: train on until the backbone masks will have learned for backbone.mask_share x train.steps when
+    the backbone is pruned (after the mask rounds), so their ranking has settled. Returns the steps trained."""
+    steps = ctx.spec.mask_steps(learned) if supernet.masks is not None else 0
+    report.replan(_unplanned_mask_steps(ctx.spec, steps))
+    if steps:
+        report.phase("estimate", f"the backbone masks learn {steps} more steps before they rank heads and neurons")
+        _train_supernet(ctx, supernet, batches, steps, ranks, report.steps(None, supernet.peft_params()),
+                        should_stop)
+    return steps
+
+
+def _unplanned_mask_steps(spec: SearchSpec, steps: int) -> int:
+    """The plan held the longer of the learning and the estimation phase, and the learning phase gave back its
+    steps not taken: what the plan still holds for the estimation phase beyond the `steps` it takes (negative:
+    more steps than planned, after a learning phase that ended early)."""
+    return max(0, spec.mask_steps(0) - spec.learn_steps_limit()) - steps
+
+
 def _prior(ctx: _Context, supernet: Supernet, state: SearchState, budget: int) -> dict | None:
     """The search's prior, when its learning phase ran out with the supernet still not past chance (see
     schedule.unlearned): LoRA units on every projection of the space, ranks spread evenly to the budget. None:
@@ -418,9 +441,11 @@ def retrain_steps(spec: SearchSpec, searched: int) -> int:
 
 
 def searched_steps(spec: SearchSpec, state: SearchState) -> int:
-    """The steps a search trained its supernet (units and all): learning phase, rounds, the guard's stages."""
+    """The steps a search trained its supernet (units and all): learning and estimation phases, rounds, the
+    guard's stages."""
     guard = (state.backbone or {}).get("guard") or {}
-    return (state.learn or {}).get("step", 0) + state.round * spec.round_steps() \
+    learn = state.learn or {}
+    return learn.get("step", 0) + learn.get("mask_steps", 0) + state.round * spec.round_steps() \
         + len(guard.get("stages", [])) * spec.stage_steps()
 
 

@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-PHASES = ("load", "warmup", "learn", "search", "retrain", "evaluate", "export", "done")
+PHASES = ("load", "warmup", "learn", "estimate", "search", "retrain", "evaluate", "export", "done")
 
 
 class Cancelled(Exception):

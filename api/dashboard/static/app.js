@@ -5,7 +5,7 @@
 const STATUSES = ["queued", "running", "cancelling", "succeeded", "failed", "cancelled"];
 const FINAL = new Set(["succeeded", "failed", "cancelled"]);
 const KINDS = ["lora", "adapter", "prefix"];
-const PHASE_COLORS = { learn: "#805ad5", warmup: "#b7791f", search: "#2b6cb0", retrain: "#1f8a4c" };
+const PHASE_COLORS = { learn: "#805ad5", estimate: "#c05621", warmup: "#b7791f", search: "#2b6cb0", retrain: "#1f8a4c" };
 const KEY_STORE = "peftsearch.key";
 let view = 0; // bumped on every navigation: a poller of an older view stops
 
