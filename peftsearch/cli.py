@@ -10,6 +10,7 @@ import sys
 # command -> (module, help). Each module has `add_arguments(parser)` and `run(args) -> int`.
 COMMANDS = {
     "search": ("pruning.cli", "run a search on this machine and write the result directory"),
+    "merge": ("peftsearch.merge_cmd", "write a LoRA-only result as a plain transformers model (LoRA merged)"),
     "serve": ("peftsearch.serve", "run the REST API (embedded SQLite + in-process worker unless configured)"),
     "worker": ("peftsearch.worker_cmd", "run a Celery worker for the configured broker"),
     "keys": ("peftsearch.keys", "manage API keys"),

@@ -32,11 +32,11 @@ logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
 __all__ = [
     "AdapterSpec", "BackboneSpec", "Cancelled", "LoraSpec", "PolicySpec", "PrefixSpec", "ProgressEvent",
     "RemovedUnit", "RoundRecord", "ScheduleSpec", "SearchResult", "SearchSpec", "SpaceSpec", "SpecError",
-    "TaskSpec", "TrainSpec", "search", "fit", "load", "evaluate",
+    "TaskSpec", "TrainSpec", "search", "fit", "load", "evaluate", "merge",
 ]
 
 
-_LAZY = {"search": "pipeline", "fit": "pipeline", "load": "export", "evaluate": "export"}
+_LAZY = {"search": "pipeline", "fit": "pipeline", "load": "export", "evaluate": "export", "merge": "export"}
 
 
 def __getattr__(name: str):

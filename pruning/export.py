@@ -12,7 +12,8 @@
                                                     so `load(dir)` needs no base model
 
 `load(dir, base_model)` rebuilds the exact model from the base and these files; `evaluate(dir, base_model)`
-re-scores it on the dev set recorded in the configuration.
+re-scores it on the dev set recorded in the configuration; `merge(dir, dest)` writes a LoRA-only result as a plain
+transformers model folder, the LoRA folded into the weights.
 """
 
 from __future__ import annotations
@@ -173,6 +174,39 @@ def load(out_dir: str | Path, base_model: str | None = None, device: str = "cpu"
     supernet.load_trained_state(tensors)
     supernet.tokenizer = tokenizer
     return supernet.to(target).eval()
+
+
+def merge(out_dir: str | Path, dest: str | Path, base_model: str | None = None) -> Path:
+    """Write the result as a plain transformers model folder in `dest`: every LoRA update folded into its
+    projection's weight (W + scale x B A), the task head and the label map in place, the tokenizer beside it. It
+    loads with `AutoModelForSequenceClassification` (`AutoModelForCausalLM` for a completion task) and needs
+    neither peft nor this package, and computes what `load(out_dir)` computes. Only LoRA merges: an adapter is
+    a non-linear branch and a prefix extends the attention, so a result that kept either (or whose backbone was
+    pruned to per-layer sizes a transformers config cannot state, or stored in 4 bits) is refused with the reason."""
+    from .modules.lora.unit import ADAPTER
+
+    out, dest = Path(out_dir), Path(dest)
+    config = read_config(out)
+    kept = [key for key in config["units"] if not key.startswith("lora.")]
+    why = (f"the search kept {', '.join(kept)}, which fold into no weight (a search with --types lora keeps LoRA "
+           "only)" if kept else
+           "its backbone was pruned, to per-layer sizes a transformers config cannot state (use pruning.load, or "
+           "backbone.save_backbone)" if config["backbone"] else
+           "its base model is stored in 4 bits" if config.get("load_in_4bit") else None)
+    if why:
+        raise ValueError(f"{out} cannot be merged: {why}")
+    model = load(out, base_model)
+    for unit in list(model.units.values()):
+        for target in unit.targets.values():
+            target.merge(adapter_names=[ADAPTER])
+        unit.uninstall(model.model, model.arch)
+    if config["labels"] and config["problem"] == "classification" and not config["task"].get("prompt_template"):
+        model.model.config.id2label = {i: str(label) for i, label in enumerate(config["labels"])}
+        model.model.config.label2id = {str(label): i for i, label in enumerate(config["labels"])}
+    dest.mkdir(parents=True, exist_ok=True)
+    model.model.save_pretrained(dest)
+    model.tokenizer.save_pretrained(dest)
+    return dest
 
 
 def _load_saved_backbone(out: Path, config: dict):

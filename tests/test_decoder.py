@@ -370,6 +370,12 @@ def test_stock_peft_generates_what_pruning_load_generates(tmp_path, llama_dir, p
         assert generated[0, len(prompt):].tolist() == tokens == \
             ours.generate(input_ids=ids, max_new_tokens=6, do_sample=False, eos_token_id=None,
                           pad_token_id=llama_tokenizer.pad_token_id)[0, len(prompt):].tolist()
+    merged = AutoModelForCausalLM.from_pretrained(pruning.merge(out, tmp_path / "merged")).eval()  # LoRA folded in
+    ids = torch.tensor([prompts[0]])
+    with torch.no_grad():
+        torch.testing.assert_close(merged(input_ids=ids).logits, ours(input_ids=ids), rtol=1e-5, atol=1e-5)
+    assert merged.generate(input_ids=ids, max_new_tokens=6, do_sample=False, eos_token_id=None,
+                           pad_token_id=llama_tokenizer.pad_token_id)[0, len(prompts[0]):].tolist() == greedy[0]
     base = _causal_lm(llama_dir, SpaceSpec(types=("lora",), lora=LoraSpec(rank=1)))
     base.remove(base.unit_keys())
     untuned = greedy_completions(base, prompts, [6] * 4, 4, llama_tokenizer.pad_token_id, None, CPU)

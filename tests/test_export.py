@@ -321,3 +321,27 @@ def test_a_folder_of_the_same_name_elsewhere_does_not_replace_the_recorded_base(
     config = read_config(searched.out)
     assert recorded_base(config) == config["base_model_path"]
     assert recorded_base({**config, "base_model_path": str(tmp_path / "gone")}) == "tiny-model0"
+
+
+def test_merge_writes_a_plain_transformers_model_that_computes_the_same(lora_only, tiny_model, batch, tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    from peftsearch.cli import main
+
+    _, result, out = lora_only
+    assert main(["merge", str(out), str(tmp_path / "merged")]) == 0
+    merged = AutoModelForSequenceClassification.from_pretrained(tmp_path / "merged")
+    assert not [n for n, _ in merged.named_parameters() if "lora_" in n]
+    assert merged.config.id2label == {0: "0", 1: "1"}
+    assert merged.num_parameters() == AutoModelForSequenceClassification.from_pretrained(tiny_model).num_parameters()
+    torch.testing.assert_close(logits(merged, batch), logits(pruning.load(out), batch), rtol=0, atol=1e-5)
+
+
+def test_merge_refuses_a_result_that_kept_more_than_lora(searched, tmp_path, capsys):
+    from peftsearch.cli import main
+
+    kept = [k for k in searched.result.configuration["units"] if not k.startswith("lora.")]
+    assert kept  # the default space's search keeps adapters or prefixes on this toy task
+    assert main(["merge", str(searched.out), str(tmp_path / "merged")]) == 2
+    assert f"cannot be merged: the search kept {', '.join(kept)}" in capsys.readouterr().err
+    assert not (tmp_path / "merged").exists()
