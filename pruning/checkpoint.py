@@ -38,6 +38,7 @@ class SearchState:
     units: list[str] | None = None  # surviving units (None: all)
     lora_ranks: dict[str, int] | None = None
     backbone: dict | None = None  # the backbone pruning record, once pruned
+    teacher: dict | None = None  # speed mode's distillation teacher: its units and LoRA ranks (tensors: "teacher/")
     search_wall_s: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:

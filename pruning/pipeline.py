@@ -49,10 +49,11 @@ from .result import ProgressEvent, RemovedUnit, RoundRecord, SearchResult, paret
 from .schedule import choose_removals, kept_ranks, rank_chunks, round_targets, spread_ranks
 from .spec import MIN_VALIDATION, SearchSpec, budget_params
 from .supernet import Supernet
-from .train import Encoded, chance_loss, encode, evaluate, mean_loss, shuffled_batches, train
+from .train import Encoded, Teacher, chance_loss, encode, evaluate, mean_loss, shuffled_batches, train
 from .warmup import derive_assignment
 
 ProgressCallback = Callable[[ProgressEvent], None]
+TEACHER = "teacher/"  # the prefix of the distillation teacher's tensors in a search checkpoint
 StopCheck = Callable[[], bool]
 
 
@@ -135,6 +136,7 @@ class _Context:
     outside_validation: list[int]  # train rows not in the validation split
     tokenizer: object  # the model's, for the text of an example generation
     chance_scores: tuple[float | None, float | None] | None = None  # chance(): measured once
+    teacher: Teacher | None = None  # speed mode's distillation teacher, from the backbone's pruning on
 
     @classmethod
     def prepare(cls, spec: SearchSpec) -> _Context:
@@ -153,6 +155,18 @@ class _Context:
         search_rows = [rest[i] for i in _sample(len(rest), spec.schedule.max_train_examples, spec.seed)]
         return cls(spec, task, train_data, dev_data, train_data.subset(search_rows),
                    train_data.subset(held_out), tokenizer.pad_token_id, device, rest, tokenizer)
+
+    def freeze_teacher(self, supernet: Supernet) -> None:
+        """Speed mode's distillation teacher: a frozen copy of the masked supernet as it is now."""
+        copy = self.supernet(supernet.unit_keys(), supernet.lora_ranks(), masks=True)
+        copy.load_trained_state(supernet.trained_state())
+        self.teacher = Teacher(copy.requires_grad_(False).eval(), self.spec.backbone.distill)
+
+    def checkpoint_tensors(self, supernet: Supernet) -> dict[str, torch.Tensor]:
+        """What a search checkpoint holds: the supernet's trained tensors, and the teacher's (prefixed)."""
+        teacher = {} if self.teacher is None else {
+            f"{TEACHER}{name}": t for name, t in self.teacher.model.trained_state().items()}
+        return {**supernet.trained_state(), **teacher}
 
     def train_without_validation(self) -> Encoded:
         return self.train_data.subset(self.outside_validation)
@@ -257,7 +271,7 @@ def search(spec: SearchSpec, out_dir: str | Path, *, on_progress: ProgressCallba
         state.learn["mask_steps"] = _estimate_masks(ctx, supernet, batches, ranks, report, should_stop,
                                                     state.learn["step"])
         state.search_wall_s = search_wall()
-        checkpoint.save(state, supernet.trained_state())
+        checkpoint.save(state, ctx.checkpoint_tensors(supernet))
 
     policy = ImportancePolicy(spec.policy, state.assignment, spec.seed + state.round)
     backbone_before = _unpruned_backbone_params(supernet, state)
@@ -276,8 +290,10 @@ def search(spec: SearchSpec, out_dir: str | Path, *, on_progress: ProgressCallba
         state.round, state.records = index + 1, [*state.records, record]
         state.units, state.lora_ranks, state.backbone = (supernet.unit_keys(), supernet.lora_ranks(),
                                                          supernet.backbone_record)
+        if ctx.teacher is not None:
+            state.teacher = {"units": ctx.teacher.model.unit_keys(), "lora_ranks": ctx.teacher.model.lora_ranks()}
         state.search_wall_s = search_wall()
-        checkpoint.save(state, supernet.trained_state())
+        checkpoint.save(state, ctx.checkpoint_tensors(supernet))
         report.round(record)
     front = [] if prior else pareto_front(state.start_params, state.records, ctx.validation_metric(supernet),
                                           lower_is_better=ctx.task.primary_metric in LOWER_IS_BETTER)
@@ -303,8 +319,9 @@ def search(spec: SearchSpec, out_dir: str | Path, *, on_progress: ProgressCallba
                                                    "learn": state.learn, "start_params": state.start_params,
                                                    "targets": targets, "searched_steps": searched,
                                                    "retrain_steps": steps, "prior": prior},
-                                      prior=prior and prior["reason"],
+                                      prior=prior and prior["reason"], teacher=ctx.teacher,
                                       checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every)
+    ctx.teacher = None
     result.search_wall_s, result.front = state.search_wall_s, front
     export.write_result(out_dir, result)
     report.phase("done", f"{result.metric_name} {result.metric:.4f} with {result.trainable_params:,} parameters")
@@ -326,6 +343,12 @@ def _start_or_resume(ctx: _Context, checkpoint: Checkpoint, report: _Reporter,
     saved = checkpoint.load()
     if saved is not None:
         state, tensors = saved
+        taught = {name.removeprefix(TEACHER): t for name, t in tensors.items() if name.startswith(TEACHER)}
+        tensors = {name: t for name, t in tensors.items() if not name.startswith(TEACHER)}
+        if state.teacher is not None:
+            teacher = ctx.supernet(state.teacher["units"], state.teacher["lora_ranks"], masks=True)
+            teacher.load_trained_state(taught)
+            ctx.teacher = Teacher(teacher.requires_grad_(False).eval(), spec.backbone.distill)
         supernet = ctx.supernet(state.units, state.lora_ranks, masks=speed.enabled and not state.backbone,
                                 backbone=state.backbone, scales=tensors)
         supernet.load_trained_state(tensors)
@@ -520,14 +543,15 @@ def _shrink(supernet: Supernet, importance: dict[str, float], params: dict[str, 
 def _train_supernet(ctx: _Context, supernet: Supernet, batches, steps: int, ranks: RankTracker | None, on_step,
                     should_stop, trackers: tuple = (), until=None) -> float:
     """The search's training: constant learning rate after a short warm-up; the masks (speed mode) learn
-    under their L1 penalty, and the trackers see every step."""
+    under their L1 penalty, the trackers see every step, and once heads or neurons are off the teacher (if any)
+    is distilled."""
     spec, speed, masks = ctx.spec, ctx.spec.backbone, supernet.masks
     return train(supernet, supernet.param_groups(spec.schedule.lr, speed.mask_lr), batches, steps=steps,
                  lr=spec.schedule.lr, problem=ctx.task.problem, device=ctx.device, warmup_ratio=0.1,
                  weight_decay=spec.train.weight_decay, decay=False,
                  trackers=[t for t in (*trackers, ranks, masks) if t is not None],
                  extra_loss=_mask_penalty(masks, speed.mask_penalty), on_step=on_step, should_stop=should_stop,
-                 until=until, check_every=spec.schedule.learn_check_every)
+                 until=until, check_every=spec.schedule.learn_check_every, teacher=ctx.teacher)
 
 
 def fit(spec: SearchSpec, out_dir: str | Path, units: list[str] | None = None, *,
@@ -562,7 +586,7 @@ def _retrain_evaluate_export(ctx: _Context, model: Supernet, out_dir, report: _R
                              *, budget: int, steps: int, warmup_ratio: float, backbone_before: int,
                              records: list[RoundRecord],
                              trace_extra: dict, prior: str | None = None, hold_out: bool = False,
-                             checkpoint_dir: str | Path | None = None,
+                             teacher: Teacher | None = None, checkpoint_dir: str | Path | None = None,
                              checkpoint_every: CheckpointEvery = DEFAULT_CHECKPOINT_EVERY) -> SearchResult:
     spec = ctx.spec
     checkpoint = TrainCheckpoint(checkpoint_dir, _retrain_key(spec, model, hold_out), checkpoint_every)
@@ -577,7 +601,7 @@ def _retrain_evaluate_export(ctx: _Context, model: Supernet, out_dir, report: _R
           steps=steps, lr=spec.train.lr, problem=ctx.task.problem, device=ctx.device,
           warmup_ratio=warmup_ratio, weight_decay=spec.train.weight_decay,
           on_step=report.steps(None, model.peft_params()), should_stop=should_stop, resume=saved,
-          checkpoint=checkpoint)
+          checkpoint=checkpoint, teacher=teacher)
     fold(model.model)  # a standardised regression head back in the labels' units
     retrain_wall = (saved.wall_s if saved else 0.0) + time.monotonic() - start
     report.phase("evaluate", f"{len(ctx.dev_data)} dev examples")
@@ -640,6 +664,8 @@ def _prune_backbone(ctx: _Context, supernet: Supernet, rank_tracker: RankTracker
     (or in one step without it), then the weakest LoRA ranks. `metric`: the supernet's on the validation split
     now, before any head or neuron is off (the guard's reference). The record says what the guard did."""
     speed = ctx.spec.backbone
+    if speed.distill:  # the supernet the guard takes its reference on, before anything is off
+        ctx.freeze_teacher(supernet)
     planner = Planner.of(supernet, speed.score)
     target = planner.plan(speed)
     guard = {"max_drop": speed.max_drop, "asked_share": planner.removed_share(target)}

@@ -387,6 +387,12 @@ class BackboneSpec:
     stage_steps: Annotated[Int | None, Field(ge=0, le=100_000, description=(
         "Recovery training steps before each of the guard's stages is scored; null: a search round's steps."
         ))] = None
+    distill: Annotated[Share, Field(description=(
+        "Recovery by distillation: once heads or neurons are off, every training step's loss is (1 - distill) x "
+        "the task's + distill x the distance of the outputs to the unpruned supernet's (the teacher: the masked "
+        "supernet when the guard took its reference; KL divergence of the class probabilities at temperature 2, "
+        "squared error for regression, per token for a completion), in the guard's recovery steps and the "
+        "retraining. The teacher stays in memory: a second copy of the model. 0: no teacher."))] = 0.0
     save_backbone: Annotated[bool, Strict(), Field(description=(
         "Also write the pruned backbone's weights (deploy without the base model)."))] = False
 

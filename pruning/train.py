@@ -123,6 +123,32 @@ def completion_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[tor
     return total, int((targets != IGNORE).sum())
 
 
+DISTILL_TEMPERATURE = 2.0  # softens the teacher's class probabilities (Hinton et al.; CoFi distils at 2 as well)
+
+
+@dataclass
+class Teacher:
+    """Distillation: a frozen model whose outputs the trained one learns to match, and the weight of that term."""
+
+    model: torch.nn.Module
+    weight: float
+
+
+def distill_loss(logits: torch.Tensor, target: torch.Tensor, labels: torch.Tensor, problem: str) -> torch.Tensor:
+    """The distance of a student's outputs to its teacher's on one batch: KL(teacher || student) of the class
+    probabilities at DISTILL_TEMPERATURE (times its square, so its gradients keep the scale of the task's), the
+    squared error of a regression's values, and for a completion the same KL per labelled token (the positions
+    its loss is taken on)."""
+    if problem == "regression":
+        return F.mse_loss(logits.squeeze(-1).float(), target.squeeze(-1).float())
+    if problem == "completion":
+        keep = (labels[:, 1:] != IGNORE).flatten()
+        logits, target = logits[:, :-1].flatten(0, 1)[keep], target[:, :-1].flatten(0, 1)[keep]
+    t = DISTILL_TEMPERATURE
+    return F.kl_div(F.log_softmax(logits.float() / t, -1), F.log_softmax(target.float() / t, -1),
+                    log_target=True, reduction="batchmean") * t * t
+
+
 def autocast(device: torch.device):
     return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
 
@@ -185,7 +211,7 @@ def train(model: torch.nn.Module, params: list, batches: Iterator[dict], *, step
           on_step: StepCallback | None = None, should_stop: Callable[[], bool] | None = None,
           until: Callable[[int], bool] | None = None, check_every: int = 1,
           after_step: Callable[[int], None] | None = None, resume: TrainState | None = None,
-          checkpoint: TrainCheckpoint | None = None) -> float:
+          checkpoint: TrainCheckpoint | None = None, teacher: Teacher | None = None) -> float:
     """AdamW with linear warm-up (and linear decay unless `decay` is False); returns the mean training loss.
 
     `params` is a list of parameters, or of optimizer groups (dicts) whose own "lr" overrides `lr`.
@@ -194,7 +220,8 @@ def train(model: torch.nn.Module, params: list, batches: Iterator[dict], *, step
     before the first step and then every `check_every` steps, ends training early when it returns True;
     `after_step(step)` runs after each optimizer step, gradients still in place (AdaLoRA's rank allocation).
     `resume` continues a run of this same training from where it was checkpointed (give `batches` that skip the
-    steps it did); `checkpoint` saves the run's state whenever it says one is due."""
+    steps it did); `checkpoint` saves the run's state whenever it says one is due. With `teacher`, the loss
+    blends in the distance of the outputs to the teacher's (`distill_loss`)."""
     from .result import Cancelled
 
     groups = params if params and isinstance(params[0], dict) else [{"params": params}]
@@ -222,7 +249,12 @@ def train(model: torch.nn.Module, params: list, batches: Iterator[dict], *, step
         for tracker in trackers:
             tracker.before_forward(batch["attention_mask"])
         with autocast(device):
-            loss = loss_of(model(**batch), labels, problem)
+            logits = model(**batch)
+            loss = loss_of(logits, labels, problem)
+            if teacher is not None:
+                with torch.no_grad():
+                    target = teacher.model(**batch)
+                loss = (1 - teacher.weight) * loss + teacher.weight * distill_loss(logits, target, labels, problem)
             if extra_loss is not None:
                 loss = loss + extra_loss()
         optimizer.zero_grad(set_to_none=True)

@@ -403,3 +403,61 @@ def test_the_masks_learn_for_their_share_of_the_steps_before_the_backbone_is_pru
     pruning.search(spec, tmp_path / "again", checkpoint_dir=tmp_path / "ckpt", on_progress=resumed.append)
     assert not [e for e in resumed if e.phase == "estimate"]
     assert resumed[-1].done_steps == resumed[-1].total_steps
+
+
+@pytest.mark.parametrize("problem", ["classification", "regression", "completion"])
+def test_the_distillation_term_is_zero_at_the_teachers_outputs_and_pulls_towards_them(problem):
+    from pruning.train import IGNORE, distill_loss
+
+    torch.manual_seed(0)
+    shape = {"classification": (4, 3), "regression": (4, 1), "completion": (2, 5, 7)}[problem]
+    target = torch.randn(shape)
+    labels = torch.tensor([[IGNORE, IGNORE, 3, 1, IGNORE]] * 2) if problem == "completion" else None
+    assert float(distill_loss(target.clone(), target, labels, problem)) == pytest.approx(0.0, abs=1e-6)
+    student = torch.randn(shape, requires_grad=True)
+    loss = distill_loss(student, target, labels, problem)
+    assert float(loss.detach()) > 0
+    loss.backward()
+    with torch.no_grad():
+        assert float(distill_loss(student - 0.1 * student.grad, target, labels, problem)) < float(loss.detach())
+    if problem == "completion":  # only the positions that predict a labelled token count
+        assert torch.count_nonzero(student.grad.abs().sum(-1)) == 2 * 2
+
+
+def test_speed_mode_distils_the_unpruned_supernet_and_a_resumed_retrain_gets_it_back(tiny_model, toy_task, tmp_path,
+                                                                                    monkeypatch):
+    from pruning import pipeline
+
+    train, dev = toy_task
+    spec = SearchSpec(model=str(tiny_model), task=TaskSpec(train=str(train), dev=str(dev)), budget=9000,
+                      schedule=ScheduleSpec(rounds=2, steps_per_round=2), train=TrainSpec(steps=12, batch_size=16),
+                      backbone=BackboneSpec(enabled=True, head_ratio=0.5, stages=2, stage_steps=1, distill=0.5))
+    teachers = []  # (phase, the teacher's logits on a batch) of every training run given one
+    real_train = pipeline.train
+
+    def train(model, *args, teacher=None, **kwargs):
+        if teacher is not None:
+            assert teacher.weight == 0.5 and not any(p.requires_grad for p in teacher.model.parameters())
+            assert teacher.model is not model and teacher.model.masks is not None  # the masked, unpruned supernet
+            with torch.no_grad():
+                teachers.append(teacher.model(**_batch()).clone())
+        return real_train(model, *args, teacher=teacher, **kwargs)
+
+    monkeypatch.setattr(pipeline, "train", train)
+    result = pruning.search(spec, tmp_path / "out")
+    guard = result.configuration["backbone"]["guard"]
+    assert len(teachers) == len(guard["stages"]) + 1 + 1  # each stage's recovery, the round after, the retrain
+    assert all(torch.equal(t, teachers[0]) for t in teachers)  # one frozen teacher throughout
+    assert result.configuration["backbone"]["layer_params_after"] < result.configuration["backbone"][
+        "layer_params_before"]  # the student is pruned, the teacher is not (it still has its masks)
+
+    # killed in the retrain and resumed: the teacher comes back from the checkpoint, the same
+    first = list(teachers)
+    teachers.clear()
+    searched = json.loads((Path(result.out_dir) / "trace.json").read_text())["searched_steps"]
+    with pytest.raises(pruning.Cancelled):
+        pruning.search(spec, tmp_path / "again", checkpoint_dir=tmp_path / "ckpt", should_stop=stop_after(searched + 2))
+    teachers.clear()
+    again = pruning.search(spec, tmp_path / "again", checkpoint_dir=tmp_path / "ckpt")
+    assert len(teachers) == 1 and torch.equal(teachers[0], first[0])
+    assert again.configuration["backbone"] == result.configuration["backbone"]
