@@ -53,12 +53,23 @@ def main(argv: list[str] | None = None) -> int:
            "units": result.configuration["units"], "rank_per_role": ranks, "search_wall_s": result.search_wall_s,
            "retrain_wall_s": result.retrain_wall_s, "total_wall_s": time.monotonic() - start,
            "rounds": [{"round": r.round, "params": r.trainable_params, "metric": r.metric,
-                       "type_values": r.type_values} for r in result.rounds], **provenance()}
+                       "type_values": r.type_values} for r in result.rounds],
+           "backbone": _backbone_outcome(result.configuration["backbone"]), **provenance()}
     with Path(RESULTS / "variants.jsonl").open("a") as f:
         f.write(json.dumps(row) + "\n")
     print(json.dumps(row))
     return 0
 
 
+def _backbone_outcome(record: dict | None) -> dict | None:
+    """Speed mode's pruning in brief: the share of the layers' parameters removed, asked for, and why it stopped."""
+    if not record:
+        return None
+    guard = record.get("guard") or {}
+    return {"removed_share": 1 - record["layer_params_after"] / record["layer_params_before"],
+            "asked_share": guard.get("asked_share"), "stopped": guard.get("stopped")}
+
+
 if __name__ == "__main__":
     raise SystemExit(main())
+
