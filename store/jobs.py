@@ -224,6 +224,17 @@ def list_rounds(session: Session, job_id: str) -> list[Round]:
     return list(session.scalars(select(Round).where(Round.job_id == job_id).order_by(Round.round)))
 
 
+def expire_artifacts(session: Session, ended_before: datetime, limit: int = 500) -> list[str]:
+    """Delete the artifact rows of up to `limit` jobs that ended before `ended_before` (settings'
+    artifact_retention_days); returns their archives' paths (relative to the artifact directory), for the caller
+    to remove once this commits: a crash in between leaves files no row names, never a row without its file."""
+    rows = session.execute(select(Artifact.id, Artifact.path).join(Job, Job.id == Artifact.job_id)
+                           .where(Job.finished_at < ended_before).order_by(Job.finished_at).limit(limit)).all()
+    if rows:
+        session.execute(delete(Artifact).where(Artifact.id.in_([row.id for row in rows])))
+    return [row.path for row in rows]
+
+
 def get_artifact(session: Session, job_id: str) -> Artifact | None:
     return session.scalar(select(Artifact).where(Artifact.job_id == job_id))
 

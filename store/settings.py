@@ -56,6 +56,9 @@ class Settings(BaseSettings):
     retrain_checkpoint_s: float | None = Field(120.0, gt=0)
     retrain_checkpoint_steps: int | None = Field(None, ge=1)
     poll_s: float = 1.0  # the in-process worker's wait between looks for queued jobs
+    # The archives of jobs that ended longer ago than this are deleted by the reaper (the job, its result, rounds
+    # and events stay; a download says the archive is gone and why). None: kept until the job is deleted.
+    artifact_retention_days: float | None = Field(None, gt=0)
 
     # API under load (per API process): requests served at once (at most the database pool, store/db.py
     # POOL_SIZE); how long a request beyond them waits for its turn before a 503; how long a key's owner is

@@ -1,5 +1,6 @@
 """Re-queue jobs whose worker died (no heartbeat), and send queued jobs the broker never took, or that no worker
-claimed in time (store.jobs.reap). The loop runs in every `peftsearch serve` and, unless `worker_reaper` is off,
+claimed in time (store.jobs.reap); delete the archives of jobs that ended before the retention period (settings'
+artifact_retention_days; store.jobs.expire_artifacts). The loop runs in every `peftsearch serve` and, unless `worker_reaper` is off,
 in the main process of every Celery worker (WorkerReaperStep), so a deployment whose workers run where no API
 does still reaps; store.jobs.reaper_turn lets one process pass at a time."""
 
@@ -30,6 +31,10 @@ def reap_once(settings: Settings) -> list[str]:
             return []
         to_send = jobs.reap(session, stale_before=cutoff, max_attempts=settings.max_attempts, unsent_before=cutoff,
                             resend_after_s=settings.resend_after_s, resend_max_s=settings.resend_max_s)
+        days = settings.artifact_retention_days
+        expired = [] if days is None else jobs.expire_artifacts(session, ended_before=now - timedelta(days=days))
+    for path in expired:  # their rows are gone: nothing serves them any more
+        (settings.artifacts / path).unlink(missing_ok=True)
     for job_id in to_send:
         enqueue(settings, job_id)
     return to_send

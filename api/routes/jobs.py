@@ -140,6 +140,11 @@ def list_deliveries(job_id: str, caller: CurrentCaller,
 def download_artifact(job_id: str, caller: CurrentCaller, settings: Config) -> FileResponse:
     with caller.session() as session:
         job = owned_job(session, caller.owner, job_id)
+    if job.status == SUCCEEDED and job.artifact is None:  # a succeeded job always has one, until it expires
+        days = settings.artifact_retention_days
+        raise ApiError(410, f"job {job.id}'s archive was deleted: this server keeps archives {days:g} days after a "
+                            "job ends (its result, rounds and events remain)" if days else
+                            f"job {job.id}'s archive was deleted", code="expired")
     if job.status != SUCCEEDED or job.artifact is None:
         raise ApiError(409, f"job {job.id} is {job.status}; its adapter exists once it has succeeded",
                        code="not_ready")

@@ -262,3 +262,32 @@ def test_a_bad_last_event_id_is_422(client, auth, dataset_id):
     job_id = submit(client, auth, dataset_id)
     response = client.get(f"/v1/jobs/{job_id}/events", headers={**auth, **SSE, "Last-Event-ID": "abc"})
     assert response.status_code == 422 and response.json()["error"]["param"] == "Last-Event-ID", response.text
+
+
+def test_the_reaper_deletes_archives_past_their_retention_and_a_download_says_why(committed_client, toy_files,
+                                                                                  settings):
+    from sqlalchemy import update
+
+    from store.db import session_factory
+    from worker.reaper import reap_once
+
+    from .support import upload
+
+    client = committed_client
+    dataset = upload(client, {}, *toy_files["csv"]).json()["id"]
+    old, recent = (client.post("/v1/jobs", json=job_body(dataset)).json()["id"] for _ in range(2))
+    with session_factory(settings.db_url).begin() as session:
+        for job_id in (old, recent):
+            succeed(session, settings, job_id)
+        session.execute(update(Job).where(Job.id == old).values(finished_at=utcnow() - timedelta(days=8)))
+    reap_once(settings)  # no retention set: every archive stays
+    assert list(settings.artifacts.glob(f"{old}-*"))
+    settings.artifact_retention_days = 7
+    reap_once(settings)
+    assert not list(settings.artifacts.glob(f"{old}-*")) and list(settings.artifacts.glob(f"{recent}-*"))
+    message = error_of(client.get(f"/v1/jobs/{old}/artifact"), 410, "expired")
+    assert "keeps archives 7 days after a job ends" in message
+    assert client.get(f"/v1/jobs/{recent}/artifact").status_code == 200
+    listed = {j["id"]: j for j in client.get("/v1/jobs").json()["data"]}
+    assert not listed[old]["has_artifact"] and listed[recent]["has_artifact"]
+    assert client.get(f"/v1/jobs/{old}").json()["status"] == "succeeded"  # the job and its result stay
