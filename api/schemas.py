@@ -117,6 +117,10 @@ class JobOut(JobFields):
     error: JobErrorOut | None
     artifact: ArtifactOut | None
     webhook: JobWebhookOut | None = Field(None, description="The job's own webhook, when one was given.")
+    estimate_s: float | None = Field(None, description=(
+        "While queued: about how many seconds the job will run once a worker takes it, at most (its planned "
+        "training steps and tokens per step, at the pace of this server's latest jobs on the same model); null "
+        "before any job on the model has succeeded here, and once the job runs (progress.eta_s then)."))
 
     @classmethod
     def of(cls, job: Job, **fields: Any) -> JobOut:
@@ -140,8 +144,8 @@ class JobCreated(JobOut):
         "answer (and its idempotent replays): keep it."))
 
     @classmethod
-    def of(cls, job: Job) -> JobCreated:
-        return super().of(job, webhook_secret=job.webhook and job.webhook.secret)
+    def of(cls, job: Job, estimate_s: float | None = None) -> JobCreated:
+        return super().of(job, webhook_secret=job.webhook and job.webhook.secret, estimate_s=estimate_s)
 
 
 class JobSummary(JobFields):

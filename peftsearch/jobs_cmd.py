@@ -123,6 +123,9 @@ def submit(client, args: argparse.Namespace) -> int:
                         idempotency_key=args.idempotency_key, name=args.name, metadata=args.metadata,
                         webhook_url=args.webhook_url)
     out.print(job.id, highlight=False)
+    if job.estimate_s is not None:
+        err.print(f"queued: about {job.estimate_s / 60:.0f} min at most once a worker takes it (the pace of this "
+                  f"server's earlier jobs on {job.model})", highlight=False)
     if job.webhook_secret:
         err.print(f"webhook {job.webhook.id} -> {job.webhook.url}, signed with (shown once): {job.webhook_secret}",
                   highlight=False)

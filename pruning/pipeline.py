@@ -250,7 +250,7 @@ def search(spec: SearchSpec, out_dir: str | Path, *, on_progress: ProgressCallba
     retrain is checkpointed there as `checkpoint_every` says, and resumes from its last checkpoint."""
     spec = spec.validate()
     schedule, speed = spec.schedule, spec.backbone
-    report = _Reporter(on_progress, schedule.rounds, planned_steps(spec), within=spec.retrain == "continue")
+    report = _Reporter(on_progress, schedule.rounds, spec.planned_steps(), within=spec.retrain == "continue")
     report.phase("load", f"loading {spec.model} and {spec.task.name}")
     set_seed(spec.seed)
     ctx = _Context.prepare(spec)
@@ -307,7 +307,7 @@ def search(spec: SearchSpec, out_dir: str | Path, *, on_progress: ProgressCallba
         set_seed(spec.seed)
         supernet = ctx.supernet(survivors, **rebuild)
     searched = searched_steps(spec, state)
-    planned = retrain_steps(spec, searched)
+    planned = spec.retrain_steps(searched)
     steps = spec.train.steps if prior else planned  # the prior owes nothing to the search's training
     report.extend(steps - planned)
     # 'continue' goes on with trained units: its learning rate decays from the peak at once, no second warm-up
@@ -358,7 +358,7 @@ def _start_or_resume(ctx: _Context, checkpoint: Checkpoint, report: _Reporter,
         guard = (state.backbone or {}).get("guard")
         if guard is not None:  # the backbone was pruned: the stages it did not try will not run
             report.replan((speed.stages - len(guard.get("stages", []))) * spec.stage_steps())
-        report.skip(_warmup_steps(spec) + searched_steps(spec, state))
+        report.skip(spec.warmup_steps() + searched_steps(spec, state))
         report.emit(kind="phase", message=f"resuming after round {state.round} of {spec.schedule.rounds}")
         for record in state.records:  # a kill between checkpoint and report must not lose a round
             report.round(record)
@@ -445,22 +445,6 @@ def _prior(ctx: _Context, supernet: Supernet, state: SearchState, budget: int) -
                       f"{learn['validation_loss']:.4f}, chance {learn['chance_loss']:.4f}), so its scores would be "
                       f"noise: kept the prior instead, LoRA on every projection at ranks spread to "
                       f"{sum(ranks[p] * per_rank[p] for p in ranks):,} parameters"}
-
-
-def planned_steps(spec: SearchSpec) -> int:
-    """Every training step a search plans: warm-up, learning (at most), rounds, speed mode's guarded stages (at
-    most), retraining (with 'continue', what the search at most leaves of train.steps)."""
-    return _warmup_steps(spec) + spec.search_steps_limit() + retrain_steps(spec, spec.search_steps_limit())
-
-
-def _warmup_steps(spec: SearchSpec) -> int:
-    """Steps of the warm-up that derives the criteria (`assignment: warmup`; it trains a probe, not the supernet)."""
-    return spec.policy.warmup_steps if spec.policy.assignment == "warmup" else 0
-
-
-def retrain_steps(spec: SearchSpec, searched: int) -> int:
-    """Steps of the retraining after a search that trained the supernet `searched` steps."""
-    return spec.train.steps - searched if spec.retrain == "continue" else spec.train.steps
 
 
 def searched_steps(spec: SearchSpec, state: SearchState) -> int:

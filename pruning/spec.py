@@ -444,6 +444,21 @@ class SearchSpec:
         """The most steps the learning phase may take (none without a validation split to gate it)."""
         return math.ceil(self.schedule.learn_max_share * self.train.steps) if self.schedule.eval_examples else 0
 
+    def planned_steps(self) -> int:
+        """Every training step a search plans: warm-up, learning and speed mode's estimation (at most), rounds,
+        speed mode's guarded stages (at most), retraining (with 'continue', what the search at most leaves of
+        train.steps)."""
+        return self.warmup_steps() + self.search_steps_limit() + self.retrain_steps(self.search_steps_limit())
+
+    def warmup_steps(self) -> int:
+        """Steps of the warm-up that derives the criteria (`assignment: warmup`; it trains a probe, not the
+        supernet)."""
+        return self.policy.warmup_steps if self.policy.assignment == "warmup" else 0
+
+    def retrain_steps(self, searched: int) -> int:
+        """Steps of the retraining after a search that trained the supernet `searched` steps."""
+        return self.train.steps - searched if self.retrain == "continue" else self.train.steps
+
     def mask_steps(self, learned: int) -> int:
         """Steps of speed mode's estimation phase after a learning phase of `learned` steps: what the masks still
         need to have learned for backbone.mask_share x train.steps when the backbone is pruned (0 without it)."""

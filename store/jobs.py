@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import statistics
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -20,7 +21,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 
 from pruning.result import RoundRecord
 from pruning.sizes import check_problem
-from pruning.spec import SpecError
+from pruning.spec import SearchSpec, SpecError
 
 from .datasets import get_dataset, task_spec
 from .models import (
@@ -31,6 +32,7 @@ from .models import (
     FINAL,
     QUEUED,
     RUNNING,
+    SUCCEEDED,
     Artifact,
     Job,
     JobEvent,
@@ -233,6 +235,31 @@ def expire_artifacts(session: Session, ended_before: datetime, limit: int = 500)
     if rows:
         session.execute(delete(Artifact).where(Artifact.id.in_([row.id for row in rows])))
     return [row.path for row in rows]
+
+
+ESTIMATE_FROM = 20  # the latest succeeded jobs on a model whose pace estimates the next one's time
+
+
+def estimate_s(session: Session, job: Job) -> float | None:
+    """About how long `job` will run once a worker takes it, at most: the training steps its search plans (a
+    learning phase that ends early shortens it) x its tokens per step (batch x max length), at the median pace
+    (seconds per step and token, loading and evaluation included) of the latest ESTIMATE_FROM jobs on the same
+    model that succeeded on this deployment in one attempt, any owner's. None before one has."""
+    rows = session.execute(
+        select(Job.spec, Job.progress, Job.started_at, Job.finished_at)
+        .where(Job.status == SUCCEEDED, Job.attempt == 1, Job.request["model"].as_string() == job.request["model"],
+               Job.started_at.is_not(None), Job.finished_at.is_not(None))
+        .order_by(Job.finished_at.desc()).limit(ESTIMATE_FROM)).all()
+    paces = [(row.finished_at - row.started_at).total_seconds() / (steps * _tokens_per_step(row.spec))
+             for row in rows if (steps := (row.progress or {}).get("total_steps"))]
+    if not paces:
+        return None
+    planned = SearchSpec.from_dict(job.spec).planned_steps()
+    return round(planned * _tokens_per_step(job.spec) * statistics.median(paces), 1)
+
+
+def _tokens_per_step(spec: dict[str, Any]) -> int:
+    return spec["train"]["batch_size"] * spec["train"]["max_length"]
 
 
 def get_artifact(session: Session, job_id: str) -> Artifact | None:

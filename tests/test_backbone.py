@@ -293,7 +293,7 @@ def test_a_guarded_search_removes_the_last_stage_its_validation_metric_accepts(t
     removed = 1 - record["layer_params_after"] / record["layer_params_before"]
     assert removed == pytest.approx(guard["reached_share"], abs=0.01)
     # the stages' recovery steps are reported, and the plan shrinks by the stage never tried
-    assert events[-1].done_steps == events[-1].total_steps == pipeline.planned_steps(spec) - 2
+    assert events[-1].done_steps == events[-1].total_steps == spec.planned_steps() - 2
     learned = json.loads((Path(result.out_dir) / "trace.json").read_text())
     assert learned["searched_steps"] == learned["learn"]["step"] + 2 * 3 + 2 * 2  # rounds, then 2 stages tried
     card = (Path(result.out_dir) / "README.md").read_text()
@@ -305,7 +305,7 @@ def test_a_guarded_search_removes_the_last_stage_its_validation_metric_accepts(t
         pruning.search(spec, tmp_path / "again", checkpoint_dir=tmp_path / "ckpt",
                        should_stop=stop_after(learned["learn"]["step"] + 3 + 2 * 2 + 1))
     pruning.search(spec, tmp_path / "again", checkpoint_dir=tmp_path / "ckpt", on_progress=resumed.append)
-    assert resumed[-1].done_steps == resumed[-1].total_steps == pipeline.planned_steps(spec) - 2
+    assert resumed[-1].done_steps == resumed[-1].total_steps == spec.planned_steps() - 2
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from store import jobs, webhooks
 from store.artifacts import remove_job_files
-from store.models import FINAL, SUCCEEDED, Job
+from store.models import FINAL, QUEUED, SUCCEEDED, Job
 from store.specs import INT64, JobCreate, JobFilters
 from worker.queue import enqueue
 
@@ -44,11 +44,12 @@ def submit_job(body: JobCreate, response: Response, background: BackgroundTasks,
         job, replayed = jobs.submit(session, owner=caller.owner, body=body,
                                     idempotency_key=idempotency_key, settings=settings)
         session.commit()
+        estimate = jobs.estimate_s(session, job) if job.status == QUEUED else None
     if replayed:
         response.headers["Idempotent-Replayed"] = "true"
     else:  # committed, so the worker finds the row; sent after the answer, which a slow broker must not delay
         background.add_task(enqueue, settings, job.id)
-    return JobCreated.of(job)
+    return JobCreated.of(job, estimate)
 
 
 class JobListQuery(JobFilters):
@@ -68,7 +69,8 @@ def list_jobs(caller: CurrentCaller, query: Annotated[JobListQuery, Query()]) ->
 def get_job(job_id: str, caller: CurrentCaller) -> JobOut:
     with caller.session() as session:
         job = owned_job(session, caller.owner, job_id)
-    return JobOut.of(job)
+        estimate = jobs.estimate_s(session, job) if job.status == QUEUED else None
+    return JobOut.of(job, estimate_s=estimate)
 
 
 @router.post("/{job_id}/cancel", response_model=JobOut, summary="Cancel a queued or running job")

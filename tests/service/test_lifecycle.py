@@ -291,3 +291,28 @@ def test_the_reaper_deletes_archives_past_their_retention_and_a_download_says_wh
     listed = {j["id"]: j for j in client.get("/v1/jobs").json()["data"]}
     assert not listed[old]["has_artifact"] and listed[recent]["has_artifact"]
     assert client.get(f"/v1/jobs/{old}").json()["status"] == "succeeded"  # the job and its result stay
+
+
+def test_a_queued_job_has_an_estimate_from_the_pace_of_earlier_jobs_on_its_model(client, auth, dataset_id, db,
+                                                                                  settings):
+    first = client.post("/v1/jobs", headers=auth, json=job_body(dataset_id))
+    assert first.status_code == 201 and first.json()["estimate_s"] is None  # nothing has run on the model yet
+    plans = []
+    for wall, steps in ((100.0, 50), (300.0, 50), (40.0, 40)):  # paces 2, 6 and 1 s per step at one size
+        job_id = submit(client, auth, dataset_id)
+        succeed(db, settings, job_id)
+        job = db.get(Job, job_id)
+        job.started_at, job.progress = job.finished_at - timedelta(seconds=wall), {"total_steps": steps}
+        plans.append(jobs._tokens_per_step(job.spec))
+    db.flush()
+    body = job_body(dataset_id, search={**job_body(dataset_id)["search"], "train": {"steps": 40, "batch_size": 8}})
+    queued = client.post("/v1/jobs", headers=auth, json=body).json()
+    spec = db.get(Job, queued["id"]).spec
+    from pruning.spec import SearchSpec
+
+    pace = 2.0 / plans[0]  # the median pace, per step and token
+    expected = SearchSpec.from_dict(spec).planned_steps() * jobs._tokens_per_step(spec) * pace
+    assert queued["estimate_s"] == pytest.approx(expected, abs=0.1)
+    assert client.get(f"/v1/jobs/{queued['id']}", headers=auth).json()["estimate_s"] == queued["estimate_s"]
+    jobs.claim(db, queued["id"], "w", utcnow())
+    assert client.get(f"/v1/jobs/{queued['id']}", headers=auth).json()["estimate_s"] is None  # running: eta_s
