@@ -356,7 +356,9 @@ function jobFacts(job, names) {
 
 function progressPanel(job) {
   const p = job.progress;
-  if (!p) return h("div", { class: "muted" }, job.status === "queued" ? "Queued: waiting for a worker." : "No progress yet.");
+  if (!p) return h("div", { class: "muted" }, job.status !== "queued" ? "No progress yet." :
+    "Queued: waiting for a worker." + (job.estimate_s == null ? "" :
+      ` Once one takes it, about ${seconds(job.estimate_s)} at most (the pace of this server's earlier jobs on ${job.model}).`));
   const share = p.steps ? Math.min(1, p.step / p.steps) : FINAL.has(job.status) ? 1 : 0;
   return h("div", { id: "progress", "data-phase": p.phase },
     h("div", { class: "row spread" }, h("b", {}, p.phase + (p.round ? ` · round ${p.round}/${p.rounds}` : "")),
