@@ -8,10 +8,10 @@ Per task and seed, side by side in one run, on all-MiniLM-L6-v2:
     speed  peftsearch with backbone pruning on (defaults: the quality guard at max_drop 1 point), same budget and
            steps
 
-then, for the two exported models: training step time (batch 32, length 128, random tokens) and inference
-throughput (batch 32/64 x length 64/128), measured in one process with the models interleaved so that machine
-noise hits both alike; and the training's peak memory above the loaded model, each model in a fresh process.
-Backbone parameters are reported two ways: the transformer layers (what head/neuron pruning acts on) and the whole
+then, for the two exported models: training step time (batch 32, length 128, random tokens), inference
+throughput (batch 32/64 x length 64/128) and batch-1 latency (length 64/128), measured in one process with the
+models interleaved so that machine noise hits both alike; and the training's peak memory above the loaded model,
+each model in a fresh process. Backbone parameters are reported two ways: the transformer layers (what head/neuron pruning acts on) and the whole
 backbone including the embedding table (a lookup that costs no compute).
 """
 
@@ -43,6 +43,7 @@ from .quality import base_spec, fixed_space
 METHODS = ("lora", "speed")
 RESULTS = Path(__file__).parent / "results"
 SHAPES = [(32, 64), (32, 128), (64, 64), (64, 128)]
+LATENCY_LENGTHS = (64, 128)  # batch 1: what one request waits, where depth counts more than width
 TRAIN_SHAPE = (32, 128)
 
 
@@ -85,9 +86,13 @@ def timings(out_dirs: dict[str, str], model: str, rounds: int = 5) -> dict[str, 
             times[name].setdefault("train", []).append(_train_step_s(net, steps=3))
             for b, length in SHAPES:
                 times[name].setdefault(f"{b}x{length}", []).append(_throughput(net, b, length))
+            for length in LATENCY_LENGTHS:
+                times[name].setdefault(f"latency 1x{length}", []).append(1000 / _throughput(net, 1, length))
     median = lambda values: sorted(values)[len(values) // 2]  # noqa: E731
     return {name: {"train_step_s": median(t["train"]),
-                   "throughput": {shape: median(v) for shape, v in t.items() if shape != "train"},
+                   "throughput": {shape: median(v) for shape, v in t.items()
+                                  if shape != "train" and not shape.startswith("latency")},
+                   "latency_ms": {shape.split()[1]: median(v) for shape, v in t.items() if shape.startswith("latency")},
                    "threads": torch.get_num_threads()} for name, t in times.items()}
 
 
@@ -195,6 +200,9 @@ def report(store: Store, command: str) -> tuple[dict, str]:
                 [1 - r["backbone_params"] / r["backbone_params_before"] for r in runs])[0]
             entry["throughput"] = {shape: mean_spread([r["throughput"][shape] for r in runs])[0]
                                    for shape in runs[0]["throughput"]}
+            timed = [r for r in runs if r.get("latency_ms")]  # rows measured before batch-1 latency was: none
+            entry["latency_ms"] = {shape: mean_spread([r["latency_ms"][shape] for r in timed])[0]
+                                   for shape in timed[0]["latency_ms"]} if timed else None
             table.setdefault(task, {})[method] = entry
     complete = [t for t in tasks if all(m in table[t] for m in METHODS)]
     summary = _summary(table, complete)
@@ -225,6 +233,10 @@ def _summary(table: dict, complete: list[str]) -> dict:
     retrain_speedup = ratio("retrain_step_s")
     memory = mean_spread([table[t]["speed"]["train_peak_mb"] / table[t]["lora"]["train_peak_mb"] - 1
                           for t in complete])[0]
+    timed = [t for t in complete if table[t]["lora"]["latency_ms"] and table[t]["speed"]["latency_ms"]]
+    latency = {shape: mean_spread([table[t]["lora"]["latency_ms"][shape] / table[t]["speed"]["latency_ms"][shape]
+                                   for t in timed])[0] for shape in table[timed[0]]["lora"]["latency_ms"]} \
+        if timed else None
     return {
         "layer_params_removed": {"value": layers_removed, "target": ">= 0.30", "met": layers_removed >= 0.30},
         "backbone_params_removed_incl_embeddings": {"value": backbone_removed, "target": ">= 0.35",
@@ -235,6 +247,8 @@ def _summary(table: dict, complete: list[str]) -> dict:
         "train_step_speedup": {"value": train_speedup, "target": ">= 1.3", "met": train_speedup >= 1.3},
         "retrain_step_speedup_real_data": {"value": retrain_speedup, "target": ">= 1.3", "met": retrain_speedup >= 1.3},
         "train_peak_memory_change": {"value": memory, "target": "<= -0.25", "met": memory <= -0.25},
+        **({"batch1_latency_speedup": {"value": min(latency.values()), "per_shape": latency, "target": "measured",
+                                       "met": None}} if latency else {}),
     }
 
 
@@ -250,8 +264,9 @@ def _markdown(data: dict) -> str:
         "time per step on the task's data; throughput in examples/s.",
         "",
         "| task | method | metric | layers removed | backbone removed | step s | real-data step s | peak MiB | "
-        + " | ".join(f"ex/s {s}" for s in (f"{b}x{n}" for b, n in SHAPES)) + " |",
-        "|---|---|---|---|---|---|---|---|" + "---|" * len(SHAPES),
+        + " | ".join(f"ex/s {s}" for s in (f"{b}x{n}" for b, n in SHAPES))
+        + " | " + " | ".join(f"ms 1x{n}" for n in LATENCY_LENGTHS) + " |",
+        "|---|---|---|---|---|---|---|---|" + "---|" * (len(SHAPES) + len(LATENCY_LENGTHS)),
     ]
     for task, methods in data["results"].items():
         for method, r in methods.items():
@@ -259,7 +274,9 @@ def _markdown(data: dict) -> str:
                 f"| {task} | {method} | {r['metric_name']} {r['mean']:.2f} ± {r['std']:.2f} (n={r['seeds']}) | "
                 f"{100 * r['layers_removed_share']:.1f}% | {100 * r['backbone_removed_share']:.1f}% | "
                 f"{r['train_step_s']:.3f} | {r['retrain_step_s']:.3f} | {r['train_peak_mb']:.0f} | "
-                + " | ".join(f"{r['throughput'][f'{b}x{n}']:.0f}" for b, n in SHAPES) + " |")
+                + " | ".join(f"{r['throughput'][f'{b}x{n}']:.0f}" for b, n in SHAPES) + " | "
+                + " | ".join("—" if not r["latency_ms"] else f"{r['latency_ms'][f'1x{n}']:.1f}"
+                             for n in LATENCY_LENGTHS) + " |")
     guarded = [r for r in data["guards"] if r["guard"]]
     if guarded:
         lines += ["", "Speed mode's quality guard (share of the layers' parameters asked for and reached, and why "
@@ -271,7 +288,8 @@ def _markdown(data: dict) -> str:
     if data["summary"]:
         lines += ["", f"Targets (mean over {', '.join(data['complete'])}):", ""]
         for name, t in data["summary"].items():
-            lines.append(f"- {name}: {t['value']:.3f} (target {t['target']}) — {'met' if t['met'] else 'MISSED'}")
+            verdict = "no target" if t["met"] is None else "met" if t["met"] else "MISSED"
+            lines.append(f"- {name}: {t['value']:.3f} (target {t['target']}) — {verdict}")
     return "\n".join(lines) + "\n"
 
 
