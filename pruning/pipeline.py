@@ -54,6 +54,7 @@ from .warmup import derive_assignment
 
 ProgressCallback = Callable[[ProgressEvent], None]
 TEACHER = "teacher/"  # the prefix of the distillation teacher's tensors in a search checkpoint
+TRACKED = "tracked/"  # and of speed mode's importance sums (masks' Taylor, LoRA ranks') while they accumulate
 StopCheck = Callable[[], bool]
 
 
@@ -162,11 +163,22 @@ class _Context:
         copy.load_trained_state(supernet.trained_state())
         self.teacher = Teacher(copy.requires_grad_(False).eval(), self.spec.backbone.distill)
 
-    def checkpoint_tensors(self, supernet: Supernet) -> dict[str, torch.Tensor]:
-        """What a search checkpoint holds: the supernet's trained tensors, and the teacher's (prefixed)."""
-        teacher = {} if self.teacher is None else {
-            f"{TEACHER}{name}": t for name, t in self.teacher.model.trained_state().items()}
-        return {**supernet.trained_state(), **teacher}
+    def checkpoint_tensors(self, supernet: Supernet, ranks: RankTracker | None) -> dict[str, torch.Tensor]:
+        """What a search checkpoint holds: the supernet's trained tensors, the teacher's, and the importance
+        speed mode has accumulated so far (both prefixed)."""
+        tensors = supernet.trained_state()
+        if self.teacher is not None:
+            tensors.update({f"{TEACHER}{name}": t for name, t in self.teacher.model.trained_state().items()})
+        if supernet.masks is not None:
+            tensors.update({f"{TRACKED}masks/{name}": t for name, t in supernet.masks.tracked_state().items()})
+        if ranks is not None:
+            tensors.update({f"{TRACKED}ranks/{name}": t for name, t in ranks.state().items()})
+        return tensors
+
+    def pop_teacher(self) -> Teacher | None:
+        """The teacher, which this context no longer holds (the retraining is its last use)."""
+        teacher, self.teacher = self.teacher, None
+        return teacher
 
     def train_without_validation(self) -> Encoded:
         return self.train_data.subset(self.outside_validation)
@@ -256,7 +268,7 @@ def search(spec: SearchSpec, out_dir: str | Path, *, on_progress: ProgressCallba
     ctx = _Context.prepare(spec)
     checkpoint = Checkpoint(checkpoint_dir, spec)
     started = time.monotonic()
-    state, supernet = _start_or_resume(ctx, checkpoint, report, should_stop)
+    state, supernet, tracked = _start_or_resume(ctx, checkpoint, report, should_stop)
     prior_wall = state.search_wall_s  # spent before a resume
 
     def search_wall() -> float:
@@ -266,12 +278,16 @@ def search(spec: SearchSpec, out_dir: str | Path, *, on_progress: ProgressCallba
     # batches that run began with); it is a continuation, not a bit-exact replay.
     batches = ctx.batches(ctx.search_train, spec.seed + (1 + state.round if resumed else 0))
     ranks = RankTracker(supernet.units.values()) if supernet.masks is not None and speed.rank_ratio else None
+    if supernet.masks is not None and tracked:  # a resumed search goes on accumulating where it stopped
+        supernet.masks.load_tracked_state(_prefixed(tracked, "masks/"))
+        if ranks is not None:
+            ranks.load_state(_prefixed(tracked, "ranks/"))
     if not resumed:  # train until the supernet has learned; only then are units scored
         state.learn = _learn(ctx, supernet, batches, ranks, report, should_stop)
         state.learn["mask_steps"] = _estimate_masks(ctx, supernet, batches, ranks, report, should_stop,
                                                     state.learn["step"])
         state.search_wall_s = search_wall()
-        checkpoint.save(state, ctx.checkpoint_tensors(supernet))
+        checkpoint.save(state, ctx.checkpoint_tensors(supernet, ranks))
 
     policy = ImportancePolicy(spec.policy, state.assignment, spec.seed + state.round)
     backbone_before = _unpruned_backbone_params(supernet, state)
@@ -293,7 +309,7 @@ def search(spec: SearchSpec, out_dir: str | Path, *, on_progress: ProgressCallba
         if ctx.teacher is not None:
             state.teacher = {"units": ctx.teacher.model.unit_keys(), "lora_ranks": ctx.teacher.model.lora_ranks()}
         state.search_wall_s = search_wall()
-        checkpoint.save(state, ctx.checkpoint_tensors(supernet))
+        checkpoint.save(state, ctx.checkpoint_tensors(supernet, ranks))
         report.round(record)
     front = [] if prior else pareto_front(state.start_params, state.records, ctx.validation_metric(supernet),
                                           lower_is_better=ctx.task.primary_metric in LOWER_IS_BETTER)
@@ -319,9 +335,8 @@ def search(spec: SearchSpec, out_dir: str | Path, *, on_progress: ProgressCallba
                                                    "learn": state.learn, "start_params": state.start_params,
                                                    "targets": targets, "searched_steps": searched,
                                                    "retrain_steps": steps, "prior": prior},
-                                      prior=prior and prior["reason"], teacher=ctx.teacher,
+                                      prior=prior and prior["reason"], teacher=ctx.pop_teacher(),
                                       checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every)
-    ctx.teacher = None
     result.search_wall_s, result.front = state.search_wall_s, front
     export.write_result(out_dir, result)
     report.phase("done", f"{result.metric_name} {result.metric:.4f} with {result.trainable_params:,} parameters")
@@ -337,14 +352,15 @@ def _unpruned_backbone_params(supernet: Supernet, state: SearchState) -> int:
 
 
 def _start_or_resume(ctx: _Context, checkpoint: Checkpoint, report: _Reporter,
-                     should_stop) -> tuple[SearchState, Supernet]:
-    """A fresh supernet (and, with `assignment: warmup`, the derived criteria), or the checkpointed one."""
+                     should_stop) -> tuple[SearchState, Supernet, dict[str, torch.Tensor]]:
+    """A fresh supernet (and, with `assignment: warmup`, the derived criteria), or the checkpointed one with the
+    importance speed mode had accumulated (TRACKED's tensors, unprefixed; none for a fresh one)."""
     spec, speed = ctx.spec, ctx.spec.backbone
     saved = checkpoint.load()
     if saved is not None:
         state, tensors = saved
-        taught = {name.removeprefix(TEACHER): t for name, t in tensors.items() if name.startswith(TEACHER)}
-        tensors = {name: t for name, t in tensors.items() if not name.startswith(TEACHER)}
+        taught, tracked = _prefixed(tensors, TEACHER), _prefixed(tensors, TRACKED)
+        tensors = {name: t for name, t in tensors.items() if not name.startswith((TEACHER, TRACKED))}
         if state.teacher is not None:
             teacher = ctx.supernet(state.teacher["units"], state.teacher["lora_ranks"], masks=True)
             teacher.load_trained_state(taught)
@@ -362,7 +378,7 @@ def _start_or_resume(ctx: _Context, checkpoint: Checkpoint, report: _Reporter,
         report.emit(kind="phase", message=f"resuming after round {state.round} of {spec.schedule.rounds}")
         for record in state.records:  # a kill between checkpoint and report must not lose a round
             report.round(record)
-        return state, supernet
+        return state, supernet, tracked
     supernet = ctx.supernet(masks=speed.enabled)
     state = SearchState(start_params=supernet.peft_params(), assignment=_resolve_assignment(spec))
     if spec.policy.assignment == "warmup":
@@ -371,7 +387,7 @@ def _start_or_resume(ctx: _Context, checkpoint: Checkpoint, report: _Reporter,
         state.assignment, state.warmup = derive_assignment(
             probe, ctx.search_train, spec, ctx.pad_id, ctx.device, len(spec.policy.block_cuts) + 1,
             on_step=report.steps(None, probe.peft_params()), should_stop=should_stop)
-    return state, supernet
+    return state, supernet, {}
 
 
 def _learn(ctx: _Context, supernet: Supernet, batches, ranks: RankTracker | None, report: _Reporter,
@@ -586,6 +602,7 @@ def _retrain_evaluate_export(ctx: _Context, model: Supernet, out_dir, report: _R
           warmup_ratio=warmup_ratio, weight_decay=spec.train.weight_decay,
           on_step=report.steps(None, model.peft_params()), should_stop=should_stop, resume=saved,
           checkpoint=checkpoint, teacher=teacher)
+    teacher = None  # its last use: a second model in memory no longer needed for evaluation and export
     fold(model.model)  # a standardised regression head back in the labels' units
     retrain_wall = (saved.wall_s if saved else 0.0) + time.monotonic() - start
     report.phase("evaluate", f"{len(ctx.dev_data)} dev examples")
@@ -695,6 +712,11 @@ def _resolve_assignment(spec: SearchSpec) -> Assignment:
     if name == "prunepeft":
         return prunepeft_assignment()
     return uniform_assignment(name, spec.space.types, len(spec.policy.block_cuts) + 1)
+
+
+def _prefixed(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """The tensors whose names begin with `prefix`, without it."""
+    return {name.removeprefix(prefix): t for name, t in tensors.items() if name.startswith(prefix)}
 
 
 def _sample(n: int, limit: int | None, seed: int) -> list[int]:

@@ -391,8 +391,8 @@ class BackboneSpec:
         "Recovery by distillation: once heads or neurons are off, every training step's loss is (1 - distill) x "
         "the task's + distill x the distance of the outputs to the unpruned supernet's (the teacher: the masked "
         "supernet when the guard took its reference; KL divergence of the class probabilities at temperature 2, "
-        "squared error for regression, per token for a completion), in the guard's recovery steps and the "
-        "retraining. The teacher stays in memory: a second copy of the model. 0: no teacher."))] = 0.0
+        "squared error for regression, per token for a completion), in the guard's recovery steps, the rounds "
+        "after and the retraining. The teacher stays in memory: a second copy of the model. 0: no teacher."))] = 0.0
     save_backbone: Annotated[bool, Strict(), Field(description=(
         "Also write the pruned backbone's weights (deploy without the base model)."))] = False
 
@@ -417,8 +417,9 @@ class SearchSpec:
     retrain: Annotated[Literal[RETRAIN_MODES], Field(description=(  # type: ignore[valid-type]
         "Retrain the chosen configuration for train.steps from the supernet's trained weights ('warm'), or from "
         "a fresh initialisation ('fresh'); or 'continue': go on from the supernet's weights for what is left of "
-        "train.steps after the steps the search trained (learning phase, rounds, the guard's stages), so the "
-        "final configuration trains train.steps steps in all, as a fixed PEFT method would."))] = "warm"
+        "train.steps after the steps the search trained (learning and estimation phases, rounds, the guard's "
+        "stages), so the final configuration trains train.steps steps in all, as a fixed PEFT method would."
+        ))] = "warm"
     seed: Annotated[Int, Field(ge=0, description="Seeds data order, initialisation and subsampling.")] = 0
     device: Annotated[str, Field(min_length=1, description=(
         "'auto' (cuda when present), 'cpu', 'cuda', 'cuda:1', ..."))] = "auto"

@@ -143,6 +143,8 @@ def distill_loss(logits: torch.Tensor, target: torch.Tensor, labels: torch.Tenso
         return F.mse_loss(logits.squeeze(-1).float(), target.squeeze(-1).float())
     if problem == "completion":
         keep = (labels[:, 1:] != IGNORE).flatten()
+        if not keep.any():  # nothing to learn in this batch: 0, as the task's loss is (a mean over no row is NaN)
+            return logits.sum() * 0.0
         logits, target = logits[:, :-1].flatten(0, 1)[keep], target[:, :-1].flatten(0, 1)[keep]
     t = DISTILL_TEMPERATURE
     return F.kl_div(F.log_softmax(logits.float() / t, -1), F.log_softmax(target.float() / t, -1),

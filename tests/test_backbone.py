@@ -373,36 +373,48 @@ def test_saved_pruned_backbone_loads_without_the_base_model(speed_result, tiny_m
 
 def test_the_masks_learn_for_their_share_of_the_steps_before_the_backbone_is_pruned(tiny_model, toy_task, tmp_path,
                                                                                     monkeypatch):
+    from pruning.backbone import RankTracker
+
     train, dev = toy_task
     spec = SearchSpec(model=str(tiny_model), task=TaskSpec(train=str(train), dev=str(dev)), budget=9000,
                       schedule=ScheduleSpec(rounds=2, steps_per_round=2), train=TrainSpec(steps=40, batch_size=16),
-                      backbone=BackboneSpec(enabled=True, mask_share=0.5, max_drop=None, rank_ratio=0.0))
-    trained_when_pruned = []
-    plan = pruning.backbone.Planner.of.__func__
+                      backbone=BackboneSpec(enabled=True, mask_share=0.5, max_drop=None, rank_ratio=0.5))
+    trained_when_pruned, ranked_over = [], []  # the steps the masks' and the ranks' importance accumulated
+    plan, importance = pruning.backbone.Planner.of.__func__, RankTracker.importance
 
     def of(cls, supernet, score):
         trained_when_pruned.append(supernet.masks._steps)
         return plan(cls, supernet, score)
 
+    def rank_importance(tracker):
+        ranked_over.append(set(tracker.steps.values()))
+        return importance(tracker)
+
     monkeypatch.setattr(pruning.backbone.Planner, "of", classmethod(of))
+    monkeypatch.setattr(RankTracker, "importance", rank_importance)
     events = []
     result = pruning.search(spec, tmp_path / "out", on_progress=events.append)
     trace = json.loads((Path(result.out_dir) / "trace.json").read_text())
     learned = trace["learn"]["step"]
     assert trace["learn"]["mask_steps"] == 20 - learned - 2 > 0  # half of 40 steps, less learning and one round
-    assert trained_when_pruned == [20]
+    assert trained_when_pruned == [20] and ranked_over[0] == {20}  # (later: the rank grain's, of one round)
     estimate = [e for e in events if e.phase == "estimate" and e.kind == "step"]
     assert len(estimate) == 20 - learned - 2
     assert trace["searched_steps"] == 20 + 2  # the second round trains after the pruning
     assert events[-1].done_steps == events[-1].total_steps  # the plan followed what ran
 
-    # killed in the first round and resumed: the estimation is not trained again and the plan still adds up
-    resumed = []
+    # killed in the first round, before the pruning, and resumed: the estimation is not trained again, what the
+    # importance had accumulated comes back with the checkpoint, and the plan still adds up
+    trained_when_pruned.clear(), ranked_over.clear()
     with pytest.raises(pruning.Cancelled):
-        pruning.search(spec, tmp_path / "again", checkpoint_dir=tmp_path / "ckpt", should_stop=stop_after(20 + 1))
-    pruning.search(spec, tmp_path / "again", checkpoint_dir=tmp_path / "ckpt", on_progress=resumed.append)
+        pruning.search(spec, tmp_path / "again", checkpoint_dir=tmp_path / "ckpt", should_stop=stop_after(20 - 1))
+    assert trained_when_pruned == []
+    resumed = []
+    again = pruning.search(spec, tmp_path / "again", checkpoint_dir=tmp_path / "ckpt", on_progress=resumed.append)
     assert not [e for e in resumed if e.phase == "estimate"]
+    assert trained_when_pruned == [20] and ranked_over[0] == {20}
     assert resumed[-1].done_steps == resumed[-1].total_steps
+    assert again.configuration["backbone"]["layer_params_after"] < again.configuration["backbone"]["layer_params_before"]
 
 
 @pytest.mark.parametrize("problem", ["classification", "regression", "completion"])

@@ -142,7 +142,9 @@ def list_deliveries(job_id: str, caller: CurrentCaller,
 def download_artifact(job_id: str, caller: CurrentCaller, settings: Config) -> FileResponse:
     with caller.session() as session:
         job = owned_job(session, caller.owner, job_id)
-    if job.status == SUCCEEDED and job.artifact is None:  # a succeeded job always has one, until it expires
+    expired = job.status == SUCCEEDED and (job.artifact is None  # a succeeded job always has one until it expires
+                                           or not (settings.artifacts / job.artifact.path).exists())  # just now
+    if expired:
         days = settings.artifact_retention_days
         raise ApiError(410, f"job {job.id}'s archive was deleted: this server keeps archives {days:g} days after a "
                             "job ends (its result, rounds and events remain)" if days else

@@ -70,6 +70,17 @@ class BackboneMasks(nn.Module):
                 total += (mask * mask.grad).abs().to(total.device)
         self._steps += 1
 
+    def tracked_state(self) -> dict[str, torch.Tensor]:
+        """The Taylor importance accumulated so far and its step count (not parameters, so a search checkpoint
+        saves them apart: a resumed search ranks on every step the masks learned, not only those after it)."""
+        return {**{str(i): total for i, total in enumerate(self._taylor)}, "steps": torch.tensor(self._steps)}
+
+    @torch.no_grad()
+    def load_tracked_state(self, state: dict[str, torch.Tensor]) -> None:
+        for i, total in enumerate(self._taylor):
+            total.copy_(state[str(i)])
+        self._steps = int(state["steps"])
+
     def scores(self, kind: str) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Per layer, a score per head and per neuron (higher = keep): the mask's magnitude (Light-PEFT), or its
         Taylor importance accumulated over the steps the masks trained."""

@@ -39,6 +39,18 @@ class RankTracker:
     def importance(self) -> dict[tuple[str, str], torch.Tensor]:
         return {key: total / self.steps[key] for key, total in self.total.items()}
 
+    def state(self) -> dict[str, torch.Tensor]:
+        """What it accumulated, as tensors named '<unit>/<role>' (and '<unit>/<role>/steps'), for a checkpoint."""
+        return {**{f"{unit}/{role}": total for (unit, role), total in self.total.items()},
+                **{f"{unit}/{role}/steps": torch.tensor(n) for (unit, role), n in self.steps.items()}}
+
+    def load_state(self, state: dict[str, torch.Tensor]) -> None:
+        for name, tensor in state.items():
+            if not name.endswith("/steps"):
+                unit, role = name.split("/")
+                self.total[unit, role] = tensor.clone()
+                self.steps[unit, role] = int(state[f"{name}/steps"])
+
 
 def choose_ranks(importance: dict[tuple[str, str], torch.Tensor], ratio: float) -> dict[tuple[str, str], list[int]]:
     """Ranks to keep per (unit, role): the `ratio` least important ranks of all modules are removed, except that
