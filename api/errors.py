@@ -25,7 +25,8 @@ CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method
 
 DESCRIPTIONS = {400: "A body that cannot be parsed (e.g. malformed multipart).",
                 401: "Missing, unknown or revoked API key.", 404: "No such resource for this key.",
-                409: "Conflicts with the resource's state.", 413: "Upload too large.",
+                409: "Conflicts with the resource's state.", 410: "`expired`: deleted after the retention period.",
+                413: "Upload too large.",
                 422: "Invalid request: `param` names the field.",
                 503: "`unavailable` (the database is down), `overloaded`, or not ready: retry after the "
                      "Retry-After header's seconds."}

@@ -138,7 +138,8 @@ def list_deliveries(job_id: str, caller: CurrentCaller,
 
 @router.get("/{job_id}/artifact", response_class=FileResponse, summary="Download the pruned adapter (.tar.gz)",
             responses={200: {"content": {"application/gzip": {}},
-                             "description": "The archive; its sha256 is in the X-Checksum-SHA256 header."}})
+                             "description": "The archive; its sha256 is in the X-Checksum-SHA256 header."},
+                       **documented(410)})
 def download_artifact(job_id: str, caller: CurrentCaller, settings: Config) -> FileResponse:
     with caller.session() as session:
         job = owned_job(session, caller.owner, job_id)
