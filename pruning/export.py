@@ -274,7 +274,7 @@ def _model_card(config: dict, records) -> str:
     types = config["space"]["types"]
     rows = "\n".join(f"| {e['layer']} | " + " | ".join(format_unit(kind, e["modules"].get(kind)) for kind in types)
                      + " |" for e in config["layers"])
-    rounds = "\n".join(f"- round {r.round}: removed {', '.join(u.unit for u in r.removed) or 'nothing'}; "
+    rounds = "\n".join(f"- round {r.round}: removed {', '.join(u.label() for u in r.removed) or 'nothing'}; "
                        f"{r.trainable_params:,} parameters left" for r in records)
     if config.get("prior"):
         rounds = f"No pruning rounds: {config['prior']}."

@@ -23,6 +23,10 @@ class RemovedUnit:
     role: str | None = None
     ranks: list[int] | None = None
 
+    def label(self) -> str:
+        """"adapter.3", or for a LoRA projection that shrank "lora.1 v 8->4" (to 0: unwrapped)."""
+        return self.unit if self.role is None else f"{self.unit} {self.role} {self.ranks[0]}->{self.ranks[1]}"
+
 
 @dataclass
 class RoundRecord:
@@ -163,7 +167,7 @@ def format_round(record: RoundRecord, rounds: int) -> str:
     metric = "n/a" if record.metric is None else f"{record.metric:.4f}"
     if record.metric is not None and record.chance_metric is not None:
         metric += f" (constant prediction: {record.chance_metric:.4f})"
-    removed = ", ".join(u.unit for u in record.removed) or "nothing"
+    removed = ", ".join(u.label() for u in record.removed) or "nothing"
     return (f"round {record.round}/{rounds}: validation {record.metric_name} {metric} before removing {removed}; "
             f"{record.trainable_params:,} parameters left (target {record.target_params:,})")
 

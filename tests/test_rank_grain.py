@@ -12,6 +12,7 @@ from conftest import HIDDEN, LAYERS
 
 import pruning
 from pruning import SpaceSpec, search
+from pruning.result import format_round
 from pruning.schedule import choose_removals, kept_ranks, rank_chunks
 
 PER_RANK = HIDDEN + HIDDEN  # a row of A (in) and a column of B (out) of a hidden x hidden projection
@@ -85,6 +86,9 @@ def test_a_search_at_rank_granularity_meets_the_budget(rank_searched):
         before, after = unit.ranks
         assert unit.unit.startswith("lora.") and 0 <= after < before and (before - after) % 2 == 0
         assert unit.params == (before - after) * PER_RANK
+    record = next(r for r in result.rounds if any(u.role for u in r.removed))
+    unit = next(u for u in record.removed if u.role)  # the log line names the projection and its ranks
+    assert f"{unit.unit} {unit.role} {unit.ranks[0]}->{unit.ranks[1]}" in format_round(record, spec.schedule.rounds)
     ranks = result.configuration["lora_ranks"]
     assert ranks and all(0 < r <= 8 and r % 2 == 0 for r in ranks.values())
     assert len(set(ranks.values())) > 1 or len(ranks) < 4 * LAYERS  # the grain was used, not all-or-nothing

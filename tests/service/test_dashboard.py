@@ -231,6 +231,10 @@ def test_a_job_through_the_dashboard(served, browser, toy_files, tmp_path):
     titles = [c.get_attribute("textContent") for c in driver.find_elements(By.CSS_SELECTOR, "#trajectory circle.params-point title")]
     assert titles == [f"round {r['round']}: {r['trainable_params']:,} params" for r in rounds]
     assert len(driver.find_elements(By.CSS_SELECTOR, "#rounds tbody tr")) == 2
+    front = [p for p in result["front"] if p["metric"] is not None]
+    assert len(driver.find_elements(By.CSS_SELECTOR, "#front circle.front-point")) == len(front) == len(rounds) + 1
+    chosen = driver.find_element(By.CSS_SELECTOR, "#front circle.chosen title").get_attribute("textContent")
+    assert chosen.endswith("(chosen)") and f"{result['trainable_params']:,} params" in chosen
     assert len(driver.find_elements(By.CSS_SELECTOR, "#heatmap tr[data-layer]")) == len(config["layers"]) == 4
     kept = driver.find_elements(By.CSS_SELECTOR, "#heatmap td[data-kind]:not(.off)")
     assert sorted(f"{c.get_attribute('data-kind')}.{c.find_element(By.XPATH, '..').get_attribute('data-layer')}"

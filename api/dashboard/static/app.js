@@ -260,8 +260,8 @@ function jobView(id) {
   const cancel = h("button", { class: "danger", id: "cancel", disabled: true }, "Cancel job");
   const download = h("button", { id: "download", disabled: true }, "Download adapter");
   const downloadState = h("span", { class: "hint", id: "download-state" });
-  const sections = Object.fromEntries(["head", "progress", "result", "loss", "trajectory", "heatmap", "rounds",
-    "events"].map((name) => [name, h("div", { id: `job-${name}` })]));
+  const sections = Object.fromEntries(["head", "progress", "result", "loss", "trajectory", "front", "heatmap",
+    "rounds", "events"].map((name) => [name, h("div", { id: `job-${name}` })]));
   main().replaceChildren(
     h("div", { class: "card" },
       h("div", { class: "row spread" },
@@ -274,7 +274,9 @@ function jobView(id) {
       h("div", { class: "card" }, h("h2", {}, "Training loss"), sections.loss),
       h("div", { class: "card" }, h("h2", {}, "Pruning trajectory"), sections.trajectory)),
     h("div", { style: "height:16px" }),
-    h("div", { class: "card" }, h("h2", {}, "Chosen configuration (layer × module type)"), sections.heatmap),
+    h("div", { class: "grid" },
+      h("div", { class: "card" }, h("h2", {}, "Pareto front (validation split)"), sections.front),
+      h("div", { class: "card" }, h("h2", {}, "Chosen configuration (layer × module type)"), sections.heatmap)),
     h("div", { class: "card" }, h("h2", {}, "Rounds"), sections.rounds),
     h("div", { class: "card" }, h("h2", {}, "Events"), sections.events));
 
@@ -306,6 +308,7 @@ function jobView(id) {
     sections.result.replaceChildren(...(job.result || job.error ? [resultPanel(job)] : []));
     sections.loss.replaceChildren(lossChart(state.loss, state.rounds));
     sections.trajectory.replaceChildren(trajectoryChart(state.rounds, job));
+    sections.front.replaceChildren(frontChart(job));
     sections.heatmap.replaceChildren(heatMap(job.result && job.result.configuration));
     sections.rounds.replaceChildren(roundsTable(state.rounds, job));
     sections.events.replaceChildren(eventsTable(state.events));
@@ -522,7 +525,7 @@ function trajectoryChart(rounds, job) {
   const x = scale(Math.min(...xs) - 0.5, Math.max(...xs) + 0.5, M.left, W - M.right);
   const pHi = Math.max(...params) * 1.08;
   const y = scale(0, pHi, H - M.bottom, M.top);
-  const svg = frame(xs, "search round", "trainable params", metrics.length ? `dev ${rounds[0].metric_name}` : null);
+  const svg = frame(xs, "search round", "trainable params", metrics.length ? `validation ${rounds[0].metric_name}` : null);
   axis(svg, ticks(0, pHi), y, compact, "left");
   axis(svg, xs, x, String, "bottom");
   if (budget) {
@@ -542,10 +545,40 @@ function trajectoryChart(rounds, job) {
     const pts = rounds.filter((r) => r.metric !== null)
       .map((r) => [x(r.round), ym(r.metric), `round ${r.round}: ${r.metric_name} ${num(r.metric)}`]);
     svg.append(line(pts, "#dd6b20"), ...dots(pts, "#dd6b20", "metric-point"));
-    items.push(["#dd6b20", `dev ${rounds[0].metric_name} (right axis)`]);
+    items.push(["#dd6b20", `validation ${rounds[0].metric_name} (right axis)`]);
   }
   if (budget) items.push(["#c23b3b", `budget ${int(budget)}`]);
   return h("div", { id: "trajectory" }, svg, legend(items));
+}
+
+// The configurations the search passed through (params, validation metric with the supernet's weights), the
+// ones no other beats with fewer parameters joined, the one retrained marked.
+// pruning.result.RemovedUnit.label's: a whole unit, or the LoRA projection that shrank and its ranks
+const removedLabel = (u) => (u.role ? `${u.unit} ${u.role} ${u.ranks[0]}->${u.ranks[1]}` : u.unit);
+
+function frontChart(job) {
+  const front = (job.result?.front || []).filter((p) => p.metric !== null);
+  if (!front.length) {
+    return noRounds(job, job.result ? "This search measured no configuration on a validation split."
+      : "The front appears when the job has succeeded.", "front");
+  }
+  const ps = front.map((p) => p.params), ms = front.map((p) => p.metric);
+  const pad = Math.max((Math.max(...ms) - Math.min(...ms)) * 0.15, 0.01);
+  const x = scale(0, Math.max(...ps) * 1.08, M.left, W - M.right);
+  const y = scale(Math.min(...ms) - pad, Math.max(...ms) + pad, H - M.bottom, M.top);
+  const name = job.result.metric_name;
+  const svg = frame(ps, "trainable params", `validation ${name}`);
+  axis(svg, ticks(Math.min(...ms) - pad, Math.max(...ms) + pad, 4), y, (v) => v.toFixed(3), "left");
+  axis(svg, ticks(0, Math.max(...ps) * 1.08, 4), x, compact, "bottom");
+  const title = (p) => `${p.after_round ? `after round ${p.after_round}` : "the whole supernet"}: ` +
+    `${int(p.params)} params, ${name} ${num(p.metric)}${p.chosen ? " (chosen)" : ""}`;
+  const on = front.filter((p) => p.on_front).sort((a, b) => a.params - b.params);
+  svg.append(line(on.map((p) => [x(p.params), y(p.metric)]), "#dd6b20"),
+    ...front.map((p) => s("circle", { cx: x(p.params), cy: y(p.metric), r: p.chosen ? 6 : 3.5,
+      fill: p.on_front ? "#dd6b20" : "#9aa7b4", stroke: p.chosen ? "#c23b3b" : "none", "stroke-width": 2,
+      class: `front-point${p.chosen ? " chosen" : ""}` }, s("title", {}, title(p)))));
+  return h("div", { id: "front" }, svg, legend([["#dd6b20", "on the front"], ["#9aa7b4", "dominated"],
+    ["#c23b3b", "chosen (retrained)"]]));
 }
 
 function cellOf(kind, module) {
@@ -594,7 +627,7 @@ function roundsTable(rounds, job) {
       h("td", { class: "num" }, int(r.target_params)),
       h("td", { class: "num" }, r.metric === null ? "–" : `${num(r.metric)}`),
       h("td", { class: "num" }, num(r.train_loss)),
-      h("td", { class: "mono" }, r.removed.length ? r.removed.map((u) => `${u.unit} (${score(u.score)})`).join(", ") : "nothing"),
+      h("td", { class: "mono" }, r.removed.length ? r.removed.map((u) => `${removedLabel(u)} (${score(u.score)})`).join(", ") : "nothing"),
       h("td", { class: "num" }, seconds(r.wall_s))))));
 }
 
