@@ -157,11 +157,16 @@ class _Context:
         return cls(spec, task, train_data, dev_data, train_data.subset(search_rows),
                    train_data.subset(held_out), tokenizer.pad_token_id, device, rest, tokenizer)
 
+    def copy(self, supernet: Supernet) -> Supernet:
+        """Another supernet with the same units, ranks, masks and trained weights (a model loaded afresh: no
+        tensor or hook is shared)."""
+        copy = self.supernet(supernet.unit_keys(), supernet.lora_ranks(), masks=supernet.masks is not None)
+        copy.load_trained_state(supernet.trained_state())
+        return copy
+
     def freeze_teacher(self, supernet: Supernet) -> None:
         """Speed mode's distillation teacher: a frozen copy of the masked supernet as it is now."""
-        copy = self.supernet(supernet.unit_keys(), supernet.lora_ranks(), masks=True)
-        copy.load_trained_state(supernet.trained_state())
-        self.teacher = Teacher(copy.requires_grad_(False).eval(), self.spec.backbone.distill)
+        self.teacher = Teacher(self.copy(supernet).requires_grad_(False).eval(), self.spec.backbone.distill)
 
     def checkpoint_tensors(self, supernet: Supernet, ranks: RankTracker | None) -> dict[str, torch.Tensor]:
         """What a search checkpoint holds: the supernet's trained tensors, the teacher's, and the importance
@@ -663,7 +668,12 @@ def _prune_backbone(ctx: _Context, supernet: Supernet, rank_tracker: RankTracker
                     report: _Reporter, should_stop, metric: float | None) -> None:
     """The end of the mask rounds: remove heads/neurons by their learned masks, in stages under the quality guard
     (or in one step without it), then the weakest LoRA ranks. `metric`: the supernet's on the validation split
-    now, before any head or neuron is off (the guard's reference). The record says what the guard did."""
+    now, before any head or neuron is off. The record says what the guard did.
+
+    Each stage is judged against an unpruned twin of the supernet that trains the very batches the stage's recovery
+    does: a stage trained on is compared with the model it would have been unpruned, not with one trained fewer
+    steps (the search's supernet is still learning: against the metric before the stages, a stage's recovery
+    steps count as if pruning had cost nothing)."""
     speed = ctx.spec.backbone
     if speed.distill:  # the supernet the guard takes its reference on, before anything is off
         ctx.freeze_teacher(supernet)
@@ -679,16 +689,21 @@ def _prune_backbone(ctx: _Context, supernet: Supernet, rank_tracker: RankTracker
     else:
         plans = [planner.plan(stage_spec) for stage_spec in stage_specs(speed, planner.layer_params)]
         steps = ctx.spec.stage_steps()
+        twin = ctx.copy(supernet) if steps else None  # with no recovery steps the reference stays as it is
 
-        def try_plan(kept) -> float:
+        def try_plan(kept) -> tuple[float, float]:
             supernet.masks.keep_only(*kept)
-            if steps:
-                _train_supernet(ctx, supernet, batches, steps, rank_tracker,
-                                report.steps(speed.mask_rounds, supernet.peft_params()), should_stop)
-            return ctx.validation_metric(supernet)
+            if not steps:
+                return ctx.validation_metric(supernet), reference
+            drawn = [next(batches) for _ in range(steps)]  # the same batches for both (training pops their labels)
+            _train_supernet(ctx, supernet, (dict(batch) for batch in drawn), steps, rank_tracker,
+                            report.steps(speed.mask_rounds, supernet.peft_params()), should_stop)
+            _train_supernet(ctx, twin, (dict(batch) for batch in drawn), steps, None, None, should_stop)  # unplanned
+            return ctx.validation_metric(supernet), ctx.validation_metric(twin)
 
         accepted, stages, guard["stopped"] = run_guard(plans, [planner.size(p) for p in plans], try_plan,
-                                                       reference, ctx.task.primary_metric, speed.max_drop)
+                                                       ctx.task.primary_metric, speed.max_drop)
+        del twin
         report.replan(steps * (len(plans) - len(stages)))
         kept = plans[accepted] if accepted >= 0 else planner.everything()
         supernet.masks.keep_only(*kept)  # what the stages after the accepted one switched off comes back

@@ -1,6 +1,7 @@
 """Speed mode's quality guard: remove heads and neurons toward the target in stages, score each stage on the
 validation split after a short recovery, and stop at the last stage whose metric stays within `max_drop` points of
-the metric before anything was removed. The dev set is never looked at."""
+its reference: the unpruned supernet trained the same steps (pipeline._prune_backbone). The dev set is never looked
+at."""
 
 from __future__ import annotations
 
@@ -23,20 +24,21 @@ def stage_specs(speed, layer_params: int) -> list:
             for share in shares]
 
 
-def run_guard(plans: list[Plan], layer_params: list[int], try_plan: Callable[[Plan], float], reference: float,
+def run_guard(plans: list[Plan], layer_params: list[int], try_plan: Callable[[Plan], tuple[float, float]],
               metric_name: str, max_drop: float) -> tuple[int, list[dict], str]:
     """Try the plans in order; `try_plan(plan)` switches its heads and neurons off, trains the recovery steps and
-    returns the validation metric. Returns the index of the last plan within `max_drop` (-1: none), one record
-    per stage tried, and why the guard stopped."""
+    returns the validation metric and the stage's reference (the unpruned model's, trained alike). Returns the
+    index of the last plan within `max_drop` (-1: none), one record per stage tried, and why the guard stopped."""
     accepted, stages = -1, []
     for index, plan in enumerate(plans):
-        metric = try_plan(plan)
+        metric, reference = try_plan(plan)
         drop = metric_drop(metric_name, reference, metric)
-        stages.append({"stage": index + 1, "layer_params": layer_params[index], "metric": metric, "drop": drop})
+        stages.append({"stage": index + 1, "layer_params": layer_params[index], "metric": metric,
+                       "reference": reference, "drop": drop})
         if drop > max_drop:
+            kept = f"stage {index}" if index else "every head and neuron"
             return accepted, stages, (f"stage {index + 1} of {len(plans)} fell {drop:.2f} points below the "
-                                      f"{metric_name} before pruning ({reference:.4f}), more than max_drop "
-                                      f"{max_drop:g}: kept " + (f"stage {index}" if index else "every head and "
-                                                                                            "neuron"))
+                                      f"{metric_name} of the unpruned supernet trained alike ({reference:.4f}), "
+                                      f"more than max_drop {max_drop:g}: kept {kept}")
         accepted = index
     return accepted, stages, "reached the target within max_drop"
