@@ -316,3 +316,11 @@ def test_a_queued_job_has_an_estimate_from_the_pace_of_earlier_jobs_on_its_model
     assert client.get(f"/v1/jobs/{queued['id']}", headers=auth).json()["estimate_s"] == queued["estimate_s"]
     jobs.claim(db, queued["id"], "w", utcnow())
     assert client.get(f"/v1/jobs/{queued['id']}", headers=auth).json()["estimate_s"] is None  # running: eta_s
+
+
+def test_a_download_whose_archive_is_gone_from_disk_is_410_not_500(client, auth, dataset_id, db, settings):
+    job_id = submit(client, auth, dataset_id)
+    succeed(db, settings, job_id)
+    for archive in settings.artifacts.glob(f"{job_id}-*"):  # as when the reaper deletes it during the request
+        archive.unlink()
+    assert "archive was deleted" in error_of(client.get(f"/v1/jobs/{job_id}/artifact", headers=auth), 410, "expired")
