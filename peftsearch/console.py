@@ -22,7 +22,7 @@ from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Column, Table
 
-from pruning.result import format_unit, stock_peft_warning
+from pruning.result import format_backbone, format_front, format_unit, stock_peft_warning
 
 from .client import DEFAULT_URL, Client, Job, PeftsearchError, Snapshot
 
@@ -169,13 +169,21 @@ def summary_tables(job: Job, downloaded: str | None = None) -> list[Table]:
         outcome.add_row("[bold]stock peft[/bold]", rich.markup.escape(warning))
     if result.configuration.get("prior"):
         outcome.add_row("[bold]no pruning[/bold]", rich.markup.escape(result.configuration["prior"]))
+    backbone = format_backbone(result.configuration.get("backbone"))
+    if backbone:
+        outcome.add_row("backbone pruning", rich.markup.escape(backbone))
     layers = Table(title="configuration per layer", title_justify="left")
     types = result.configuration.get("space", {}).get("types", [])
     for name in ("layer", *types):
         layers.add_column(name)
     for entry in result.configuration.get("layers", []):
         layers.add_row(str(entry["layer"]), *(format_unit(kind, entry["modules"].get(kind)) for kind in types))
-    return [outcome, layers]
+    if not result.front:
+        return [outcome, layers]
+    front = Table(title="configurations the search passed through", title_justify="left", show_header=False)
+    front.add_column(no_wrap=True)
+    front.add_row(rich.markup.escape(format_front(result.front, result.metric_name)))
+    return [outcome, layers, front]
 
 
 def id_column(header: str, ids: list[str]) -> Column:

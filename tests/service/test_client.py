@@ -309,6 +309,7 @@ def test_the_cli_end_to_end(server, capsys, toy_files, tmp_path):
     assert "status  succeeded" in err and "round 2/2:" in err  # the events as they came
     assert f"job {job_id}: succeeded" in out and re.search(r"accuracy on dev\s*\W\s*\d\.\d{4}", out)
     assert "configuration per layer" in out and (tmp_path / "runs" / job_id / "trace.json").is_file()
+    assert "configurations the search passed through" in out and "chosen)" in out  # the front, the chosen marked
 
     status, out, _ = server.cli(capsys, "jobs", "get", job_id)
     job = json.loads(out)
