@@ -224,7 +224,8 @@ def _summary(table: dict, complete: list[str]) -> dict:
         value = mean_spread(values)[0]
         return 1 / value if invert else value
 
-    metric_delta = mean_spread([table[t]["speed"]["mean"] - table[t]["lora"]["mean"] for t in complete])[0]
+    per_task = {t: table[t]["speed"]["mean"] - table[t]["lora"]["mean"] for t in complete}
+    metric_delta = min(per_task.values())  # the bar holds on every task, not on the average
     layers_removed = mean_spread([table[t]["speed"]["layers_removed_share"] for t in complete])[0]
     backbone_removed = mean_spread([table[t]["speed"]["backbone_removed_share"] for t in complete])[0]
     inference = {shape: mean_spread([table[t]["speed"]["throughput"][shape] / table[t]["lora"]["throughput"][shape]
@@ -241,7 +242,8 @@ def _summary(table: dict, complete: list[str]) -> dict:
         "layer_params_removed": {"value": layers_removed, "target": ">= 0.30", "met": layers_removed >= 0.30},
         "backbone_params_removed_incl_embeddings": {"value": backbone_removed, "target": ">= 0.35",
                                                     "met": backbone_removed >= 0.35},
-        "metric_minus_lora_points": {"value": metric_delta, "target": ">= -1.0", "met": metric_delta >= -1.0},
+        "metric_minus_lora_points_worst_task": {"value": metric_delta, "per_task": per_task, "target": ">= -1.0",
+                                                "met": metric_delta >= -1.0},
         "inference_speedup": {"value": min(inference.values()), "per_shape": inference, "target": ">= 1.4",
                               "met": min(inference.values()) >= 1.4},
         "train_step_speedup": {"value": train_speedup, "target": ">= 1.3", "met": train_speedup >= 1.3},
