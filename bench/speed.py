@@ -11,8 +11,8 @@ Per task and seed, side by side in one run, on all-MiniLM-L6-v2:
 then, for the two exported models: training step time (batch 32, length 128, random tokens), inference
 throughput (batch 32/64 x length 64/128) and batch-1 latency (length 64/128), measured in one process with the
 models interleaved so that machine noise hits both alike; and the training's peak memory above the loaded model,
-each model in a fresh process. Backbone parameters are reported two ways: the transformer layers (what head/neuron pruning acts on) and the whole
-backbone including the embedding table (a lookup that costs no compute).
+each model in a fresh process. Backbone parameters are reported two ways: the transformer layers (what head/neuron
+pruning acts on) and the whole backbone including the embedding table (a lookup that costs no compute).
 """
 
 from __future__ import annotations
@@ -80,20 +80,21 @@ def timings(out_dirs: dict[str, str], model: str, rounds: int = 5) -> dict[str, 
     import pruning
 
     nets = {name: pruning.load(path, model) for name, path in out_dirs.items()}
-    times: dict[str, dict[str, list[float]]] = {name: {} for name in nets}
+    train = {name: [] for name in nets}
+    throughput = {name: {f"{b}x{n}": [] for b, n in SHAPES} for name in nets}
+    latency_ms = {name: {f"1x{n}": [] for n in LATENCY_LENGTHS} for name in nets}
     for _ in range(rounds):
         for name, net in nets.items():
-            times[name].setdefault("train", []).append(_train_step_s(net, steps=3))
+            train[name].append(_train_step_s(net, steps=3))
             for b, length in SHAPES:
-                times[name].setdefault(f"{b}x{length}", []).append(_throughput(net, b, length))
+                throughput[name][f"{b}x{length}"].append(_throughput(net, b, length))
             for length in LATENCY_LENGTHS:
-                times[name].setdefault(f"latency 1x{length}", []).append(1000 / _throughput(net, 1, length))
+                latency_ms[name][f"1x{length}"].append(1000 / _throughput(net, 1, length))
     median = lambda values: sorted(values)[len(values) // 2]  # noqa: E731
-    return {name: {"train_step_s": median(t["train"]),
-                   "throughput": {shape: median(v) for shape, v in t.items()
-                                  if shape != "train" and not shape.startswith("latency")},
-                   "latency_ms": {shape.split()[1]: median(v) for shape, v in t.items() if shape.startswith("latency")},
-                   "threads": torch.get_num_threads()} for name, t in times.items()}
+    return {name: {"train_step_s": median(train[name]),
+                   "throughput": {shape: median(v) for shape, v in throughput[name].items()},
+                   "latency_ms": {shape: median(v) for shape, v in latency_ms[name].items()},
+                   "threads": torch.get_num_threads()} for name in nets}
 
 
 def memory(out_dir: str, model: str) -> dict:

@@ -72,4 +72,3 @@ def _backbone_outcome(record: dict | None) -> dict | None:
 
 if __name__ == "__main__":
     raise SystemExit(main())
-

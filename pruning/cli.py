@@ -116,7 +116,8 @@ FLAG_FIELDS = {
     "mask_penalty": "backbone.mask_penalty", "mask_lr": "backbone.mask_lr", "mask_rounds": "backbone.mask_rounds",
     "mask_share": "backbone.mask_share", "mask_score": "backbone.score",
     "rank_ratio": "backbone.rank_ratio", "save_backbone": "backbone.save_backbone",
-    "max_drop": "backbone.max_drop", "stages": "backbone.stages", "distill": "backbone.distill", "unlearned": "schedule.unlearned",
+    "max_drop": "backbone.max_drop", "stages": "backbone.stages", "distill": "backbone.distill",
+    "unlearned": "schedule.unlearned",
 }
 
 

@@ -53,9 +53,9 @@ from .train import Encoded, Teacher, chance_loss, encode, evaluate, mean_loss, s
 from .warmup import derive_assignment
 
 ProgressCallback = Callable[[ProgressEvent], None]
+StopCheck = Callable[[], bool]
 TEACHER = "teacher/"  # the prefix of the distillation teacher's tensors in a search checkpoint
 TRACKED = "tracked/"  # and of speed mode's importance sums (masks' Taylor, LoRA ranks') while they accumulate
-StopCheck = Callable[[], bool]
 
 
 class _Reporter:
@@ -164,9 +164,10 @@ class _Context:
         copy.load_trained_state(supernet.trained_state())
         return copy
 
-    def freeze_teacher(self, supernet: Supernet) -> None:
-        """Speed mode's distillation teacher: a frozen copy of the masked supernet as it is now."""
-        self.teacher = Teacher(self.copy(supernet).requires_grad_(False).eval(), self.spec.backbone.distill)
+    def freeze_teacher(self, model: Supernet) -> None:
+        """Make `model` speed mode's distillation teacher, frozen (a copy of the masked supernet, or its
+        checkpointed state rebuilt)."""
+        self.teacher = Teacher(model.requires_grad_(False).eval(), self.spec.backbone.distill)
 
     def checkpoint_tensors(self, supernet: Supernet, ranks: RankTracker | None) -> dict[str, torch.Tensor]:
         """What a search checkpoint holds: the supernet's trained tensors, the teacher's, and the importance
@@ -369,7 +370,7 @@ def _start_or_resume(ctx: _Context, checkpoint: Checkpoint, report: _Reporter,
         if state.teacher is not None:
             teacher = ctx.supernet(state.teacher["units"], state.teacher["lora_ranks"], masks=True)
             teacher.load_trained_state(taught)
-            ctx.teacher = Teacher(teacher.requires_grad_(False).eval(), spec.backbone.distill)
+            ctx.freeze_teacher(teacher)
         supernet = ctx.supernet(state.units, state.lora_ranks, masks=speed.enabled and not state.backbone,
                                 backbone=state.backbone, scales=tensors)
         supernet.load_trained_state(tensors)
@@ -676,7 +677,7 @@ def _prune_backbone(ctx: _Context, supernet: Supernet, rank_tracker: RankTracker
     steps count as if pruning had cost nothing)."""
     speed = ctx.spec.backbone
     if speed.distill:  # the supernet the guard takes its reference on, before anything is off
-        ctx.freeze_teacher(supernet)
+        ctx.freeze_teacher(ctx.copy(supernet))
     planner = Planner.of(supernet, speed.score)
     target = planner.plan(speed)
     guard = {"max_drop": speed.max_drop, "asked_share": planner.removed_share(target)}

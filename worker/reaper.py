@@ -1,8 +1,8 @@
 """Re-queue jobs whose worker died (no heartbeat), and send queued jobs the broker never took, or that no worker
 claimed in time (store.jobs.reap); delete the archives of jobs that ended before the retention period (settings'
-artifact_retention_days; store.jobs.expire_artifacts). The loop runs in every `peftsearch serve` and, unless `worker_reaper` is off,
-in the main process of every Celery worker (WorkerReaperStep), so a deployment whose workers run where no API
-does still reaps; store.jobs.reaper_turn lets one process pass at a time."""
+artifact_retention_days; store.jobs.expire_artifacts). The loop runs in every `peftsearch serve` and, unless
+`worker_reaper` is off, in the main process of every Celery worker (WorkerReaperStep), so a deployment whose
+workers run where no API does still reaps; store.jobs.reaper_turn lets one process pass at a time."""
 
 from __future__ import annotations
 
