@@ -226,12 +226,12 @@ class Client:
         return JobList(items, total=pages[0]["total"] if pages else 0)
 
     def cancel(self, job_id: str) -> Job:
-        """A queued job is cancelled at once, a running one becomes `cancelling` until its worker stops."""
+        """A queued job is cancelled at once, a validating or running one becomes `cancelling` until its worker stops."""
         return self._job(self._json("POST", _at("jobs", job_id, "cancel")))
 
     def delete_job(self, job_id: str) -> None:
         """DELETE /v1/jobs/{id}: an ended job with its events, rounds and artifact (ErrorResponse 409
-        `not_deletable` while it is queued or running: cancel it first)."""
+        `not_deletable` while it is queued, validating or running: cancel it first)."""
         self._send("DELETE", _at("jobs", job_id), read=lambda _: None, gone_on_retry=True)
 
     def events(self, job_id: str, after: int | None = None) -> list[EventOut]:

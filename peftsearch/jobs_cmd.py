@@ -89,7 +89,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     watch.add_argument("job_id")
     add_follow_arguments(watch)
 
-    cancel = actions.add_parser("cancel", parents=common, help="cancel a queued or running job")
+    cancel = actions.add_parser("cancel", parents=common, help="cancel a queued, validating or running job")
     cancel.add_argument("job_id")
     cancel.add_argument("--wait", action="store_true", help="wait until a running job has stopped")
 
@@ -100,7 +100,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     download.add_argument("--archive", action="store_true", help="keep the checked .tar.gz instead, OUT/<job id>.tar.gz")
 
     delete = actions.add_parser("delete", parents=common, help="delete an ended job with its events, rounds and "
-                                                               "artifact (a queued or running one: cancel it first)")
+                                                               "artifact (a job that has not ended: cancel it first)")
     delete.add_argument("job_id")
 
 

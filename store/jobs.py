@@ -19,7 +19,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, defer
 from sqlalchemy.orm.attributes import set_committed_value
 
-from pruning.result import RoundRecord
+from pruning.result import PHASES, RoundRecord
 from pruning.sizes import check_problem
 from pruning.spec import SearchSpec, SpecError
 
@@ -32,7 +32,9 @@ from .models import (
     FINAL,
     QUEUED,
     RUNNING,
+    STARTED,
     SUCCEEDED,
+    VALIDATING,
     Artifact,
     Job,
     JobEvent,
@@ -176,18 +178,19 @@ def delete_job(session: Session, owner: str, job_id: str) -> bool:
     status = session.scalar(select(Job.status).where(Job.id == job_id, Job.owner == owner))
     if status is None:
         return False
-    hint = (f"cancel it first (POST /v1/jobs/{job_id}/cancel), then delete it" if status in (QUEUED, RUNNING)
+    hint = (f"cancel it first (POST /v1/jobs/{job_id}/cancel), then delete it" if status in (QUEUED, *STARTED)
             else "it is stopping; delete it once it is cancelled")
     raise NotDeletable(f"job {job_id} is {status}: only a job that has ended can be deleted; {hint}")
 
 
 def cancel(session: Session, job: Job) -> None:
-    """queued -> cancelled at once; running -> cancelling (the worker stops at its next step); else refuse."""
+    """queued -> cancelled at once; validating or running -> cancelling (the worker stops at its next step); else
+    refuse."""
     now = utcnow()
     if _move(session, job.id, (QUEUED,), status=CANCELLED, finished_at=now):
         add_event(session, job.id, "status", CANCELLED)
         record_deliveries(session, job.id, CANCELLED)
-    elif _move(session, job.id, (RUNNING,), status=CANCELLING):
+    elif _move(session, job.id, STARTED, status=CANCELLING):
         add_event(session, job.id, "status", CANCELLING)
     session.refresh(job)
     if job.status not in (CANCELLING, CANCELLED):
@@ -270,20 +273,21 @@ def get_artifact(session: Session, job_id: str) -> Artifact | None:
 
 
 def claim(session: Session, job_id: str, worker: str, stale_before: datetime) -> int | None:
-    """Take a queued job, or a running one whose worker stopped beating (a redelivered message). Returns the
-    attempt number that fences this worker's writes, or None when someone else has the job or it is over."""
+    """Take a queued job, or a started one whose worker stopped beating (a redelivered message): it is
+    validating until the search's first phase after loading (`set_progress`). Returns the attempt number that
+    fences this worker's writes, or None when someone else has the job or it is over."""
     now = utcnow()
-    claimable = (Job.status == QUEUED) | ((Job.status == RUNNING) & (Job.heartbeat_at < stale_before))
+    claimable = (Job.status == QUEUED) | (Job.status.in_(STARTED) & (Job.heartbeat_at < stale_before))
     moved = session.execute(
         update(Job).where(Job.id == job_id, claimable)
-        .values(status=RUNNING, attempt=Job.attempt + 1, worker=worker, heartbeat_at=now, updated_at=now)
+        .values(status=VALIDATING, attempt=Job.attempt + 1, worker=worker, heartbeat_at=now, updated_at=now)
     ).rowcount
     if not moved:
         return None
     job = session.get(Job, job_id, populate_existing=True)
     if job.started_at is None:
         job.started_at = now
-    add_event(session, job_id, "status", RUNNING, {"attempt": job.attempt, "worker": worker})
+    add_event(session, job_id, "status", VALIDATING, {"attempt": job.attempt, "worker": worker})
     return job.attempt
 
 
@@ -295,9 +299,18 @@ def heartbeat(session: Session, job_id: str, attempt: int) -> str | None:
     return session.scalar(select(Job.status).where(Job.id == job_id))
 
 
+LOADING = PHASES[0]  # the engine's first phase: it reads and tokenises the data and loads the model
+
+
 def set_progress(session: Session, job_id: str, attempt: int, progress: dict[str, Any]) -> bool:
+    """Write this attempt's progress; a validating job runs from the first phase after loading. False when the
+    job is no longer ours."""
     owned = (Job.id == job_id) & (Job.attempt == attempt) & Job.status.in_(ACTIVE)
-    return bool(session.execute(update(Job).where(owned).values(progress=progress, updated_at=utcnow())).rowcount)
+    if not session.execute(update(Job).where(owned).values(progress=progress, updated_at=utcnow())).rowcount:
+        return False
+    if progress.get("phase") != LOADING and _move(session, job_id, (VALIDATING,), status=RUNNING):
+        add_event(session, job_id, "status", RUNNING, {"attempt": attempt})
+    return True
 
 
 def add_round(session: Session, job_id: str, record: RoundRecord) -> bool:

@@ -11,10 +11,13 @@ from sqlalchemy import JSON, BigInteger, DateTime, ForeignKey, Index, Integer, S
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-QUEUED, RUNNING, CANCELLING, SUCCEEDED, FAILED, CANCELLED = (
-    "queued", "running", "cancelling", "succeeded", "failed", "cancelled")
-STATUSES = (QUEUED, RUNNING, CANCELLING, SUCCEEDED, FAILED, CANCELLED)
-ACTIVE = (RUNNING, CANCELLING)  # a worker holds the job
+QUEUED, VALIDATING, RUNNING, CANCELLING, SUCCEEDED, FAILED, CANCELLED = (
+    "queued", "validating", "running", "cancelling", "succeeded", "failed", "cancelled")
+STATUSES = (QUEUED, VALIDATING, RUNNING, CANCELLING, SUCCEEDED, FAILED, CANCELLED)
+# validating: a worker took the job and is loading the model and checking the data against it (labels, tokenizer,
+# prompt template); running from the first training phase on.
+ACTIVE = (VALIDATING, RUNNING, CANCELLING)  # a worker holds the job
+STARTED = (VALIDATING, RUNNING)  # a worker holds the job and it has not been asked to stop
 FINAL = (SUCCEEDED, FAILED, CANCELLED)
 # A webhook delivery's statuses: waiting for its (next) attempt, answered with a 2xx, given up on.
 PENDING, DELIVERED = "pending", "delivered"

@@ -73,7 +73,7 @@ def get_job(job_id: str, caller: CurrentCaller) -> JobOut:
     return JobOut.of(job, estimate_s=estimate)
 
 
-@router.post("/{job_id}/cancel", response_model=JobOut, summary="Cancel a queued or running job")
+@router.post("/{job_id}/cancel", response_model=JobOut, summary="Cancel a queued, validating or running job")
 def cancel_job(job_id: str, caller: CurrentCaller) -> JobOut:
     with caller.session() as session:
         job = owned_job(session, caller.owner, job_id)

@@ -231,7 +231,7 @@ def test_bad_list_parameters_are_422(client, auth, params, param):
     assert_error(client.get("/v1/jobs", headers=auth, params=params), 422, "invalid_request", param)
 
 
-def test_cancel_a_queued_job_at_once_and_a_running_one_through_cancelling(client, auth, dataset_id, db):
+def test_cancel_a_queued_job_at_once_and_a_started_one_through_cancelling(client, auth, dataset_id, db):
     queued = client.post("/v1/jobs", headers=auth, json=job_body(dataset_id)).json()
     response = client.post(f"/v1/jobs/{queued['id']}/cancel", headers=auth)
     assert response.status_code == 200 and response.json()["status"] == "cancelled"
@@ -244,7 +244,7 @@ def test_cancel_a_queued_job_at_once_and_a_running_one_through_cancelling(client
     assert client.post(f"/v1/jobs/{running['id']}/cancel", headers=auth).json()["status"] == "cancelling"
     assert client.post(f"/v1/jobs/{running['id']}/cancel", headers=auth).json()["status"] == "cancelling"
     events = client.get(f"/v1/jobs/{running['id']}/events", headers=auth).json()["data"]
-    assert [e["message"] for e in events] == ["queued", "running", "cancelling"]
+    assert [e["message"] for e in events] == ["queued", "validating", "cancelling"]
 
 
 def test_a_finished_job_cannot_be_cancelled(client, auth, dataset_id, db):

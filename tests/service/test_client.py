@@ -208,7 +208,8 @@ def test_submit_wait_through_a_503_and_a_slow_poll(server, finished, dataset):
     job, overload = finished
     assert job.succeeded and job.attempt == 1 and job.dataset_id == dataset.id
     assert job.result.trainable_params <= job.result.budget_params
-    assert [e.message for e in job.events() if e.kind == "status"] == ["queued", "running", "succeeded"]
+    assert [e.message for e in job.events() if e.kind == "status"] == [
+        "queued", "validating", "running", "succeeded"]
     assert [r.round for r in job.rounds()] == [1, 2]
     with server.client() as client:  # one job, whatever the retries
         assert [j.id for j in client.jobs()] == [job.id]
@@ -347,7 +348,7 @@ def test_wait_gives_up_without_touching_the_job_and_cancel_stops_it(server, data
         job = client.submit(TINY, dataset, budget="2%", search=LONG_SEARCH)
         with pytest.raises(PeftsearchError, match="goes on"):
             job.wait(poll_s=0.1, timeout_s=0)
-        assert client.job(job.id).status in ("queued", "running")
+        assert client.job(job.id).status in ("queued", "validating", "running")
         status, out, err = server.cli(capsys, "jobs", "cancel", job.id, "--wait")
         assert status == 0, err
         assert out.strip() == f"{job.id} cancelled"
@@ -372,7 +373,7 @@ def test_follow_listens_to_the_event_stream_and_polls_a_server_without_one(serve
         assert snapshots[-1].job.succeeded and (snapshots[-1].job.name, snapshots[-1].job.metadata) == (
             "streamed", {"n": 1})
         statuses = [e.message for s in snapshots for e in s.events if e.kind == "status"]
-        assert statuses == ["queued", "running", "succeeded"]  # each event once, in order
+        assert statuses == ["queued", "validating", "running", "succeeded"]  # each event once, in order
         assert any(seen.get("accept") == "text/event-stream" for seen in streamed.seen)
         server.faults.disarm()
 
@@ -381,7 +382,7 @@ def test_follow_listens_to_the_event_stream_and_polls_a_server_without_one(serve
         snapshots = list(other.follow(poll_s=0.1))
         assert snapshots[-1].job.succeeded
         assert [e.message for s in snapshots for e in s.events if e.kind == "status"] == [
-            "queued", "running", "succeeded"]
+            "queued", "validating", "running", "succeeded"]
         assert len(polled.seen) > 2  # it kept looking, by pages
 
 

@@ -129,7 +129,7 @@ def follow_a_job(client: httpx.Client, toy: tuple[Path, Path], tiny_model: str, 
     assert result["trainable_params"] <= result["budget_params"] and result["metric_name"] == "accuracy"
 
     events = client.get(f"/v1/jobs/{job_id}/events").json()["data"]
-    assert [e["message"] for e in events if e["kind"] == "status"] == ["queued", "running", "succeeded"]
+    assert [e["message"] for e in events if e["kind"] == "status"] == ["queued", "validating", "running", "succeeded"]
     phases = [e["data"]["phase"] for e in events if e["kind"] == "phase"]
     assert phases == ["load", "learn", "search", "retrain", "evaluate", "export", "done"]
     rounds = client.get(f"/v1/jobs/{job_id}/rounds").json()["data"]

@@ -181,7 +181,7 @@ def test_the_stream_sends_every_event_then_ends_and_resumes_with_last_event_id(c
         assert response.headers["content-type"].startswith("text/event-stream")
         messages = read_stream(response)
     events = [m for m in messages if "id" in m]
-    assert [e["data"]["message"] for e in events] == ["queued", "search", "running", "succeeded"]
+    assert [e["data"]["message"] for e in events] == ["queued", "search", "validating", "succeeded"]
     assert all(e["id"] == str(e["data"]["id"]) for e in events)
     assert messages[-1] == {"event": "end", "data": {"status": "succeeded"}}
     # Resumed after the second event: the rest only; Last-Event-ID wins over `after`.
@@ -237,7 +237,7 @@ def test_a_live_stream_sends_events_progress_and_heartbeats_until_the_job_ends(c
     thread.join(30)
     kinds = [m.get("event") or ("comment" if "comment" in m else "message") for m in seen]
     assert "comment" in kinds and "progress" in kinds and kinds[-1] == "end"
-    assert [m["data"]["message"] for m in seen if "id" in m] == ["queued", "running", "failed"]
+    assert [m["data"]["message"] for m in seen if "id" in m] == ["queued", "validating", "running", "failed"]
     assert next(m for m in seen if m.get("event") == "progress")["data"]["step"] == 3
     assert seen[-1]["data"] == {"status": "failed"}
 

@@ -46,10 +46,32 @@ def events(db, job_id: str) -> list[str]:
 def test_a_job_is_claimed_once(db, new_job):
     job_id = new_job()
     assert jobs.claim(db, job_id, "w1", utcnow() - LONG_AGO) == 1
-    assert jobs.claim(db, job_id, "w2", utcnow() - LONG_AGO) is None  # running, heartbeat fresh
+    assert jobs.claim(db, job_id, "w2", utcnow() - LONG_AGO) is None  # validating, heartbeat fresh
     job = db.get(Job, job_id, populate_existing=True)
-    assert (job.status, job.worker, job.attempt) == ("running", "w1", 1)
+    assert (job.status, job.worker, job.attempt) == ("validating", "w1", 1)
     assert job.started_at is not None and job.heartbeat_at is not None
+
+
+def test_a_claimed_job_validates_until_the_search_is_past_loading(db, new_job):
+    job_id = new_job()
+    attempt = jobs.claim(db, job_id, "w", utcnow())
+    assert jobs.set_progress(db, job_id, attempt, {"phase": "load", "step": 0})
+    assert status(db, job_id) == "validating"  # the model loads, the data is read and tokenised
+    assert jobs.set_progress(db, job_id, attempt, {"phase": "learn", "step": 0})
+    assert jobs.set_progress(db, job_id, attempt, {"phase": "learn", "step": 5})
+    assert status(db, job_id) == "running"
+    assert events(db, job_id) == ["queued", "validating", "running"]  # the move is told once
+    jobs.cancel(db, db.get(Job, job_id))
+    assert status(db, job_id) == "cancelling"
+
+
+def test_a_validating_job_can_be_cancelled_and_a_dead_one_is_claimed_again(db, new_job):
+    job_id = new_job()
+    attempt = jobs.claim(db, job_id, "w1", utcnow())
+    assert jobs.claim(db, job_id, "w2", utcnow() + timedelta(seconds=1)) == attempt + 1  # w1 stopped beating
+    jobs.cancel(db, db.get(Job, job_id))
+    assert jobs.heartbeat(db, job_id, attempt + 1) == "cancelling"
+    assert events(db, job_id) == ["queued", "validating", "validating", "cancelling"]
 
 
 def test_a_redelivered_message_takes_over_a_job_whose_worker_stopped_beating(db, new_job):
@@ -60,7 +82,7 @@ def test_a_redelivered_message_takes_over_a_job_whose_worker_stopped_beating(db,
     assert jobs.heartbeat(db, job_id, 1) is None
     assert not jobs.set_progress(db, job_id, 1, {"phase": "search"})
     assert not jobs.finish(db, job_id, 1, "succeeded")
-    assert jobs.heartbeat(db, job_id, 2) == "running"
+    assert jobs.heartbeat(db, job_id, 2) == "validating"
     assert jobs.finish(db, job_id, 2, "succeeded", result={"metric": 1.0})
     assert status(db, job_id) == "succeeded"
 
@@ -80,7 +102,7 @@ def test_heartbeat_reports_a_cancellation(db, new_job):
     jobs.cancel(db, db.get(Job, job_id))
     assert jobs.heartbeat(db, job_id, attempt) == "cancelling"
     assert jobs.finish(db, job_id, attempt, "cancelled")
-    assert events(db, job_id) == ["queued", "running", "cancelling", "cancelled"]
+    assert events(db, job_id) == ["queued", "validating", "cancelling", "cancelled"]
 
 
 def test_cancel_refuses_finished_jobs(db, new_job):
@@ -133,7 +155,7 @@ def test_reaper_requeues_fails_and_cancels_jobs_of_dead_workers(db, new_job):
     to_send = reap(db, cutoff)
     assert to_send == [dead]
     assert [status(db, j) for j in (alive, dead, dead_too_often, dead_cancelling)] == [
-        "running", "queued", "failed", "cancelled"]
+        "validating", "queued", "failed", "cancelled"]
     assert db.get(Job, dead_too_often).error["code"] == "worker_lost"
     assert db.get(Job, dead).enqueued_at is None
     assert events(db, dead)[-1] == "queued"

@@ -92,8 +92,8 @@ def test_a_killed_worker_is_reaped_and_the_next_attempt_resumes(settings, submit
     assert run_job(job_id, settings) == "succeeded"
     job, events, rounds = read(settings, job_id)
     assert job.status == "succeeded" and job.attempt == 2 and rounds == [1, 2]
-    assert [e for e in events if e in ("queued", "running", "succeeded")] == [
-        "queued", "running", "queued", "running", "succeeded"]
+    assert [e for e in events if e in ("queued", "validating", "running", "succeeded")] == [
+        "queued", "validating", "running", "queued", "validating", "running", "succeeded"]
     assert any(e.endswith("resuming after round 1 of 2") for e in events)
     # the resumed search re-reports round 1: its row and its event are there once
     assert [e.split(":")[0] for e in events if e.startswith("round ")] == ["round 1/2", "round 2/2"]

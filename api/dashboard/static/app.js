@@ -2,7 +2,8 @@
 // step; plots are plain SVG. Views: #/ (jobs), #/jobs/<id> (one job, polled while it runs), #/new, #/datasets.
 "use strict";
 
-const STATUSES = ["queued", "running", "cancelling", "succeeded", "failed", "cancelled"];
+const STATUSES = ["queued", "validating", "running", "cancelling", "succeeded", "failed", "cancelled"];
+const CANCELLABLE = new Set(["queued", "validating", "running"]);
 const FINAL = new Set(["succeeded", "failed", "cancelled"]);
 const KINDS = ["lora", "adapter", "prefix"];
 const PHASE_COLORS = { learn: "#805ad5", estimate: "#c05621", warmup: "#b7791f", search: "#2b6cb0", retrain: "#1f8a4c" };
@@ -301,7 +302,7 @@ function jobView(id) {
 
   const render = () => {
     const job = state.job;
-    cancel.disabled = !["queued", "running"].includes(job.status);
+    cancel.disabled = !CANCELLABLE.has(job.status);
     download.disabled = !job.artifact;
     sections.head.replaceChildren(jobFacts(job, state.names));
     sections.progress.replaceChildren(progressPanel(job));
