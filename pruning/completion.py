@@ -12,8 +12,8 @@ import torch
 
 from .data import Completion
 from .data.loaders import COMPLETION_LOSSES
-from .data.metrics import COMPLETION_METRICS, exact_match
-from .train import IGNORE, Encoded, autocast, eval_batches, mean_loss
+from .data.metrics import COMPLETION_METRICS
+from .train import IGNORE, Encoded, autocast, collate, completion_loss_sum, eval_batches
 
 EXACT_MATCH_TOKENS = 8  # completions this short (before their end token) are answers: exact match scores them too
 
@@ -72,20 +72,39 @@ def _until_end(tokens: list[int], eos_id: int | None) -> list[int]:
     return tokens[:tokens.index(eos_id)] if eos_id in tokens else tokens
 
 
+@torch.no_grad()
 def completion_metrics(model: torch.nn.Module, data: Encoded, metric_names, batch_size: int, pad_id: int,
                        device: torch.device) -> dict[str, float]:
-    """The mean loss per completion token, its perplexity, and the share of greedy completions (each given as
-    many tokens as its reference has) equal to the reference up to the end-of-sequence token."""
-    loss = mean_loss(model, data, batch_size, pad_id, device)
-    scores = {"loss": loss, "perplexity": math.exp(loss)}
-    if "exact_match" in metric_names:
-        starts = [data.prompt_length(i) for i in range(len(data))]
-        prompts = [ids[:start] for ids, start in zip(data.input_ids, starts, strict=True)]
-        references = [ids[start:] for ids, start in zip(data.input_ids, starts, strict=True)]
-        generated = greedy_completions(model, prompts, [len(r) for r in references], batch_size, pad_id,
-                                       data.eos_id, device)
-        scores["exact_match"] = exact_match(generated, references, data.eos_id)
+    """The mean loss per completion token, its perplexity, and the share of greedy completions equal to the
+    reference up to the end-of-sequence token. Greedy decoding writes a reference exactly when each of its tokens,
+    up to and including the first end token, is the most likely one after the tokens before it: so the loss's
+    own pass scores exact match too (`greedy_matches`), with no token generated (a generation would run the
+    sequence again once per answer token)."""
+    model.eval()
+    total, tokens, matched = 0.0, 0, 0
+    for indices in eval_batches(data.input_ids, batch_size):
+        batch = collate(data, indices, pad_id, device)
+        labels = batch.pop("labels")
+        with autocast(device):
+            logits = model(**batch)
+        summed, count = completion_loss_sum(logits, labels)
+        total, tokens = total + float(summed), tokens + count
+        matched += int(greedy_matches(logits, labels, data.eos_id).sum())
+    loss = total / max(tokens, 1)
+    scores = {"loss": loss, "perplexity": math.exp(loss), "exact_match": matched / max(len(data), 1)}
     return {name: scores[name] for name in metric_names}
+
+
+def greedy_matches(logits: torch.Tensor, labels: torch.Tensor, eos_id: int | None) -> torch.Tensor:
+    """Per row: whether the greedy completion of its prompt is its labelled completion, read up to the first
+    `eos_id` (what follows it, e.g. a chat template's newline, is not the answer): every labelled token up to
+    there is the argmax of the logits before it (they predict the next token, as in completion_loss_sum)."""
+    targets, predicted = labels[:, 1:], logits[:, :-1].argmax(-1)
+    beyond_answer = targets == IGNORE
+    if eos_id is not None:
+        is_end = targets == eos_id
+        beyond_answer |= (is_end.cumsum(1) - is_end.long()) > 0  # after the first end token
+    return ((predicted == targets) | beyond_answer).all(1)
 
 
 EXAMPLE_TOKENS = 64  # the model card's example generation stops here, or at the end token

@@ -16,7 +16,6 @@ import pruning
 from pruning import LoraSpec, ScheduleSpec, SearchSpec, SpaceSpec, SpecError, TaskSpec, TrainSpec
 from pruning.data import Completion, DataError, load_task
 from pruning.data.loaders import read_examples
-from pruning.data.metrics import exact_match
 from pruning.result import RoundRecord, pareto_front
 from pruning.train import IGNORE, collate, encode, loss_of
 from tests.tiny import ANSWERS, make_completion_task, make_tiny_llama
@@ -208,11 +207,45 @@ def test_a_long_prompt_loses_its_start_and_the_completion_is_kept(llama_tokenize
     assert cut.labels[0][-2:] == full.labels[0][-2:] and cut.prompt_length(0) == 8
 
 
-def test_exact_match_reads_each_answer_up_to_its_end():
-    eos = 2
-    assert exact_match([[5, 2], [5, 7], [6, 2, 9]], [[5, 2, 0], [5, 2, 0], [6, 2, 0]], eos) == 2 / 3
-    with pytest.raises(ValueError):
-        exact_match([[5]], [], eos)
+def test_exact_match_reads_each_answer_up_to_its_end_token():
+    from pruning.completion import greedy_matches
+
+    eos, vocab = 2, 10
+    # labels: a prompt of 2 tokens (IGNORE), then the answer; the logits at t predict token t + 1
+    labels = torch.tensor([[IGNORE, IGNORE, 5, 2, 9],         # 5, end, then a newline that is not the answer
+                           [IGNORE, IGNORE, 5, 2, IGNORE],    # the same answer, padded
+                           [IGNORE, IGNORE, 6, 2, IGNORE],
+                           [IGNORE, IGNORE, 5, 2, IGNORE]])
+    greedy = [[5, 2, 0], [5, 2, 0], [6, 7, 0], [4, 2, 0]]  # what each row's argmax reads after the prompt
+    logits = torch.zeros(4, 5, vocab)
+    for row, tokens in enumerate(greedy):
+        for offset, token in enumerate(tokens):
+            logits[row, 1 + offset, token] = 1.0
+    assert greedy_matches(logits, labels, eos).tolist() == [True, True, False, False]
+    assert greedy_matches(logits, labels, None).tolist() == [False, True, False, False]  # no end: all of it
+
+
+def test_exact_match_is_what_greedy_generation_writes(llama_dir, llama_tokenizer):
+    from pruning.completion import completion_metrics, greedy_completions
+    from pruning.train import Encoded
+
+    net = _causal_lm(llama_dir, SpaceSpec(types=("prefix",)))
+    prompts = [llama_tokenizer(text)["input_ids"] for text in ("review : fun", "the plot was dull and cold , it",
+                                                              "sentiment :", "a b c")]
+    written = greedy_completions(net, prompts, [3] * 4, 8, llama_tokenizer.pad_token_id, None, CPU)
+    end = written[0][1]  # call row 0's second token the end token: what follows it is not read
+    answers = [written[0][:2] + [7], written[1][:1] + [(written[1][1] + 1) % 500], written[2], written[3][:2]]
+    data = Encoded([p + a for p, a in zip(prompts, answers, strict=True)], None,
+                   [[IGNORE] * len(p) + a for p, a in zip(prompts, answers, strict=True)], "completion", end)
+    scores = completion_metrics(net, data, ("exact_match", "loss"), 2, llama_tokenizer.pad_token_id, CPU)
+    generated = greedy_completions(net, prompts, [len(a) for a in answers], 8, llama_tokenizer.pad_token_id, end,
+                                   CPU)
+
+    def answer(tokens):
+        return tokens[:tokens.index(end) + 1] if end in tokens else tokens
+
+    by_generation = [answer(g) == answer(a) for g, a in zip(generated, answers, strict=True)]
+    assert by_generation[:2] == [True, False] and scores["exact_match"] == sum(by_generation) / 4
 
 
 def test_a_loss_front_prefers_the_lower_metric():

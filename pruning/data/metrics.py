@@ -89,15 +89,3 @@ def metric_drop(name: str, reference: float, value: float) -> float:
     if name in LOWER_IS_BETTER:
         return 100 * (value - reference) / max(abs(reference), 1e-12)
     return 100 * (reference - value)
-
-
-def exact_match(generated: Sequence[Sequence[int]], references: Sequence[Sequence[int]], stop: int | None) -> float:
-    """Share of generated token sequences equal to their reference, each read up to its first `stop` token
-    (end of sequence): what follows it, e.g. a chat template's newline, is not the model's answer."""
-    def answer(tokens: Sequence[int]) -> list[int]:
-        tokens = list(tokens)
-        return tokens[:tokens.index(stop)] if stop in tokens else tokens
-
-    if len(generated) != len(references) or not references:
-        raise ValueError(f"{len(generated)} completions for {len(references)} references")
-    return sum(answer(g) == answer(r) for g, r in zip(generated, references, strict=True)) / len(references)
