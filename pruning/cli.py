@@ -91,6 +91,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     backbone.add_argument("--max-drop", type=_optional_float, help="quality guard: the most points the validation "
                           "metric may fall while pruning in stages ('none': one step to the target, no guard)")
     backbone.add_argument("--stages", type=int, help="the quality guard's stages toward the target")
+    backbone.add_argument("--guard-examples", type=int, help="train examples the quality guard scores each stage "
+                                                            "on (default: the validation split's)")
     backbone.add_argument("--distill", type=float, help="weight of distillation from the unpruned supernet in the "
                                                         "pruned model's training (0: none)")
     backbone.add_argument("--save-backbone", action="store_true", help="also save the pruned backbone")
@@ -116,7 +118,8 @@ FLAG_FIELDS = {
     "mask_penalty": "backbone.mask_penalty", "mask_lr": "backbone.mask_lr", "mask_rounds": "backbone.mask_rounds",
     "mask_share": "backbone.mask_share", "mask_score": "backbone.score",
     "rank_ratio": "backbone.rank_ratio", "save_backbone": "backbone.save_backbone",
-    "max_drop": "backbone.max_drop", "stages": "backbone.stages", "distill": "backbone.distill",
+    "max_drop": "backbone.max_drop", "stages": "backbone.stages", "guard_examples": "backbone.guard_examples",
+    "distill": "backbone.distill",
     "unlearned": "schedule.unlearned",
 }
 

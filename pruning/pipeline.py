@@ -135,6 +135,8 @@ class _Context:
     pad_id: int
     device: torch.device
     outside_validation: list[int]  # train rows not in the validation split
+    validation_rows: list[int]  # train rows of the validation split
+    unsearched: list[int]  # train rows neither in the validation split nor in the search's training
     tokenizer: object  # the model's, for the text of an example generation
     chance_scores: tuple[float | None, float | None] | None = None  # chance(): measured once
     teacher: Teacher | None = None  # speed mode's distillation teacher, from the backbone's pruning on
@@ -154,8 +156,9 @@ class _Context:
         held_out = _sample(len(train_data), min(spec.schedule.eval_examples, len(train_data) // 4), spec.seed)
         rest = sorted(set(range(len(train_data))) - set(held_out))
         search_rows = [rest[i] for i in _sample(len(rest), spec.schedule.max_train_examples, spec.seed)]
+        unsearched = sorted(set(rest) - set(search_rows))
         return cls(spec, task, train_data, dev_data, train_data.subset(search_rows),
-                   train_data.subset(held_out), tokenizer.pad_token_id, device, rest, tokenizer)
+                   train_data.subset(held_out), tokenizer.pad_token_id, device, rest, held_out, unsearched, tokenizer)
 
     def copy(self, supernet: Supernet) -> Supernet:
         """Another supernet with the same units, ranks, masks and trained weights (a model loaded afresh: no
@@ -186,6 +189,17 @@ class _Context:
         teacher, self.teacher = self.teacher, None
         return teacher
 
+    def guard_split(self, examples: int | None) -> Encoded:
+        """Speed mode's guard scores on the validation split, then (beyond it) a seeded sample of the train rows
+        the search never trained on, `examples` in all; fewer: the validation split's first; None: all of it."""
+        if examples is None or examples == len(self.validation_rows):
+            return self.validation
+        if examples < len(self.validation_rows):
+            return self.validation.subset(list(range(examples)))  # a random sample already: its first are one too
+        extra = [self.unsearched[i] for i in _sample(len(self.unsearched), examples - len(self.validation_rows),
+                                                     self.spec.seed)]
+        return self.train_data.subset(self.validation_rows + extra)
+
     def train_without_validation(self) -> Encoded:
         return self.train_data.subset(self.outside_validation)
 
@@ -208,8 +222,10 @@ class _Context:
         return evaluate(model, data, self.task.metric_names, self.spec.train.eval_batch_size, self.pad_id,
                         self.device)
 
-    def validation_metric(self, model) -> float | None:
-        return self.evaluate(model, self.validation)[self.task.primary_metric] if len(self.validation) else None
+    def validation_metric(self, model, data: Encoded | None = None) -> float | None:
+        """The primary metric on the validation split (or on `data`: the guard's); None without examples."""
+        data = self.validation if data is None else data
+        return self.evaluate(model, data)[self.task.primary_metric] if len(data) else None
 
     def chance(self, supernet: Supernet) -> tuple[float | None, float | None]:
         """(loss, primary metric) on the validation split of a model that learned nothing from the inputs,
@@ -682,6 +698,14 @@ def _prune_backbone(ctx: _Context, supernet: Supernet, rank_tracker: RankTracker
     target = planner.plan(speed)
     guard = {"max_drop": speed.max_drop, "asked_share": planner.removed_share(target)}
     reference = metric if speed.max_drop is not None else None
+    if reference is not None:
+        scored = ctx.guard_split(speed.guard_examples)
+        guard["examples"] = len(scored)
+
+        def guard_metric(model) -> float:
+            return ctx.validation_metric(model, scored)
+        if scored is not ctx.validation:
+            reference = guard_metric(supernet)
     if reference is None:
         kept = target
         guard["stopped"] = ("no guard (max_drop is null)" if speed.max_drop is None
@@ -695,12 +719,12 @@ def _prune_backbone(ctx: _Context, supernet: Supernet, rank_tracker: RankTracker
         def try_plan(kept) -> tuple[float, float]:
             supernet.masks.keep_only(*kept)
             if not steps:
-                return ctx.validation_metric(supernet), reference
+                return guard_metric(supernet), reference
             drawn = [next(batches) for _ in range(steps)]  # the same batches for both (training pops their labels)
             _train_supernet(ctx, supernet, (dict(batch) for batch in drawn), steps, rank_tracker,
                             report.steps(speed.mask_rounds, supernet.peft_params()), should_stop)
             _train_supernet(ctx, twin, (dict(batch) for batch in drawn), steps, None, None, should_stop)  # unplanned
-            return ctx.validation_metric(supernet), ctx.validation_metric(twin)
+            return guard_metric(supernet), guard_metric(twin)
 
         accepted, stages, guard["stopped"] = run_guard(plans, [planner.size(p) for p in plans], try_plan,
                                                        ctx.task.primary_metric, speed.max_drop)

@@ -379,14 +379,20 @@ class BackboneSpec:
         "Share of LoRA ranks removed globally (0 keeps them all)."))] = 0.5
     max_drop: Annotated[Real | None, Field(ge=0, description=(
         "Quality guard: prune in `stages` steps toward the target, each scored on the validation split (carved "
-        "from train) after `stage_steps` steps of recovery training, and keep the last stage whose metric is at "
-        "most this far below the supernet's before any head or neuron was off (points: x 100 of the primary "
+        "from train; see guard_examples) after `stage_steps` steps of recovery training, and keep the last stage "
+        "whose metric is at most this far below an unpruned twin's trained alike (points: x 100 of the primary "
         "metric; for a loss or perplexity, percent of it). null: no guard, one step to the target (Light-PEFT)."
         ))] = 1.0
     stages: Annotated[Int, Field(ge=1, le=20, description="The guard's stages toward the target.")] = 4
     stage_steps: Annotated[Int | None, Field(ge=0, le=100_000, description=(
         "Recovery training steps before each of the guard's stages is scored; null: a search round's steps."
         ))] = None
+    guard_examples: Annotated[Int | None, Field(ge=MIN_VALIDATION, description=(
+        "The guard scores each stage and its twin on this many train examples: the validation split, then train "
+        "examples the search never trained on (schedule.max_train_examples leaves them out), as many as there "
+        "are; fewer: the first of the validation split. A stage's drop is a difference of two metrics on a "
+        "sample: more examples, less noise in it, for a longer evaluation (two per stage). null: the validation "
+        "split."))] = None
     distill: Annotated[Share, Field(description=(
         "Recovery by distillation: once heads or neurons are off, every training step's loss is (1 - distill) x "
         "the task's + distill x the distance of the outputs to the unpruned supernet's (the teacher: the masked "

@@ -268,24 +268,27 @@ def test_a_guarded_search_removes_the_last_stage_its_validation_metric_accepts(t
     the first stage (1 head of 4 per layer) passes and the second (2 of 4) does not."""
     from pruning import pipeline
 
-    def scripted_metric(ctx, model):
+    def scripted_metric(ctx, model, data=None):
+        scored.append(len(data if data is not None else ctx.validation))
         if model.masks is None:
             return 0.9
         on = [model.masks.get_buffer(f"on{layer}") for layer in range(len(model.masks.heads))]
         return 0.9 - 0.1 * float(1 - torch.cat(on).mean())
 
+    scored = []
     monkeypatch.setattr(pipeline._Context, "validation_metric", scripted_metric)
     train, dev = toy_task
     spec = SearchSpec(model=str(tiny_model), task=TaskSpec(train=str(train), dev=str(dev)), budget=9000,
-                      schedule=ScheduleSpec(rounds=2, steps_per_round=3),
+                      schedule=ScheduleSpec(rounds=2, steps_per_round=3, eval_examples=32, max_train_examples=100),
                       train=TrainSpec(steps=4, batch_size=16),
                       backbone=BackboneSpec(enabled=True, head_ratio=0.75, neuron_ratio=0.3, max_drop=3.0,
-                                            stages=3, stage_steps=2, rank_ratio=0.0))
+                                            stages=3, stage_steps=2, rank_ratio=0.0, guard_examples=80))
     events = []
     result = pruning.search(spec, tmp_path / "out", on_progress=events.append)
     record = result.configuration["backbone"]
     guard = record["guard"]
     assert guard["reference"] == pytest.approx(0.9) and guard["accepted_stage"] == 1
+    assert guard["examples"] == 80 and scored.count(80) == 1 + 2 * 2  # before the stages; 2 stages, each twinned
     assert [s["reference"] for s in guard["stages"]] == [pytest.approx(0.9)] * 2  # the unpruned twin's, per stage
     assert [round(s["drop"], 6) for s in guard["stages"]] == [2.5, 5.0]  # stage 3 was never tried
     assert guard["stopped"].startswith("stage 2 of 3 fell 5.00 points") and "kept stage 1" in guard["stopped"]
@@ -476,3 +479,18 @@ def test_speed_mode_distils_the_unpruned_supernet_and_a_resumed_retrain_gets_it_
     again = pruning.search(spec, tmp_path / "again", checkpoint_dir=tmp_path / "ckpt")
     assert len(teachers) == 1 and torch.equal(teachers[0], first[0])
     assert again.configuration["backbone"] == result.configuration["backbone"]
+
+
+def test_the_guard_scores_the_validation_split_then_train_rows_the_search_never_trained_on(tiny_model, toy_task):
+    from pruning.pipeline import _Context
+
+    train, dev = toy_task
+    spec = SearchSpec(model=str(tiny_model), task=TaskSpec(train=str(train), dev=str(dev)),
+                      schedule=ScheduleSpec(eval_examples=32, max_train_examples=100))
+    ctx = _Context.prepare(spec)
+    rows = lambda data: [tuple(ids) for ids in data.input_ids]  # noqa: E731
+    assert ctx.guard_split(None) is ctx.validation and rows(ctx.guard_split(20)) == rows(ctx.validation)[:20]
+    scored = ctx.guard_split(120)
+    assert len(scored) == 120 and rows(scored)[:32] == rows(ctx.validation)
+    assert set(rows(scored)) <= set(rows(ctx.train_data)) and not set(rows(scored)) & set(rows(ctx.search_train))
+    assert len(ctx.guard_split(10_000)) == 256 - 100  # every train row the search did not train on
