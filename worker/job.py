@@ -73,6 +73,16 @@ class JobRun:
             text = text.replace(path, label)
         return text
 
+    def redact_all(self, value: Any) -> Any:
+        """A JSON value (the result) with every string redacted."""
+        if isinstance(value, str):
+            return self.redact(value)
+        if isinstance(value, dict):
+            return {key: self.redact_all(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return [self.redact_all(item) for item in value]
+        return value
+
     def execute(self) -> str:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never download at run time: models are local paths
         from celery.exceptions import SoftTimeLimitExceeded
@@ -89,7 +99,7 @@ class JobRun:
             result = pruning.search(pruning.SearchSpec.from_dict(self.spec), out_dir, on_progress=self.on_progress,
                                     should_stop=self.stop.is_set, checkpoint_dir=checkpoint_dir,
                                     checkpoint_every=every)
-            summary = {k: v for k, v in result.to_dict().items() if k not in ("rounds", "out_dir")}
+            summary = self.redact_all({k: v for k, v in result.to_dict().items() if k not in ("rounds", "out_dir")})
             artifact = write_archive(out_dir, self.settings.artifacts, self.job_id, self.attempt)
             outcome = self.finish(SUCCEEDED, result=summary, artifact=artifact)
             if outcome != SUCCEEDED:

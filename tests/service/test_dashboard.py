@@ -67,6 +67,8 @@ def test_the_openapi_page_loads_swagger_ui_from_this_server(app_client):
             assert f"/static/docs/{name}" in urls
         for url in urls:
             assert app_client.get(url).status_code == 200, url
+    # ReDoc's bundle fetches its maker's logo from a CDN unless the page forbids images from elsewhere
+    assert app_client.get("/redoc").headers["content-security-policy"] == "img-src 'self' data:"
     bundle = app_client.get("/static/docs/swagger-ui-bundle.js").text
     assert re.search(r'"5\.\d+\.\d+"', bundle)  # Swagger UI 5 renders OpenAPI 3.1, which FastAPI writes
     assert app_client.get("/openapi.json").json()["openapi"].startswith("3.1")

@@ -7,6 +7,7 @@ serving process)."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -127,6 +128,8 @@ def follow_a_job(client: httpx.Client, toy: tuple[Path, Path], tiny_model: str, 
     assert job["progress"]["phase"] == "done" and job["attempt"] == 1
     result = job["result"]
     assert result["trainable_params"] <= result["budget_params"] and result["metric_name"] == "accuracy"
+    assert result["configuration"]["base_model_path"] == TINY  # names, never the server's paths
+    assert tiny_model not in json.dumps(job) and "/datasets/" not in json.dumps(job)
 
     events = client.get(f"/v1/jobs/{job_id}/events").json()["data"]
     assert [e["message"] for e in events if e["kind"] == "status"] == ["queued", "validating", "running", "succeeded"]

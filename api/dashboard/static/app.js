@@ -508,16 +508,22 @@ function lossChart(samples, rounds) {
     h("div", { class: "hint" }, "Mean training loss per search round (the job ended before this page sampled it)."));
 }
 
-// Why a finished job has no rounds: its supernet never learned the task, so the search kept its prior.
+// Why a job has no rounds: once it has succeeded, the result says (its supernet never learned the task, so the
+// search kept its prior); before, a search past its rounds ended without one, and its phase event says why. The
+// trajectory tells it in full, the other sections point to it.
 const priorNote = (job) => job.result?.configuration?.prior;
+const PAST_SEARCH = new Set(["retrain", "evaluate", "export", "done"]);
 
-function noRounds(job, waiting, id) {
+function noRounds(job, waiting, id, full = false) {
   const prior = priorNote(job);
-  return h("div", { class: "empty", ...(id ? { id } : {}) }, prior ? `No pruning rounds: ${prior}.` : waiting);
+  const ended = prior || PAST_SEARCH.has(job.progress?.phase);
+  const text = !ended ? waiting : !full ? "No pruning rounds (see the trajectory)."
+    : prior ? `No pruning rounds: ${prior}.` : "The search ended without a pruning round: the events say why.";
+  return h("div", { class: "empty", ...(id ? { id } : {}) }, text);
 }
 
 function trajectoryChart(rounds, job) {
-  if (!rounds.length) return noRounds(job, "No search round has finished yet.", "trajectory");
+  if (!rounds.length) return noRounds(job, "No search round has finished yet.", "trajectory", true);
   const xs = rounds.map((r) => r.round);
   const params = rounds.flatMap((r) => [r.trainable_params, r.target_params]);
   const budget = job.result ? job.result.budget_params : null;
@@ -526,7 +532,7 @@ function trajectoryChart(rounds, job) {
   const x = scale(Math.min(...xs) - 0.5, Math.max(...xs) + 0.5, M.left, W - M.right);
   const pHi = Math.max(...params) * 1.08;
   const y = scale(0, pHi, H - M.bottom, M.top);
-  const svg = frame(xs, "search round", "trainable params", metrics.length ? `validation ${rounds[0].metric_name}` : null);
+  const svg = frame(xs, "search round", "trainable params", metrics.length ? `validation ${rounds[0].metric_name} before removal` : null);
   axis(svg, ticks(0, pHi), y, compact, "left");
   axis(svg, xs, x, String, "bottom");
   if (budget) {
@@ -544,9 +550,9 @@ function trajectoryChart(rounds, job) {
     const ym = scale(mLo - pad, mHi + pad, H - M.bottom, M.top);
     axis(svg, ticks(mLo - pad, mHi + pad, 4), ym, (v) => v.toFixed(3), "right");
     const pts = rounds.filter((r) => r.metric !== null)
-      .map((r) => [x(r.round), ym(r.metric), `round ${r.round}: ${r.metric_name} ${num(r.metric)}`]);
+      .map((r) => [x(r.round), ym(r.metric), `round ${r.round}, before its removals: ${r.metric_name} ${num(r.metric)}`]);
     svg.append(line(pts, "#dd6b20"), ...dots(pts, "#dd6b20", "metric-point"));
-    items.push(["#dd6b20", `validation ${rounds[0].metric_name} (right axis)`]);
+    items.push(["#dd6b20", `validation ${rounds[0].metric_name} at the round's start, before its removals (right axis)`]);
   }
   if (budget) items.push(["#c23b3b", `budget ${int(budget)}`]);
   return h("div", { id: "trajectory" }, svg, legend(items));
@@ -598,6 +604,7 @@ function heatMap(config) {
   const kinds = (config.space && config.space.types) || KINDS;
   const cells = config.layers.map((entry) => kinds.map((kind) => cellOf(kind, entry.modules[kind])));
   const max = kinds.map((_, k) => Math.max(1, ...cells.map((row) => (row[k] ? row[k].value : 0))));
+  const projections = config.layers.reduce((n, entry) => n + Object.keys(entry.modules.lora?.ranks || {}).length, 0);
   const color = (t) => { // light to dark blue
     const mix = (a, b) => Math.round(a + (b - a) * t);
     return `rgb(${mix(222, 47)},${mix(234, 93)},${mix(246, 138)})`;
@@ -612,16 +619,19 @@ function heatMap(config) {
             "data-kind": kinds[k], title: `${kinds[k]} in layer ${entry.layer}: ${cell.text}` }, cell.text)
           : h("td", { class: "off", "data-kind": kinds[k] }, "–"))))))),
     h("div", { class: "hint", style: "margin-top:6px" },
-      `${config.units.length} modules kept; darker = larger rank or size in its column; – = pruned.`,
+      `${config.units.length} units kept${projections ? ` (LoRA on ${projections} projections)` : ""}; darker = ` +
+      "larger rank or size in its column; – = pruned.",
       config.pruned_layers.length ? ` Layers without any module: ${config.pruned_layers.join(", ")}.` : "",
-      config.prior ? ` No pruning rounds: ${config.prior}.` : ""));
+      config.prior ? " The search's prior: no pruning round ran." : ""));
 }
 
 function roundsTable(rounds, job) {
   if (!rounds.length) return noRounds(job, "No rounds yet.");
   return h("table", { id: "rounds" },
     h("thead", {}, h("tr", {}, h("th", {}, "round"), h("th", { class: "num" }, "params left"),
-      h("th", { class: "num" }, "target"), h("th", { class: "num" }, "validation metric"), h("th", { class: "num" }, "train loss"),
+      h("th", { class: "num" }, "target"),
+      h("th", { class: "num", title: "on the validation split, at the round's start: before its removals" }, "validation before removal"),
+      h("th", { class: "num" }, "train loss"),
       h("th", {}, "removed (score)"), h("th", { class: "num" }, "time"))),
     h("tbody", {}, rounds.map((r) => h("tr", {},
       h("td", {}, String(r.round)), h("td", { class: "num" }, int(r.trainable_params)),
