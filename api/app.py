@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from importlib.metadata import PackageNotFoundError, version
+
 from fastapi import FastAPI
 
 from store.db import session_factory
@@ -14,7 +16,7 @@ from .routes import ROUTERS, datasets
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
-    app = FastAPI(title="peftsearch", version="0.1.0", description=(
+    app = FastAPI(title="peftsearch", version=_version(), description=(
         "Search the best parameter-efficient fine-tuning configuration of a transformer for a task, by pruning. "
         "Upload a dataset, submit a job, poll it, download the pruned adapter."))
     app.state.settings = settings
@@ -28,3 +30,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(Admission, limit=settings.max_concurrency, wait_s=settings.admission_wait_s,
                        stream_limit=settings.max_streams)  # outermost
     return app
+
+
+def _version() -> str:
+    """pyproject.toml's, as installed."""
+    try:
+        return version("peftsearch")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"

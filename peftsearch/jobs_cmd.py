@@ -91,7 +91,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     cancel = actions.add_parser("cancel", parents=common, help="cancel a queued, validating or running job")
     cancel.add_argument("job_id")
-    cancel.add_argument("--wait", action="store_true", help="wait until a running job has stopped")
+    cancel.add_argument("--wait", action="store_true", help="wait until a started (validating or running) job has stopped")
 
     download = actions.add_parser("download", parents=common,
                                   help="download and unpack a succeeded job's result to OUT/<job id>")

@@ -13,7 +13,7 @@ import torch
 from .data import Completion
 from .data.loaders import COMPLETION_LOSSES
 from .data.metrics import COMPLETION_METRICS
-from .train import IGNORE, Encoded, autocast, collate, completion_loss_sum, eval_batches
+from .train import IGNORE, Encoded, autocast, completion_loss_sum, eval_batches, eval_outputs
 
 EXACT_MATCH_TOKENS = 8  # completions this short (before their end token) are answers: exact match scores them too
 
@@ -80,13 +80,8 @@ def completion_metrics(model: torch.nn.Module, data: Encoded, metric_names, batc
     up to and including the first end token, is the most likely one after the tokens before it: so the loss's
     own pass scores exact match too (`greedy_matches`), with no token generated (a generation would run the
     sequence again once per answer token)."""
-    model.eval()
     total, tokens, matched = 0.0, 0, 0
-    for indices in eval_batches(data.input_ids, batch_size):
-        batch = collate(data, indices, pad_id, device)
-        labels = batch.pop("labels")
-        with autocast(device):
-            logits = model(**batch)
+    for _, logits, labels in eval_outputs(model, data, batch_size, pad_id, device):
         summed, count = completion_loss_sum(logits, labels)
         total, tokens = total + float(summed), tokens + count
         matched += int(greedy_matches(logits, labels, data.eos_id).sum())
@@ -98,7 +93,9 @@ def completion_metrics(model: torch.nn.Module, data: Encoded, metric_names, batc
 def greedy_matches(logits: torch.Tensor, labels: torch.Tensor, eos_id: int | None) -> torch.Tensor:
     """Per row: whether the greedy completion of its prompt is its labelled completion, read up to the first
     `eos_id` (what follows it, e.g. a chat template's newline, is not the answer): every labelled token up to
-    there is the argmax of the logits before it (they predict the next token, as in completion_loss_sum)."""
+    there is the argmax of the logits before it (they predict the next token, as in completion_loss_sum). A
+    completion cut at max_length has no end token: its kept tokens are compared, as a generation of that many
+    tokens would be. Exact up to float rounding: another batch shape can flip a near-tie (more likely in bf16)."""
     targets, predicted = labels[:, 1:], logits[:, :-1].argmax(-1)
     beyond_answer = targets == IGNORE
     if eos_id is not None:

@@ -191,13 +191,14 @@ class _Context:
 
     def guard_split(self, examples: int | None) -> Encoded:
         """Speed mode's guard scores on the validation split, then (beyond it) a seeded sample of the train rows
-        the search never trained on, `examples` in all; fewer: the validation split's first; None: all of it."""
-        if examples is None or examples == len(self.validation_rows):
+        the search never trained on, `examples` in all (as many as there are); fewer: a seeded sample of the
+        validation split; None: the validation split."""
+        if examples is not None and examples < len(self.validation_rows):
+            return self.validation.subset(_sample(len(self.validation_rows), examples, self.spec.seed))
+        wanted = 0 if examples is None else examples - len(self.validation_rows)
+        if not wanted or not self.unsearched:
             return self.validation
-        if examples < len(self.validation_rows):
-            return self.validation.subset(list(range(examples)))  # a random sample already: its first are one too
-        extra = [self.unsearched[i] for i in _sample(len(self.unsearched), examples - len(self.validation_rows),
-                                                     self.spec.seed)]
+        extra = [self.unsearched[i] for i in _sample(len(self.unsearched), wanted, self.spec.seed)]
         return self.train_data.subset(self.validation_rows + extra)
 
     def train_without_validation(self) -> Encoded:
@@ -267,7 +268,7 @@ class _Context:
                 return None
             examples = self.spec.policy.calibration_examples
             data = self.validation if examples is None or examples >= len(self.validation) else \
-                self.validation.subset(list(range(examples)))  # a random sample already: its first ones are one too
+                self.validation.subset(_sample(len(self.validation), examples, self.spec.seed))
             return unit_ablation(model, data, keys, self.spec.train.eval_batch_size, self.pad_id, self.device)
 
         return measure

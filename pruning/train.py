@@ -285,15 +285,22 @@ def train(model: torch.nn.Module, params: list, batches: Iterator[dict], *, step
 
 
 @torch.no_grad()
-def mean_loss(model: torch.nn.Module, data: Encoded, batch_size: int, pad_id: int, device: torch.device) -> float:
-    """The training loss (without regularisers) averaged over `data`, in eval mode."""
+def eval_outputs(model: torch.nn.Module, data: Encoded, batch_size: int, pad_id: int, device: torch.device
+                 ) -> Iterator[tuple[list[int], torch.Tensor, torch.Tensor]]:
+    """(row indices, logits, labels) of each evaluation batch of `data`, the model in eval mode."""
     model.eval()
-    total, count = 0.0, 0
     for indices in eval_batches(data.input_ids, batch_size):
         batch = collate(data, indices, pad_id, device)
         labels = batch.pop("labels")
         with autocast(device):
             logits = model(**batch)
+        yield indices, logits, labels
+
+
+def mean_loss(model: torch.nn.Module, data: Encoded, batch_size: int, pad_id: int, device: torch.device) -> float:
+    """The training loss (without regularisers) averaged over `data`, in eval mode."""
+    total, count = 0.0, 0
+    for _, logits, labels in eval_outputs(model, data, batch_size, pad_id, device):
         if data.problem == "completion":  # the mean over all completion tokens, not over examples
             summed, n = completion_loss_sum(logits, labels)
         else:
@@ -322,17 +329,12 @@ def chance_loss(data: Encoded) -> float:
     return float(-(frequencies * np.log(frequencies)).sum())
 
 
-@torch.no_grad()
 def predict(model: torch.nn.Module, data: Encoded, batch_size: int, pad_id: int,
             device: torch.device) -> np.ndarray:
     """Class indices (classification) or values (regression), in the data's order."""
-    model.eval()
     out = np.zeros(len(data), dtype=float if data.problem == "regression" else int)
-    for indices in eval_batches(data.input_ids, batch_size):
-        batch = collate(data, indices, pad_id, device)
-        batch.pop("labels")
-        with autocast(device):
-            logits = model(**batch).float()
+    for indices, logits, _ in eval_outputs(model, data, batch_size, pad_id, device):
+        logits = logits.float()
         values = logits.squeeze(-1) if data.problem == "regression" else logits.argmax(-1)
         out[indices] = values.cpu().numpy()
     return out

@@ -226,7 +226,7 @@ def test_exact_match_reads_each_answer_up_to_its_end_token():
 
 
 def test_exact_match_is_what_greedy_generation_writes(llama_dir, llama_tokenizer):
-    from pruning.completion import completion_metrics, greedy_completions
+    from pruning.completion import completion_metrics, greedy_completions, greedy_matches
     from pruning.train import Encoded
 
     net = _causal_lm(llama_dir, SpaceSpec(types=("prefix",)))
@@ -246,6 +246,10 @@ def test_exact_match_is_what_greedy_generation_writes(llama_dir, llama_tokenizer
 
     by_generation = [answer(g) == answer(a) for g, a in zip(generated, answers, strict=True)]
     assert by_generation[:2] == [True, False] and scores["exact_match"] == sum(by_generation) / 4
+    batch = collate(data, list(range(4)), llama_tokenizer.pad_token_id, CPU)
+    labels = batch.pop("labels")
+    with torch.no_grad():
+        assert greedy_matches(net(**batch), labels, end).tolist() == by_generation  # row by row
 
 
 def test_a_loss_front_prefers_the_lower_metric():

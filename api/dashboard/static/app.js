@@ -2,6 +2,7 @@
 // step; plots are plain SVG. Views: #/ (jobs), #/jobs/<id> (one job, polled while it runs), #/new, #/datasets.
 "use strict";
 
+// store/models.py: STATUSES; queued and STARTED; FINAL
 const STATUSES = ["queued", "validating", "running", "cancelling", "succeeded", "failed", "cancelled"];
 const CANCELLABLE = new Set(["queued", "validating", "running"]);
 const FINAL = new Set(["succeeded", "failed", "cancelled"]);
@@ -512,7 +513,7 @@ function lossChart(samples, rounds) {
 // search kept its prior); before, a search past its rounds ended without one, and its phase event says why. The
 // trajectory tells it in full, the other sections point to it.
 const priorNote = (job) => job.result?.configuration?.prior;
-const PAST_SEARCH = new Set(["retrain", "evaluate", "export", "done"]);
+const PAST_SEARCH = new Set(["retrain", "evaluate", "export", "done"]);  // pruning.result.PHASES after "search"
 
 function noRounds(job, waiting, id, full = false) {
   const prior = priorNote(job);
