@@ -60,7 +60,10 @@ TRACKED = "tracked/"  # and of speed mode's importance sums (masks' Taylor, LoRA
 
 class _Reporter:
     """Turns the engine's phases, steps and rounds into ProgressEvents for the caller, with the steps done and
-    planned in the whole run and the time left at the pace of the steps so far (evaluations included).
+    planned in the whole run and the time left at the pace of the steps so far (evaluations included): the
+    search's until the retraining starts, which then sets its own (a retraining step trains the chosen units
+    only, often at half a search step's cost, so the search's pace over-estimates what is left; the demo's
+    retraining was told 252 s at its 9th step where 175 s remained).
 
     With `within` (retrain: continue) the search's steps count within the retraining's: a step the search plans
     but does not take (a learning phase that ends early, a guard stage never tried) goes to the retraining, and
@@ -103,6 +106,8 @@ class _Reporter:
 
     def phase(self, name: str, message: str = "") -> None:
         self.phase_name = name
+        if name == "retrain":
+            self.first_step = None  # its pace is measured afresh
         self.emit(kind="phase", message=message)
 
     def round(self, record: RoundRecord) -> None:
