@@ -63,7 +63,7 @@ class _Reporter:
     planned in the whole run and the time left at the pace of the steps so far (evaluations included): the
     search's until the retraining starts, which then sets its own (a retraining step trains the chosen units
     only, often at half a search step's cost, so the search's pace over-estimates what is left; the demo's
-    retraining was told 252 s at its 9th step where 175 s remained).
+    retraining was told 252 s at its 9th step; the whole retraining took 175 s).
 
     With `within` (retrain: continue) the search's steps count within the retraining's: a step the search plans
     but does not take (a learning phase that ends early, a guard stage never tried) goes to the retraining, and
