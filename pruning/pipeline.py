@@ -198,13 +198,17 @@ class _Context:
         """Speed mode's guard scores on the validation split, then (beyond it) a seeded sample of the train rows
         the search never trained on, `examples` in all (as many as there are); fewer: a seeded sample of the
         validation split; None: the validation split."""
-        if examples is not None and examples < len(self.validation_rows):
-            return self.validation.subset(_sample(len(self.validation_rows), examples, self.spec.seed))
         wanted = 0 if examples is None else examples - len(self.validation_rows)
-        if not wanted or not self.unsearched:
-            return self.validation
+        if wanted <= 0 or not self.unsearched:
+            return self.validation_sample(examples)
         extra = [self.unsearched[i] for i in _sample(len(self.unsearched), wanted, self.spec.seed)]
         return self.train_data.subset(self.validation_rows + extra)
+
+    def validation_sample(self, examples: int | None) -> Encoded:
+        """A seeded sample of `examples` rows of the validation split (None, or as many as it has: all of it)."""
+        if examples is None or examples >= len(self.validation):
+            return self.validation
+        return self.validation.subset(_sample(len(self.validation), examples, self.spec.seed))
 
     def train_without_validation(self) -> Encoded:
         return self.train_data.subset(self.outside_validation)
@@ -271,9 +275,7 @@ class _Context:
         def measure(keys: list[str]) -> dict[str, float] | None:
             if len(self.validation) < MIN_VALIDATION:
                 return None
-            examples = self.spec.policy.calibration_examples
-            data = self.validation if examples is None or examples >= len(self.validation) else \
-                self.validation.subset(_sample(len(self.validation), examples, self.spec.seed))
+            data = self.validation_sample(self.spec.policy.calibration_examples)
             return unit_ablation(model, data, keys, self.spec.train.eval_batch_size, self.pad_id, self.device)
 
         return measure
@@ -704,20 +706,19 @@ def _prune_backbone(ctx: _Context, supernet: Supernet, rank_tracker: RankTracker
     target = planner.plan(speed)
     guard = {"max_drop": speed.max_drop, "asked_share": planner.removed_share(target)}
     reference = metric if speed.max_drop is not None else None
-    if reference is not None:
-        scored = ctx.guard_split(speed.guard_examples)
-        guard["examples"] = len(scored)
-
-        def guard_metric(model) -> float:
-            return ctx.validation_metric(model, scored)
-        if scored is not ctx.validation:
-            reference = guard_metric(supernet)
     if reference is None:
         kept = target
         guard["stopped"] = ("no guard (max_drop is null)" if speed.max_drop is None
                             else "no validation split to guard with: pruned to the target")
         report.replan(speed.stages * ctx.spec.stage_steps())  # the stages planned do not run
     else:
+        scored = ctx.guard_split(speed.guard_examples)
+        guard["examples"] = len(scored)
+
+        def guard_metric(model) -> float:
+            return ctx.validation_metric(model, scored)
+        if scored is not ctx.validation:  # `metric` is the validation split's
+            reference = guard_metric(supernet)
         plans = [planner.plan(stage_spec) for stage_spec in stage_specs(speed, planner.layer_params)]
         steps = ctx.spec.stage_steps()
         twin = ctx.copy(supernet) if steps else None  # with no recovery steps the reference stays as it is

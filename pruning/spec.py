@@ -390,7 +390,7 @@ class BackboneSpec:
     guard_examples: Annotated[Int | None, Field(ge=MIN_VALIDATION, description=(
         "The guard scores each stage and its twin on this many train examples: the validation split, then train "
         "examples the search never trained on (schedule.max_train_examples leaves them out), as many as there "
-        "are; fewer: the first of the validation split. A stage's drop is a difference of two metrics on a "
+        "are; fewer: a seeded sample of the validation split. A stage's drop is a difference of two metrics on a "
         "sample: more examples, less noise in it, for a longer evaluation (two per stage). null: the validation "
         "split."))] = None
     distill: Annotated[Share, Field(description=(
