@@ -12,7 +12,8 @@ On all-MiniLM-L6-v2, every method trains its final configuration with the same s
     alllinear   LoRA on every linear projection (q, k, v, o, FFN in and out) at ranks matched to that budget
                 (within 2%, alpha = 2 x rank as for the reference)
     adalora     AdaLoRA from peft on q, v, from rank 12 to an average of 8 (the same final budget), its rank
-                allocation run after every optimizer step (bench/adalora.py)
+                allocation run after every optimizer step, its learning rate (1e-3, 3e-3 or 1e-2) chosen on the
+                validation split, the chosen one trained again on all of train (bench/adalora.py)
     adapter     bottleneck adapter (d=16) after the FFN of all layers
     prefix      prefix (p=16) in all layers
     random      the supernet pruned to the budget in random order (same rounds and retraining as peftsearch)
@@ -139,7 +140,7 @@ def run_spec(method: str, task: str, spec) -> dict:
 
             fitted = fit_adalora(spec)
             result = SimpleNamespace(**fitted, configuration={"units": [], "final_ranks": fitted["final_ranks"]})
-            search_wall, candidates = 0.0, None
+            search_wall, candidates = fitted["search_wall_s"], fitted["candidates"]  # its learning rate's choice
         elif method == "alllinear":
             per_rank = _per_rank_params(spec)
             ranks = spread_ranks(per_rank, spec.budget)
@@ -179,7 +180,7 @@ def run_spec(method: str, task: str, spec) -> dict:
         "steps": spec.train.steps, "search_steps": spec.schedule.rounds * spec.round_steps(),
         **({"trained_steps": long_steps} if method == "lora_long" else {}),
         "units": result.configuration["units"], "candidates": candidates,
-        **({"selected_on": "validation"} if method == "autopeft" else {}),
+        **({"selected_on": "validation"} if method in ("autopeft", "adalora") else {}),
         # where the parameters went: the fixed methods' are known, a search's are what it found
         **({"lora_ranks": result.configuration["lora_ranks"]} if method in ("alllinear", "random", "peftsearch")
            else {}),
@@ -250,11 +251,22 @@ def report(store: Store, command: str) -> tuple[dict, str]:
             "tasks": {t: dataclasses.asdict(TASKS[t]) for t in tasks}, "results": table,
             "average_over": common, "average": average, "versus": versus,
             "autopeft_selected_on": sorted({r.get("selected_on", "dev") for r in rows if r["method"] == "autopeft"}),
+            "adalora_lr": _chosen_lr(rows),
             "commits": {m: sorted({r.get("commit") or "not recorded" for r in rows if r["method"] == m})
                         for m in METHODS if any(r["method"] == m for r in rows)},
             "cpus": sorted({r.get("cpu") or "not recorded" for r in rows}),
             "targets": _targets(table, versus), "stale_rows": stale, "prior_kept": _prior_kept(rows)}
     return data, _markdown(data)
+
+
+def _chosen_lr(rows: list[dict]) -> dict:
+    """task -> seed -> the learning rate AdaLoRA's runs chose on the validation split."""
+    chosen: dict = {}
+    for r in rows:
+        if r["method"] == "adalora" and r.get("candidates"):
+            lr = next(c["lr"] for c in r["candidates"] if c.get("chosen"))
+            chosen.setdefault(r["task"], {})[r["seed"]] = lr
+    return {t: dict(sorted(seeds.items())) for t, seeds in chosen.items()}
 
 
 def _prior_kept(rows: list[dict]) -> dict:
@@ -355,6 +367,10 @@ def _markdown(data: dict) -> str:
         lines += ["", "The 8-candidate search selected its configuration on: "
                       + ", ".join("the dev set it reports (optimistic)" if s == "dev" else "the validation split"
                                   for s in data["autopeft_selected_on"]) + "."]
+    if data.get("adalora_lr"):
+        lines += ["", "AdaLoRA's learning rate, chosen on the validation split (of 1e-3, 3e-3, 1e-2): " + "; ".join(
+            f"{t} " + ", ".join(f"seed {seed} {lr:g}" for seed, lr in seeds.items())
+            for t, seeds in data["adalora_lr"].items()) + "."]
     if data["targets"]:
         lines += ["", "Targets:", ""]
         for name, t in data["targets"].items():

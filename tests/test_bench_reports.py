@@ -79,7 +79,8 @@ def test_the_8_candidate_search_targets_and_how_it_selected():
 
 def test_adalora_is_driven_so_that_its_ranks_move(make_spec):
     """update_and_allocate runs after every optimizer step: the final rank pattern is not the initial one, and the
-    budget lands near target_r per module."""
+    budget lands near target_r per module; its learning rate is the one best on the validation split."""
+    from bench.adalora import LEARNING_RATES
     from bench.adalora import fit_adalora
 
     spec = make_spec(train__steps=60, train__lr=1e-2)
@@ -90,6 +91,19 @@ def test_adalora_is_driven_so_that_its_ranks_move(make_spec):
     assert final != initial and sum(final.values()) <= 4 * len(final)
     assert fitted["trainable_params"] == sum(final.values()) * (64 + 64 + 1)
     assert 0 <= fitted["metric"] <= 1 and set(fitted["metrics"]) == {"accuracy", "f1"}
+    candidates = fitted["candidates"]
+    assert [c["lr"] for c in candidates] == list(LEARNING_RATES)
+    chosen = [c for c in candidates if c.get("chosen")]
+    assert len(chosen) == 1 and chosen[0]["validation_metric"] == max(c["validation_metric"] for c in candidates)
+
+
+def test_adalora_learning_rates_chosen_are_reported():
+    rows = [run("sst2", "adalora", 0.8, seed=s, candidates=[{"lr": 1e-3, "validation_metric": 0.5},
+                                                           {"lr": lr, "validation_metric": 0.8, "chosen": True}])
+            for s, lr in ((1, 0.01), (0, 0.003))]
+    data, markdown = report(SimpleNamespace(rows=rows), "cmd")
+    assert data["adalora_lr"] == {"sst2": {0: 0.003, 1: 0.01}}
+    assert "sst2 seed 0 0.003, seed 1 0.01." in markdown
 
 
 def test_the_longer_lora_is_compared_and_labelled_with_its_steps():
