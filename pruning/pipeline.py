@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import random
+import statistics
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,36 +62,44 @@ TRACKED = "tracked/"  # and of speed mode's importance sums (masks' Taylor, LoRA
 
 class _Reporter:
     """Turns the engine's phases, steps and rounds into ProgressEvents for the caller, with the steps done and
-    planned in the whole run and the time left at the pace of the steps so far (evaluations included): the
-    search's until the retraining starts, which then sets its own (a retraining step trains the chosen units
-    only, often at half a search step's cost, so the search's pace over-estimates what is left; the demo's
-    retraining was told 252 s at its 9th step; the whole retraining took 175 s).
+    planned in the whole run and the time left. The search's steps left go at the pace of its steps so far
+    (evaluations and calibrations included); the retraining's, until it starts, at the median of the search's
+    latest training steps alone (a retraining step is a plain training step, with no evaluation or calibration
+    between steps, so the search's pace over-estimates it), and once it starts at its own pace.
 
     With `within` (retrain: continue) the search's steps count within the retraining's: a step the search plans
     but does not take (a learning phase that ends early, a guard stage never tried) goes to the retraining, and
     the total stays."""
 
-    def __init__(self, on_progress: ProgressCallback | None, rounds: int, total_steps: int, within: bool = False):
+    def __init__(self, on_progress: ProgressCallback | None, rounds: int, total_steps: int, retrain_steps: int,
+                 within: bool = False, clock: Callable[[], float] = time.monotonic):
         self.on_progress = on_progress
         self.within = within
         self.rounds = rounds
-        self.start = time.monotonic()
+        self.clock = clock
+        self.start = clock()
         self.phase_name = "load"
-        self.total, self.done = total_steps, 0
+        self.total, self.done, self.retrain_steps = total_steps, 0, retrain_steps
         self.first_step: tuple[float, int] | None = None  # (when, done) after this process's first step
+        self.last_step: float | None = None  # when the last step of the current training call ended
+        self.step_s: deque[float] = deque(maxlen=20)  # the latest steps' durations, within one training call
 
     def emit(self, **fields) -> None:
         if self.on_progress is not None:
             self.on_progress(ProgressEvent(phase=self.phase_name, rounds=self.rounds,
-                                           elapsed_s=time.monotonic() - self.start, done_steps=self.done,
+                                           elapsed_s=self.clock() - self.start, done_steps=self.done,
                                            total_steps=self.total, eta_s=self.eta_s(), **fields))
 
     def eta_s(self) -> float | None:
         if self.first_step is None or self.done <= self.first_step[1]:
             return None
         since, done_then = self.first_step
-        pace = (time.monotonic() - since) / (self.done - done_then)
-        return round(pace * max(self.total - self.done, 0), 1)
+        pace = (self.clock() - since) / (self.done - done_then)
+        left = max(self.total - self.done, 0)
+        if self.phase_name == "retrain" or not self.step_s:
+            return round(pace * left, 1)
+        retraining = min(left, self.retrain_steps)
+        return round(pace * (left - retraining) + statistics.median(self.step_s) * retraining, 1)
 
     def skip(self, steps: int) -> None:
         """Planned steps that will not run (rounds done before a resume, a learning phase that ended early)."""
@@ -97,15 +107,19 @@ class _Reporter:
 
     def replan(self, unused: int) -> None:
         """Planned steps of the search that will not run (negative: steps beyond the plan)."""
-        if not self.within:
+        if self.within:
+            self.retrain_steps += unused
+        else:
             self.total -= unused
 
     def extend(self, steps: int) -> None:
         """Steps beyond the plan (the prior's retraining: the search's steps trained a supernet it discards)."""
         self.total += steps
+        self.retrain_steps += steps
 
     def phase(self, name: str, message: str = "") -> None:
         self.phase_name = name
+        self.last_step = None
         if name == "retrain":
             self.first_step = None  # its pace is measured afresh
         self.emit(kind="phase", message=message)
@@ -115,10 +129,16 @@ class _Reporter:
                   metric=record.metric, loss=record.train_loss, record=record)
 
     def steps(self, round: int | None, params: int) -> Callable[[int, int, float], None]:
+        self.last_step = None  # a new training call: the time since the last one's end was spent elsewhere
+
         def on_step(step: int, steps: int, loss: float) -> None:
             self.done += 1
+            now = self.clock()
             if self.first_step is None:  # the pace is measured from the end of the first step on
-                self.first_step = (time.monotonic(), self.done)
+                self.first_step = (now, self.done)
+            if self.last_step is not None:
+                self.step_s.append(now - self.last_step)
+            self.last_step = now
             self.emit(kind="step", round=round, step=step, steps=steps, loss=loss, trainable_params=params)
 
         return on_step
@@ -292,7 +312,8 @@ def search(spec: SearchSpec, out_dir: str | Path, *, on_progress: ProgressCallba
     retrain is checkpointed there as `checkpoint_every` says, and resumes from its last checkpoint."""
     spec = spec.validate()
     schedule, speed = spec.schedule, spec.backbone
-    report = _Reporter(on_progress, schedule.rounds, spec.planned_steps(), within=spec.retrain == "continue")
+    report = _Reporter(on_progress, schedule.rounds, spec.planned_steps(),
+                       spec.retrain_steps(spec.search_steps_limit()), within=spec.retrain == "continue")
     report.phase("load", f"loading {spec.model} and {spec.task.name}")
     set_seed(spec.seed)
     ctx = _Context.prepare(spec)
@@ -595,7 +616,7 @@ def fit(spec: SearchSpec, out_dir: str | Path, units: list[str] | None = None, *
     configurations made on that never looks at dev. With `checkpoint_dir`, the training is checkpointed there as
     `checkpoint_every` says, and a new call with the same arguments resumes from the last checkpoint."""
     spec = spec.validate()
-    report = _Reporter(on_progress, 0, spec.train.steps)
+    report = _Reporter(on_progress, 0, spec.train.steps, spec.train.steps)
     report.phase("load", f"loading {spec.model} and {spec.task.name}")
     set_seed(spec.seed)
     ctx = _Context.prepare(spec)

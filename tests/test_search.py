@@ -396,6 +396,46 @@ def test_progress_counts_the_steps_of_the_whole_run(searched):
     assert steps[-1].eta_s == 0
 
 
+def test_time_left_prices_the_retraining_at_the_search_steps_own_pace():
+    """Before the retraining starts, its steps are priced at the search's training steps alone, not at the
+    search's pace with its evaluations; the search's own steps left keep that whole pace."""
+    from pruning.pipeline import _Reporter
+
+    now = [0.0]
+    events = []
+    report = _Reporter(events.append, rounds=1, total_steps=10, retrain_steps=6, clock=lambda: now[0])
+    report.phase("round")
+
+    def train(on_step, steps):
+        for step in range(steps):
+            now[0] += 1.0  # a training step takes 1 s
+            on_step(step + 1, steps, 0.5)
+
+    train(report.steps(1, 100), 2)
+    now[0] += 10.0  # a round's evaluation
+    train(report.steps(2, 50), 1)
+    # 2 search steps 12 s apart (first step excluded): 6 s a step with evaluations, 1 s a training step
+    assert events[-1].eta_s == pytest.approx(6.0 * 1 + 1.0 * 6)
+    train(report.steps(2, 50), 1)
+    assert events[-1].eta_s == pytest.approx(1.0 * 6)  # only the retraining is left
+    report.phase("retrain")
+    now[0] += 5.0  # building the survivors
+    train(report.steps(None, 50), 3)
+    assert events[-1].eta_s == pytest.approx(1.0 * 3)  # its own pace from its first step on
+
+
+def test_a_reporter_with_continue_moves_unplanned_search_steps_to_the_retraining():
+    from pruning.pipeline import _Reporter
+
+    report = _Reporter(None, rounds=1, total_steps=10, retrain_steps=6, within=True)
+    report.replan(2)
+    assert (report.total, report.retrain_steps) == (10, 8)
+    plain = _Reporter(None, rounds=1, total_steps=10, retrain_steps=6)
+    plain.replan(2)
+    plain.extend(3)
+    assert (plain.total, plain.retrain_steps) == (11, 9)
+
+
 def test_a_learning_phase_that_ends_early_shrinks_the_plan(make_spec, tmp_path):
     spec = make_spec(train__steps=20, schedule__learn_max_share=0.5, schedule__learn_check_every=2,
                      schedule__learn_margin=0.99, schedule__rounds=1, schedule__steps_per_round=1,
