@@ -28,6 +28,7 @@ def fit_adalora(spec, target_r: int = 8) -> dict:
     one on all of train and evaluate it on dev; returns the metrics, the final trainable parameter count (the
     ranks kept), the rank pattern before and after, and the rates tried."""
     from pruning.backbones import peak_memory_mb
+    from pruning.data.metrics import LOWER_IS_BETTER
     from pruning.pipeline import _Context
 
     ctx = _Context.prepare(spec)  # the task, encoded, and the validation split every hold-out uses
@@ -36,7 +37,8 @@ def fit_adalora(spec, target_r: int = 8) -> dict:
     for lr in LEARNING_RATES:
         trained = _train(ctx, ctx.train_without_validation(), lr, target_r)
         candidates.append({"lr": lr, "validation_metric": ctx.validation_metric(trained["model"])})
-    best = max(candidates, key=lambda c: c["validation_metric"])
+    sign = -1 if ctx.task.primary_metric in LOWER_IS_BETTER else 1
+    best = max(candidates, key=lambda c: sign * c["validation_metric"])
     best["chosen"] = True
     search_wall = time.monotonic() - start
     final = _train(ctx, ctx.train_data, best["lr"], target_r)
