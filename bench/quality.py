@@ -12,8 +12,8 @@ On all-MiniLM-L6-v2, every method trains its final configuration with the same s
     alllinear   LoRA on every linear projection (q, k, v, o, FFN in and out) at ranks matched to that budget
                 (within 2%, alpha = 2 x rank as for the reference)
     adalora     AdaLoRA from peft on q, v, from rank 12 to an average of 8 (the same final budget), its rank
-                allocation run after every optimizer step, its learning rate (1e-3, 3e-3 or 1e-2) chosen on the
-                validation split, the chosen one trained again on all of train (bench/adalora.py)
+                allocation run after every optimizer step, its learning rate chosen on the validation split
+                among a few, the chosen one trained again on all of train (bench/adalora.py)
     adapter     bottleneck adapter (d=16) after the FFN of all layers
     prefix      prefix (p=16) in all layers
     random      the supernet pruned to the budget in random order (same rounds and retraining as peftsearch)
@@ -251,7 +251,7 @@ def report(store: Store, command: str) -> tuple[dict, str]:
             "tasks": {t: dataclasses.asdict(TASKS[t]) for t in tasks}, "results": table,
             "average_over": common, "average": average, "versus": versus,
             "autopeft_selected_on": sorted({r.get("selected_on", "dev") for r in rows if r["method"] == "autopeft"}),
-            "adalora_lr": _chosen_lr(rows),
+            "adalora_lr": _adalora_rates(rows),
             "commits": {m: sorted({r.get("commit") or "not recorded" for r in rows if r["method"] == m})
                         for m in METHODS if any(r["method"] == m for r in rows)},
             "cpus": sorted({r.get("cpu") or "not recorded" for r in rows}),
@@ -259,14 +259,15 @@ def report(store: Store, command: str) -> tuple[dict, str]:
     return data, _markdown(data)
 
 
-def _chosen_lr(rows: list[dict]) -> dict:
-    """task -> seed -> the learning rate AdaLoRA's runs chose on the validation split."""
-    chosen: dict = {}
+def _adalora_rates(rows: list[dict]) -> dict:
+    """The learning rates AdaLoRA's runs tried, and per task and seed the one each chose on the validation split."""
+    tried, chosen = set(), {}
     for r in rows:
         if r["method"] == "adalora" and r.get("candidates"):
+            tried.update(c["lr"] for c in r["candidates"])
             lr = next(c["lr"] for c in r["candidates"] if c.get("chosen"))
             chosen.setdefault(r["task"], {})[r["seed"]] = lr
-    return {t: dict(sorted(seeds.items())) for t, seeds in chosen.items()}
+    return {"tried": sorted(tried), "chosen": {t: dict(sorted(seeds.items())) for t, seeds in chosen.items()}}
 
 
 def _prior_kept(rows: list[dict]) -> dict:
@@ -367,10 +368,12 @@ def _markdown(data: dict) -> str:
         lines += ["", "The 8-candidate search selected its configuration on: "
                       + ", ".join("the dev set it reports (optimistic)" if s == "dev" else "the validation split"
                                   for s in data["autopeft_selected_on"]) + "."]
-    if data.get("adalora_lr"):
-        lines += ["", "AdaLoRA's learning rate, chosen on the validation split (of 1e-3, 3e-3, 1e-2): " + "; ".join(
-            f"{t} " + ", ".join(f"seed {seed} {lr:g}" for seed, lr in seeds.items())
-            for t, seeds in data["adalora_lr"].items()) + "."]
+    rates = data.get("adalora_lr") or {}
+    if rates.get("chosen"):
+        lines += ["", "AdaLoRA's learning rate, chosen on the validation split (of "
+                      + ", ".join(f"{lr:g}" for lr in rates["tried"]) + "): " + "; ".join(
+                          f"{t} " + ", ".join(f"seed {seed} {lr:g}" for seed, lr in seeds.items())
+                          for t, seeds in rates["chosen"].items()) + "."]
     if data["targets"]:
         lines += ["", "Targets:", ""]
         for name, t in data["targets"].items():

@@ -80,8 +80,7 @@ def test_the_8_candidate_search_targets_and_how_it_selected():
 def test_adalora_is_driven_so_that_its_ranks_move(make_spec):
     """update_and_allocate runs after every optimizer step: the final rank pattern is not the initial one, and the
     budget lands near target_r per module; its learning rate is the one best on the validation split."""
-    from bench.adalora import LEARNING_RATES
-    from bench.adalora import fit_adalora
+    from bench.adalora import LEARNING_RATES, fit_adalora
 
     spec = make_spec(train__steps=60, train__lr=1e-2)
     fitted = fit_adalora(spec, target_r=4)
@@ -102,8 +101,8 @@ def test_adalora_learning_rates_chosen_are_reported():
                                                            {"lr": lr, "validation_metric": 0.8, "chosen": True}])
             for s, lr in ((1, 0.01), (0, 0.003))]
     data, markdown = report(SimpleNamespace(rows=rows), "cmd")
-    assert data["adalora_lr"] == {"sst2": {0: 0.003, 1: 0.01}}
-    assert "sst2 seed 0 0.003, seed 1 0.01." in markdown
+    assert data["adalora_lr"] == {"tried": [0.001, 0.003, 0.01], "chosen": {"sst2": {0: 0.003, 1: 0.01}}}
+    assert "(of 0.001, 0.003, 0.01): sst2 seed 0 0.003, seed 1 0.01." in markdown
 
 
 def test_the_longer_lora_is_compared_and_labelled_with_its_steps():
