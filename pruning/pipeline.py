@@ -119,7 +119,6 @@ class _Reporter:
 
     def phase(self, name: str, message: str = "") -> None:
         self.phase_name = name
-        self.last_step = None
         if name == "retrain":
             self.first_step = None  # its pace is measured afresh
         self.emit(kind="phase", message=message)
