@@ -476,8 +476,11 @@ const legend = (items) => h("div", { class: "legend" }, items.map(([color, text]
 
 function lossChart(samples, rounds) {
   // The API keeps only a job's latest loss, so the curve is what this page saw while polling; a job that ended
-  // before the page was opened shows its rounds' training loss instead.
-  if (samples.length >= 2) {
+  // before the page was opened shows its rounds' training loss instead, as does one the page saw too briefly to
+  // draw a line of any phase (a single sample per phase would be lone dots).
+  const byPhase = new Map();
+  for (const p of samples) byPhase.set(p.phase, [...(byPhase.get(p.phase) || []), p]);
+  if ([...byPhase.values()].some((pts) => pts.length > 1)) {
     const xs = samples.map((p) => p.t), ys = samples.map((p) => p.loss);
     const pad = Math.max((Math.max(...ys) - Math.min(...ys)) * 0.1, 0.01);
     const [x0, x1, y0, y1] = [Math.min(...xs), Math.max(...xs), Math.min(...ys) - pad, Math.max(...ys) + pad];
@@ -485,9 +488,9 @@ function lossChart(samples, rounds) {
     const svg = frame(xs, "seconds since the search started", "loss");
     axis(svg, ticks(y0, y1), y, (v) => v.toFixed(y1 - y0 < 0.1 ? 3 : 2), "left");
     axis(svg, ticks(x0, x1), x, (v) => String(Math.round(v)), "bottom");
-    const phases = [...new Set(samples.map((p) => p.phase))];
+    const phases = [...byPhase.keys()];
     for (const phase of phases) {
-      const pts = samples.filter((p) => p.phase === phase).map((p) => [x(p.t), y(p.loss)]);
+      const pts = byPhase.get(phase).map((p) => [x(p.t), y(p.loss)]);
       const color = PHASE_COLORS[phase] || "#555";
       svg.append(pts.length > 1 ? line(pts, color, { class: "loss-line", "data-phase": phase }) : dots(pts, color)[0]);
     }
