@@ -11,7 +11,10 @@ Per task and seed, side by side in one run, on all-MiniLM-L6-v2:
 then, for the two exported models: training step time (batch 32, length 128, random tokens), inference
 throughput (batch 32/64 x length 64/128) and batch-1 latency (length 64/128), measured in one process with the
 models interleaved so that machine noise hits both alike; and the training's peak memory above the loaded model,
-each model in a fresh process. Backbone parameters are reported two ways: the transformer layers (what head/neuron
+each model in a fresh process. Inference is timed twice: on the model as `pruning.load` gives it (the LoRA a
+branch beside each projection) and served, the LoRA folded into the weights (`pruning.fold_lora`, what peft's
+merge_and_unload does); the targets judge the served form, where q,v LoRA costs nothing and speed mode's LoRA on
+every projection costs nothing either. Backbone parameters are reported two ways: the transformer layers (what head/neuron
 pruning acts on) and the whole backbone including the embedding table (a lookup that costs no compute).
 """
 
@@ -44,6 +47,7 @@ METHODS = ("lora", "speed")
 RESULTS = Path(__file__).parent / "results"
 SHAPES = [(32, 64), (32, 128), (64, 64), (64, 128)]
 LATENCY_LENGTHS = (64, 128)  # batch 1: what one request waits, where depth counts more than width
+INFERENCE_KEYS = ("folded_throughput", "folded_latency_ms", "throughput", "latency_ms")  # served form first
 TRAIN_SHAPE = (32, 128)
 
 
@@ -74,26 +78,31 @@ def run_method(method: str, task: str, seed: int, data_dir: str, model: str, out
 
 def timings(out_dirs: dict[str, str], model: str, rounds: int = 5) -> dict[str, dict]:
     """Training step time and inference throughput of several exported models, measured in this process with
-    the models interleaved (A, B, A, B, ...), so that any slow drift of the machine hits them alike."""
+    the models interleaved (A, B, A, B, ...), so that any slow drift of the machine hits them alike. Inference is
+    timed as loaded (`throughput`, `latency_ms`) and with the LoRA folded into the weights (`folded_...`)."""
     import torch
 
     import pruning
 
     nets = {name: pruning.load(path, model) for name, path in out_dirs.items()}
-    train = {name: [] for name in nets}
-    throughput = {name: {f"{b}x{n}": [] for b, n in SHAPES} for name in nets}
-    latency_ms = {name: {f"1x{n}": [] for n in LATENCY_LENGTHS} for name in nets}
+    forms = {"": nets, "folded_": {name: pruning.fold_lora(pruning.load(path, model))
+                                   for name, path in out_dirs.items()}}
+    train: dict[str, list[float]] = {name: [] for name in nets}
+    samples: dict[str, dict[str, dict[str, list[float]]]] = {name: {} for name in nets}
     for _ in range(rounds):
-        for name, net in nets.items():
-            train[name].append(_train_step_s(net, steps=3))
-            for b, length in SHAPES:
-                throughput[name][f"{b}x{length}"].append(_throughput(net, b, length))
-            for length in LATENCY_LENGTHS:
-                latency_ms[name][f"1x{length}"].append(1000 / _throughput(net, 1, length))
+        for name in nets:
+            train[name].append(_train_step_s(nets[name], steps=3))
+            for form, by_name in forms.items():
+                for b, length in SHAPES:
+                    samples[name].setdefault(f"{form}throughput", {}).setdefault(f"{b}x{length}", []).append(
+                        _throughput(by_name[name], b, length))
+                for length in LATENCY_LENGTHS:
+                    samples[name].setdefault(f"{form}latency_ms", {}).setdefault(f"1x{length}", []).append(
+                        1000 / _throughput(by_name[name], 1, length))
     median = lambda values: sorted(values)[len(values) // 2]  # noqa: E731
     return {name: {"train_step_s": median(train[name]),
-                   "throughput": {shape: median(v) for shape, v in throughput[name].items()},
-                   "latency_ms": {shape: median(v) for shape, v in latency_ms[name].items()},
+                   **{key: {shape: median(v) for shape, v in by_shape.items()}
+                      for key, by_shape in samples[name].items()},
                    "threads": torch.get_num_threads()} for name in nets}
 
 
@@ -199,11 +208,10 @@ def report(store: Store, command: str) -> tuple[dict, str]:
                  for r in runs])[0]
             entry["backbone_removed_share"] = mean_spread(
                 [1 - r["backbone_params"] / r["backbone_params_before"] for r in runs])[0]
-            entry["throughput"] = {shape: mean_spread([r["throughput"][shape] for r in runs])[0]
-                                   for shape in runs[0]["throughput"]}
-            timed = [r for r in runs if r.get("latency_ms")]  # rows measured before batch-1 latency was: none
-            entry["latency_ms"] = {shape: mean_spread([r["latency_ms"][shape] for r in timed])[0]
-                                   for shape in timed[0]["latency_ms"]} if timed else None
+            for key in INFERENCE_KEYS:  # rows measured before a form was timed lack it: None
+                timed = [r for r in runs if r.get(key)]
+                entry[key] = {shape: mean_spread([r[key][shape] for r in timed])[0]
+                              for shape in timed[0][key]} if timed else None
             table.setdefault(task, {})[method] = entry
     complete = [t for t in tasks if all(m in table[t] for m in METHODS)]
     summary = _summary(table, complete)
@@ -229,16 +237,28 @@ def _summary(table: dict, complete: list[str]) -> dict:
     metric_delta = min(per_task.values())  # the issue's bar holds on every task, not on the average
     layers_removed = mean_spread([table[t]["speed"]["layers_removed_share"] for t in complete])[0]
     backbone_removed = mean_spread([table[t]["speed"]["backbone_removed_share"] for t in complete])[0]
-    inference = {shape: mean_spread([table[t]["speed"]["throughput"][shape] / table[t]["lora"]["throughput"][shape]
-                                     for t in complete])[0] for shape in table[complete[0]]["lora"]["throughput"]}
+    def speedups(key: str, inverse: bool = False) -> dict[str, float] | None:
+        """Per shape, speed mode's speed-up over LoRA (a throughput's ratio; a latency's inverse ratio), mean over
+        the tasks where both have `key`."""
+        timed = [t for t in complete if table[t]["lora"][key] and table[t]["speed"][key]]
+        if not timed:
+            return None
+        ratio = (lambda lora, speed: lora / speed) if inverse else (lambda lora, speed: speed / lora)
+        return {shape: mean_spread([ratio(table[t]["lora"][key][shape], table[t]["speed"][key][shape])
+                                    for t in timed])[0] for shape in table[timed[0]]["lora"][key]}
+
+    served = "folded_" if speedups("folded_throughput") else ""  # rows timed only as loaded: judge those
+    inference = speedups(f"{served}throughput")
     train_speedup = ratio("train_step_s")
     retrain_speedup = ratio("retrain_step_s")
     memory = mean_spread([table[t]["speed"]["train_peak_mb"] / table[t]["lora"]["train_peak_mb"] - 1
                           for t in complete])[0]
-    timed = [t for t in complete if table[t]["lora"]["latency_ms"] and table[t]["speed"]["latency_ms"]]
-    latency = {shape: mean_spread([table[t]["lora"]["latency_ms"][shape] / table[t]["speed"]["latency_ms"][shape]
-                                   for t in timed])[0] for shape in table[timed[0]]["lora"]["latency_ms"]} \
-        if timed else None
+    latency = speedups(f"{served}latency_ms", inverse=True)
+    measured = {f"{name}_as_loaded": {"value": min(values.values()), "per_shape": values, "target": "measured",
+                                      "met": None}
+                for name, values in (("inference_speedup", speedups("throughput")),
+                                     ("batch1_latency_speedup", speedups("latency_ms", inverse=True)))
+                if served and values}
     return {
         "layer_params_removed": {"value": layers_removed, "target": ">= 0.30", "met": layers_removed >= 0.30},
         "backbone_params_removed_incl_embeddings": {"value": backbone_removed, "target": ">= 0.35",
@@ -252,6 +272,7 @@ def _summary(table: dict, complete: list[str]) -> dict:
         "train_peak_memory_change": {"value": memory, "target": "<= -0.25", "met": memory <= -0.25},
         **({"batch1_latency_speedup": {"value": min(latency.values()), "per_shape": latency, "target": "measured",
                                        "met": None}} if latency else {}),
+        **measured,
     }
 
 
@@ -264,22 +285,38 @@ def _markdown(data: dict) -> str:
         f"Report made on: {describe_machine(m)}  ",
         f"Model: {data['model']}. Metric x 100, mean ± std over seeds. Step time and peak memory (above the loaded "
         f"model) at batch {TRAIN_SHAPE[0]}, length {TRAIN_SHAPE[1]}; real-data step = the final training's wall "
-        "time per step on the task's data; throughput in examples/s.",
+        "time per step on the task's data.",
         "",
-        "| task | method | metric | layers removed | backbone removed | step s | real-data step s | peak MiB | "
-        + " | ".join(f"ex/s {s}" for s in (f"{b}x{n}" for b, n in SHAPES))
-        + " | " + " | ".join(f"ms 1x{n}" for n in LATENCY_LENGTHS) + " |",
-        "|---|---|---|---|---|---|---|---|" + "---|" * (len(SHAPES) + len(LATENCY_LENGTHS)),
+        "| task | method | metric | layers removed | backbone removed | step s | real-data step s | peak MiB |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for task, methods in data["results"].items():
         for method, r in methods.items():
             lines.append(
                 f"| {task} | {method} | {r['metric_name']} {r['mean']:.2f} ± {r['std']:.2f} (n={r['seeds']}) | "
                 f"{100 * r['layers_removed_share']:.1f}% | {100 * r['backbone_removed_share']:.1f}% | "
-                f"{r['train_step_s']:.3f} | {r['retrain_step_s']:.3f} | {r['train_peak_mb']:.0f} | "
-                + " | ".join(f"{r['throughput'][f'{b}x{n}']:.0f}" for b, n in SHAPES) + " | "
-                + " | ".join("—" if not r["latency_ms"] else f"{r['latency_ms'][f'1x{n}']:.1f}"
-                             for n in LATENCY_LENGTHS) + " |")
+                f"{r['train_step_s']:.3f} | {r['retrain_step_s']:.3f} | {r['train_peak_mb']:.0f} |")
+    lines += [
+        "",
+        "Inference, random tokens: throughput in examples/s, batch-1 latency in ms; served = the LoRA folded into "
+        "the weights (`pruning.fold_lora`), as loaded = `pruning.load`'s model, the LoRA a branch beside each "
+        "projection.",
+        "",
+        "| task | method | form | " + " | ".join(f"ex/s {b}x{n}" for b, n in SHAPES)
+        + " | " + " | ".join(f"ms 1x{n}" for n in LATENCY_LENGTHS) + " |",
+        "|---|---|---|" + "---|" * (len(SHAPES) + len(LATENCY_LENGTHS)),
+    ]
+    for task, methods in data["results"].items():
+        for method, r in methods.items():
+            for form, prefix in (("served", "folded_"), ("as loaded", "")):
+                if not r[f"{prefix}throughput"]:
+                    continue
+                latency = r[f"{prefix}latency_ms"]
+                lines.append(
+                    f"| {task} | {method} | {form} | "
+                    + " | ".join(f"{r[f'{prefix}throughput'][f'{b}x{n}']:.0f}" for b, n in SHAPES) + " | "
+                    + " | ".join("—" if not latency else f"{latency[f'1x{n}']:.1f}" for n in LATENCY_LENGTHS)
+                    + " |")
     guarded = [r for r in data["guards"] if r["guard"]]
     if guarded:
         lines += ["", "Speed mode's quality guard (share of the layers' parameters asked for and reached, and why "

@@ -32,11 +32,12 @@ logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
 __all__ = [
     "AdapterSpec", "BackboneSpec", "Cancelled", "LoraSpec", "PolicySpec", "PrefixSpec", "ProgressEvent",
     "RemovedUnit", "RoundRecord", "ScheduleSpec", "SearchResult", "SearchSpec", "SpaceSpec", "SpecError",
-    "TaskSpec", "TrainSpec", "search", "fit", "load", "evaluate", "merge",
+    "TaskSpec", "TrainSpec", "search", "fit", "load", "evaluate", "merge", "fold_lora",
 ]
 
 
-_LAZY = {"search": "pipeline", "fit": "pipeline", "load": "export", "evaluate": "export", "merge": "export"}
+_LAZY = {"search": "pipeline", "fit": "pipeline", "load": "export", "evaluate": "export", "merge": "export",
+         "fold_lora": "export"}
 
 
 def __getattr__(name: str):

@@ -13,7 +13,7 @@
 
 `load(dir, base_model)` rebuilds the exact model from the base and these files; `evaluate(dir, base_model)`
 re-scores it on the dev set recorded in the configuration; `merge(dir, dest)` writes a LoRA-only result as a plain
-transformers model folder, the LoRA folded into the weights.
+transformers model folder, the LoRA folded into the weights; `fold_lora(model)` folds it in memory, for any result.
 """
 
 from __future__ import annotations
@@ -183,8 +183,6 @@ def merge(out_dir: str | Path, dest: str | Path, base_model: str | None = None) 
     neither peft nor this package, and computes what `load(out_dir)` computes. Only LoRA merges: an adapter is
     a non-linear branch and a prefix extends the attention, so a result that kept either (or whose backbone was
     pruned to per-layer sizes a transformers config cannot state, or stored in 4 bits) is refused with the reason."""
-    from .modules.lora.unit import ADAPTER
-
     out, dest = Path(out_dir), Path(dest)
     config = read_config(out)
     kept = [key for key in config["units"] if not key.startswith("lora.")]
@@ -195,11 +193,7 @@ def merge(out_dir: str | Path, dest: str | Path, base_model: str | None = None) 
            "its base model is stored in 4 bits" if config.get("load_in_4bit") else None)
     if why:
         raise ValueError(f"{out} cannot be merged: {why}")
-    model = load(out, base_model)
-    for unit in list(model.units.values()):
-        for target in unit.targets.values():
-            target.merge(adapter_names=[ADAPTER])
-        unit.uninstall(model.model, model.arch)
+    model = fold_lora(load(out, base_model))
     if config["labels"] and config["problem"] == "classification" and not config["task"].get("prompt_template"):
         model.model.config.id2label = {i: str(label) for i, label in enumerate(config["labels"])}
         model.model.config.label2id = {str(label): i for i, label in enumerate(config["labels"])}
@@ -207,6 +201,20 @@ def merge(out_dir: str | Path, dest: str | Path, base_model: str | None = None) 
     model.model.save_pretrained(dest)
     model.tokenizer.save_pretrained(dest)
     return dest
+
+
+def fold_lora(model):
+    """Fold every LoRA unit of a loaded result into its projections' weights (W + scale x B A) and drop the units:
+    the model computes the same with no LoRA branch to run, as a LoRA model is served. Adapters and prefixes stay
+    (they fold into no weight); a pruned backbone stays pruned. Returns `model`, changed in place."""
+    from .modules.lora.unit import ADAPTER
+
+    lora = [unit for unit in model.units.values() if unit.kind == "lora"]
+    for unit in lora:
+        for target in unit.targets.values():
+            target.merge(adapter_names=[ADAPTER])
+    model.remove([unit.key for unit in lora])
+    return model
 
 
 def _load_saved_backbone(out: Path, config: dict):

@@ -376,6 +376,19 @@ def test_saved_pruned_backbone_loads_without_the_base_model(speed_result, tiny_m
     assert backbone_parameter_count(alone.model, alone.arch) == result.backbone_params
 
 
+def test_folding_the_lora_into_a_pruned_backbone_drops_its_branches_and_computes_the_same(speed_result, tiny_model):
+    spec, result = speed_result
+    model = pruning.load(result.out_dir, str(tiny_model))
+    batch = _batch()
+    before = model(**batch)
+    others = [key for key in model.unit_keys() if not key.startswith("lora.")]
+    assert len(others) < len(model.unit_keys())  # it has LoRA units to fold
+    folded = pruning.fold_lora(model)
+    assert folded.unit_keys() == others
+    assert not [name for name, _ in folded.model.named_modules() if "lora_" in name]
+    torch.testing.assert_close(folded(**batch), before, rtol=0, atol=1e-5)
+
+
 def test_the_masks_learn_for_their_share_of_the_steps_before_the_backbone_is_pruned(tiny_model, toy_task, tmp_path,
                                                                                     monkeypatch):
     from pruning.backbone import RankTracker
