@@ -14,8 +14,8 @@ models interleaved so that machine noise hits both alike; and the training's pea
 each model in a fresh process. Inference is timed twice: on the model as `pruning.load` gives it (the LoRA a
 branch beside each projection) and served, the LoRA folded into the weights (`pruning.fold_lora`, what peft's
 merge_and_unload does); the targets judge the served form, where q,v LoRA costs nothing and speed mode's LoRA on
-every projection costs nothing either. Backbone parameters are reported two ways: the transformer layers (what head/neuron
-pruning acts on) and the whole backbone including the embedding table (a lookup that costs no compute).
+every projection costs nothing either. Backbone parameters are reported two ways: the transformer layers (what
+head/neuron pruning acts on) and the whole backbone including the embedding table (a lookup that costs no compute).
 """
 
 from __future__ import annotations
@@ -47,7 +47,8 @@ METHODS = ("lora", "speed")
 RESULTS = Path(__file__).parent / "results"
 SHAPES = [(32, 64), (32, 128), (64, 64), (64, 128)]
 LATENCY_LENGTHS = (64, 128)  # batch 1: what one request waits, where depth counts more than width
-INFERENCE_KEYS = ("folded_throughput", "folded_latency_ms", "throughput", "latency_ms")  # served form first
+FORMS = (("served", "folded_"), ("as loaded", ""))  # inference timed per form: its report name, its keys' prefix
+INFERENCE_KEYS = tuple(f"{prefix}{key}" for _, prefix in FORMS for key in ("throughput", "latency_ms"))
 TRAIN_SHAPE = (32, 128)
 
 
@@ -85,8 +86,8 @@ def timings(out_dirs: dict[str, str], model: str, rounds: int = 5) -> dict[str, 
     import pruning
 
     nets = {name: pruning.load(path, model) for name, path in out_dirs.items()}
-    forms = {"": nets, "folded_": {name: pruning.fold_lora(pruning.load(path, model))
-                                   for name, path in out_dirs.items()}}
+    folded = {name: pruning.fold_lora(pruning.load(path, model)) for name, path in out_dirs.items()}
+    forms = {prefix: folded if prefix else nets for _, prefix in FORMS}
     train: dict[str, list[float]] = {name: [] for name in nets}
     samples: dict[str, dict[str, dict[str, list[float]]]] = {name: {} for name in nets}
     for _ in range(rounds):
@@ -243,12 +244,13 @@ def _summary(table: dict, complete: list[str]) -> dict:
         timed = [t for t in complete if table[t]["lora"][key] and table[t]["speed"][key]]
         if not timed:
             return None
-        ratio = (lambda lora, speed: lora / speed) if inverse else (lambda lora, speed: speed / lora)
-        return {shape: mean_spread([ratio(table[t]["lora"][key][shape], table[t]["speed"][key][shape])
+        gain = (lambda lora, speed: lora / speed) if inverse else (lambda lora, speed: speed / lora)
+        return {shape: mean_spread([gain(table[t]["lora"][key][shape], table[t]["speed"][key][shape])
                                     for t in timed])[0] for shape in table[timed[0]]["lora"][key]}
 
-    served = "folded_" if speedups("folded_throughput") else ""  # rows timed only as loaded: judge those
-    inference = speedups(f"{served}throughput")
+    inference = speedups("folded_throughput")
+    served = "folded_" if inference else ""  # rows timed only as loaded: judge those
+    inference = inference or speedups("throughput")
     train_speedup = ratio("train_step_s")
     retrain_speedup = ratio("retrain_step_s")
     memory = mean_spread([table[t]["speed"]["train_peak_mb"] / table[t]["lora"]["train_peak_mb"] - 1
@@ -308,7 +310,7 @@ def _markdown(data: dict) -> str:
     ]
     for task, methods in data["results"].items():
         for method, r in methods.items():
-            for form, prefix in (("served", "folded_"), ("as loaded", "")):
+            for form, prefix in FORMS:
                 if not r[f"{prefix}throughput"]:
                     continue
                 latency = r[f"{prefix}latency_ms"]
