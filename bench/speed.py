@@ -73,7 +73,8 @@ def run_method(method: str, task: str, seed: int, data_dir: str, model: str, out
         "backbone_params_before": result.backbone_params_before,
         "layer_params_before": layers_before, "layer_params_after": layers_after,
         "retrain_step_s": result.retrain_wall_s / spec.train.steps, "search_wall_s": result.search_wall_s,
-        "lora_ranks": result.configuration["lora_ranks"], "guard": record.get("guard"), "out": out,
+        "lora_ranks": result.configuration["lora_ranks"], "guard": record.get("guard"),
+        "prior": result.configuration.get("prior"), "out": out,
     }
 
 
@@ -220,8 +221,8 @@ def report(store: Store, command: str) -> tuple[dict, str]:
             "tasks": {t: dataclasses.asdict(TASKS[t]) for t in tasks},
             "results": table, "complete": complete, "summary": summary,
             "cpus": sorted({r.get("cpu") or "not recorded" for r in rows}),
-            "guards": [{"task": r["task"], "seed": r["seed"], "guard": r.get("guard")} for r in rows
-                       if r["method"] == "speed"]}
+            "guards": [{"task": r["task"], "seed": r["seed"], "guard": r.get("guard"), "prior": r.get("prior")}
+                       for r in rows if r["method"] == "speed"]}
     return data, _markdown(data)
 
 
@@ -319,12 +320,14 @@ def _markdown(data: dict) -> str:
                     + " | ".join(f"{r[f'{prefix}throughput'][f'{b}x{n}']:.0f}" for b, n in SHAPES) + " | "
                     + " | ".join("—" if not latency else f"{latency[f'1x{n}']:.1f}" for n in LATENCY_LENGTHS)
                     + " |")
-    guarded = [r for r in data["guards"] if r["guard"]]
+    guarded = [r for r in data["guards"] if r["guard"] or r.get("prior")]
     if guarded:
         lines += ["", "Speed mode's quality guard (share of the layers' parameters asked for and reached, and why "
-                      "it stopped; stages scored on the validation split carved from train):", ""]
-        lines += [f"- {r['task']} seed {r['seed']}: asked {100 * r['guard']['asked_share']:.1f}%, reached "
-                  f"{100 * r['guard']['reached_share']:.1f}%: {r['guard']['stopped']}" for r in guarded]
+                      "it stopped; stages scored on the validation split carved from train), or why it pruned "
+                      "nothing:", ""]
+        lines += [f"- {r['task']} seed {r['seed']}: " + (
+            f"asked {100 * r['guard']['asked_share']:.1f}%, reached {100 * r['guard']['reached_share']:.1f}%: "
+            f"{r['guard']['stopped']}" if r["guard"] else f"kept the search's prior: {r['prior']}") for r in guarded]
     lines += ["", "CPUs the runs were on (step times and throughput compare only within one): "
               + "; ".join(data["cpus"]) + "."]
     if data["summary"]:

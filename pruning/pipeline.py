@@ -332,21 +332,23 @@ def search(spec: SearchSpec, out_dir: str | Path, *, on_progress: ProgressCallba
         supernet.masks.load_tracked_state(_prefixed(tracked, "masks/"))
         if ranks is not None:
             ranks.load_state(_prefixed(tracked, "ranks/"))
+    backbone_before = _unpruned_backbone_params(supernet, state)
+    budget = budget_params(spec.budget, backbone_before)
     if not resumed:  # train until the supernet has learned; only then are units scored
         state.learn = _learn(ctx, supernet, batches, ranks, report, should_stop)
+        # masks learned on a supernet that is to be replaced by the prior would rank nothing it keeps
         state.learn["mask_steps"] = _estimate_masks(ctx, supernet, batches, ranks, report, should_stop,
-                                                    state.learn["step"])
+                                                    0 if _prior(ctx, supernet, state, budget) else
+                                                    spec.mask_steps(state.learn["step"]))
         state.search_wall_s = search_wall()
         checkpoint.save(state, ctx.checkpoint_tensors(supernet, ranks))
 
     policy = ImportancePolicy(spec.policy, state.assignment, spec.seed + state.round)
-    backbone_before = _unpruned_backbone_params(supernet, state)
-    budget = budget_params(spec.budget, backbone_before)
     targets = round_targets(state.start_params, budget, schedule.rounds)
     prior = _prior(ctx, supernet, state, budget)
     if prior:
         report.phase("search", prior["reason"])
-        report.replan(schedule.rounds * spec.round_steps())
+        report.replan(schedule.rounds * spec.round_steps() + speed.stages * spec.stage_steps())
     else:
         report.phase("search", f"{schedule.rounds} rounds from {state.start_params:,} to {budget:,} parameters")
     for index in range(state.round, 0 if prior else schedule.rounds):
@@ -474,10 +476,10 @@ def _learn(ctx: _Context, supernet: Supernet, batches, ranks: RankTracker | None
 
 
 def _estimate_masks(ctx: _Context, supernet: Supernet, batches, ranks: RankTracker | None, report: _Reporter,
-                    should_stop, learned: int) -> int:
-    """Speed mode: train on until the backbone masks will have learned for backbone.mask_share x train.steps when
-    the backbone is pruned (after the mask rounds), so their ranking has settled. Returns the steps trained."""
-    steps = ctx.spec.mask_steps(learned) if supernet.masks is not None else 0
+                    should_stop, steps: int) -> int:
+    """Speed mode: train on `steps` (spec.mask_steps: until the backbone masks will have learned for
+    backbone.mask_share x train.steps when the backbone is pruned, after the mask rounds), so their ranking has
+    settled. Returns the steps trained."""
     report.replan(_unplanned_mask_steps(ctx.spec, steps))
     if steps:
         report.phase("estimate", f"the backbone masks learn {steps} more steps before they rank heads and neurons")
@@ -496,10 +498,11 @@ def _unplanned_mask_steps(spec: SearchSpec, steps: int) -> int:
 def _prior(ctx: _Context, supernet: Supernet, state: SearchState, budget: int) -> dict | None:
     """The search's prior, when its learning phase ran out with the supernet still not past chance (see
     schedule.unlearned): LoRA units on every projection of the space, ranks spread evenly to the budget. None:
-    prune by the scores (the supernet learned, or there was no learning phase to tell, or no such prior fits)."""
+    prune by the scores (the supernet learned, or there was no learning phase to tell, or no such prior fits).
+    In speed mode the backbone is then left whole: its masks learned on that same supernet."""
     spec, learn = ctx.spec, state.learn or {}
     if (spec.schedule.unlearned != "prior" or learn.get("learned") is not False or not learn.get("max_steps")
-            or supernet.masks is not None or state.round):
+            or state.round):
         return None
     lora = [unit for unit in supernet.units.values() if unit.kind == "lora"]
     per_rank = {path: unit.params_per_rank(role) for unit in lora for role, path in unit.paths.items()}
@@ -510,7 +513,9 @@ def _prior(ctx: _Context, supernet: Supernet, state: SearchState, budget: int) -
             "reason": f"the supernet had not learned the task after {learn['step']} steps (validation loss "
                       f"{learn['validation_loss']:.4f}, chance {learn['chance_loss']:.4f}), so its scores would be "
                       f"noise: kept the prior instead, LoRA on every projection at ranks spread to "
-                      f"{sum(ranks[p] * per_rank[p] for p in ranks):,} parameters"}
+                      f"{sum(ranks[p] * per_rank[p] for p in ranks):,} parameters"
+                      + ("; speed mode left the backbone unpruned: its head and neuron masks learned on that same "
+                         "supernet" if spec.backbone.enabled else "")}
 
 
 def searched_steps(spec: SearchSpec, state: SearchState) -> int:

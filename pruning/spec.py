@@ -345,8 +345,9 @@ class ScheduleSpec:
         "its scores are noise, and pruning by noise does worse than not pruning (PrunePEFT Table 5). 'prior': "
         "keep the search's prior instead, LoRA on every projection of the space at ranks spread evenly to the "
         "budget (at equal parameters the most reliable choice: LoRA paper Table 5, peft's MetaMathQA "
-        "comparison), trained for all of train.steps; not with speed mode, a space without LoRA, or a budget below "
-        "rank 1 everywhere. 'prune': prune anyway."))] = "prior"
+        "comparison), trained for all of train.steps, and in speed mode leave the backbone unpruned (its masks "
+        "learned on that same supernet); not with a space without LoRA or a budget below rank 1 everywhere. "
+        "'prune': prune anyway."))] = "prior"
 
 
 @dataclass(frozen=True)

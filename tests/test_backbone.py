@@ -279,7 +279,8 @@ def test_a_guarded_search_removes_the_last_stage_its_validation_metric_accepts(t
     monkeypatch.setattr(pipeline._Context, "validation_metric", scripted_metric)
     train, dev = toy_task
     spec = SearchSpec(model=str(tiny_model), task=TaskSpec(train=str(train), dev=str(dev)), budget=9000,
-                      schedule=ScheduleSpec(rounds=2, steps_per_round=3, eval_examples=32, max_train_examples=100),
+                      schedule=ScheduleSpec(rounds=2, steps_per_round=3, eval_examples=32, max_train_examples=100,
+                                            unlearned="prune"),  # the tiny model learns nothing in 1 step
                       train=TrainSpec(steps=4, batch_size=16),
                       backbone=BackboneSpec(enabled=True, head_ratio=0.75, neuron_ratio=0.3, max_drop=3.0,
                                             stages=3, stage_steps=2, rank_ratio=0.0, guard_examples=80))
@@ -317,7 +318,7 @@ def test_a_guarded_search_removes_the_last_stage_its_validation_metric_accepts(t
 def speed_result(tiny_model, toy_task, tmp_path_factory):
     train, dev = toy_task
     spec = SearchSpec(model=str(tiny_model), task=TaskSpec(train=str(train), dev=str(dev)), budget=9000,
-                      schedule=ScheduleSpec(rounds=3, steps_per_round=6),
+                      schedule=ScheduleSpec(rounds=3, steps_per_round=6, unlearned="prune"),  # pruned, learned or not
                       train=TrainSpec(steps=12, batch_size=16),
                       backbone=BackboneSpec(enabled=True, mask_rounds=2, rank_ratio=0.5, save_backbone=True,
                                             max_drop=None))  # one step to the target (the guard: below)
@@ -395,7 +396,8 @@ def test_the_masks_learn_for_their_share_of_the_steps_before_the_backbone_is_pru
 
     train, dev = toy_task
     spec = SearchSpec(model=str(tiny_model), task=TaskSpec(train=str(train), dev=str(dev)), budget=9000,
-                      schedule=ScheduleSpec(rounds=2, steps_per_round=2), train=TrainSpec(steps=40, batch_size=16),
+                      schedule=ScheduleSpec(rounds=2, steps_per_round=2, unlearned="prune"),
+                      train=TrainSpec(steps=40, batch_size=16),
                       backbone=BackboneSpec(enabled=True, mask_share=0.5, max_drop=None, rank_ratio=0.5))
     trained_when_pruned, ranked_over = [], []  # the steps the masks' and the ranks' importance accumulated
     plan, importance = pruning.backbone.Planner.of.__func__, RankTracker.importance
@@ -460,7 +462,8 @@ def test_speed_mode_distils_the_unpruned_supernet_and_a_resumed_retrain_gets_it_
 
     train, dev = toy_task
     spec = SearchSpec(model=str(tiny_model), task=TaskSpec(train=str(train), dev=str(dev)), budget=9000,
-                      schedule=ScheduleSpec(rounds=2, steps_per_round=2), train=TrainSpec(steps=12, batch_size=16),
+                      schedule=ScheduleSpec(rounds=2, steps_per_round=2, unlearned="prune"),
+                      train=TrainSpec(steps=12, batch_size=16),
                       backbone=BackboneSpec(enabled=True, head_ratio=0.5, stages=2, stage_steps=1, distill=0.5))
     teachers = []  # (phase, the teacher's logits on a batch) of every training run given one
     real_train = pipeline.train

@@ -127,3 +127,27 @@ def test_the_mask_trace_compares_each_rankings_removals_across_chunks(make_spec)
     data, markdown = masks_report(SimpleNamespace(rows=[{"task": "toy", **row}]), "cmd")
     assert [p["steps"] for p in data["tasks"]["toy"]] == [3, 6, 9]
     assert "| 9 | " in markdown
+
+
+def test_the_speed_report_says_why_each_speed_run_pruned_what_it_did():
+    from bench.speed import INFERENCE_KEYS, LATENCY_LENGTHS, SHAPES
+    from bench.speed import report as speed_report
+
+    timed = {key: {f"1x{n}": 10.0 for n in LATENCY_LENGTHS} if key.endswith("latency_ms")
+             else {f"{b}x{n}": 100.0 for b, n in SHAPES} for key in INFERENCE_KEYS}
+
+    def speed_run(task, method, metric, seed=0, layers_after=None, guard=None, prior=None):
+        return {"task": task, "method": method, "seed": seed, "model": "m", "metric_name": "f1", "metric": metric,
+                "trainable_params": 900, "backbone_params": 100, "backbone_params_before": 100,
+                "layer_params_before": None if layers_after is None else 80, "layer_params_after": layers_after,
+                "retrain_step_s": 1.0, "search_wall_s": 10.0, "train_step_s": 1.0, "train_peak_mb": 10.0,
+                "guard": guard, "prior": prior, **timed}
+
+    guard = {"asked_share": 0.375, "reached_share": 0.25, "stopped": "stage 3 of 4 fell 2.00 points"}
+    rows = [speed_run("sst2", "lora", 0.80), speed_run("sst2", "speed", 0.81, layers_after=60, guard=guard),
+            speed_run("mrpc", "lora", 0.84), speed_run("mrpc", "speed", 0.85, prior="the supernet had not learned")]
+    data, markdown = speed_report(SimpleNamespace(rows=rows), "cmd")
+    assert data["results"]["mrpc"]["speed"]["layers_removed_share"] == 0.0  # nothing pruned counts, as nothing
+    assert data["results"]["sst2"]["speed"]["layers_removed_share"] == pytest.approx(0.25)
+    assert "- sst2 seed 0: asked 37.5%, reached 25.0%: stage 3 of 4 fell 2.00 points" in markdown
+    assert "- mrpc seed 0: kept the search's prior: the supernet had not learned" in markdown

@@ -459,9 +459,11 @@ def test_speed_mode_prunes_key_value_groups_of_a_decoder(tmp_path, llama_dir, pl
     from pruning import BackboneSpec
     from pruning.arch import architecture_of, projection
 
-    spec = dataclasses.replace(_spec(llama_dir, plain_task), train=TrainSpec(
+    spec = _spec(llama_dir, plain_task)
+    spec = dataclasses.replace(spec, train=TrainSpec(
         steps=12, batch_size=16, lr=1e-2, eval_batch_size=32, max_length=32), backbone=BackboneSpec(
-        enabled=True, head_ratio=0.5, neuron_ratio=0.25, max_drop=None))
+        enabled=True, head_ratio=0.5, neuron_ratio=0.25, max_drop=None),
+        schedule=dataclasses.replace(spec.schedule, unlearned="prune"))  # pruned, learned in 3 steps or not
     result = pruning.search(spec, tmp_path / "out")
     heads = result.configuration["backbone"]["heads"]
     assert all(kept in ([0, 1], [2, 3]) for kept in heads.values())  # one whole group of two per layer

@@ -89,6 +89,27 @@ def test_a_supernet_that_cannot_learn_keeps_the_prior(make_spec, tiny_model, tas
     assert events[-1].done_steps == events[-1].total_steps == 20 + 40  # the rounds left the plan
 
 
+def test_speed_mode_keeps_the_prior_and_the_whole_backbone_when_the_supernet_cannot_learn(
+        make_spec, tiny_model, tasks, tmp_path):
+    """Masks learned on a supernet at chance rank heads and neurons by noise as its scores rank units: speed mode
+    skips the estimation phase, keeps the prior, prunes neither backbone nor ranks, and says why."""
+    spec = spec_for(make_spec, tiny_model, tasks["noise"], train__steps=40, schedule__learn_max_share=0.5,
+                    schedule__learn_check_every=5, schedule__eval_examples=48, budget=3000,
+                    backbone__enabled=True, backbone__mask_share=0.9)
+    assert spec.mask_steps(20) > 0  # an estimation phase would run after this learning phase
+    events = []
+    result = search(spec, tmp_path / "out", on_progress=events.append)
+    trace = json.loads((tmp_path / "out" / "trace.json").read_text())
+    assert trace["learn"]["learned"] is False and trace["learn"]["mask_steps"] == 0
+    assert "estimate" not in {e.phase for e in events if e.kind == "phase"}
+    assert result.rounds == [] and result.configuration["backbone"] is None
+    assert result.backbone_params == result.backbone_params_before
+    assert trace["prior"]["lora_ranks"] == result.configuration["lora_ranks"]
+    assert result.configuration["prior"].endswith("speed mode left the backbone unpruned: its head and neuron "
+                                                  "masks learned on that same supernet")
+    assert events[-1].done_steps == events[-1].total_steps == 20 + 40  # estimation, rounds, stages left the plan
+
+
 def test_a_supernet_that_cannot_learn_is_pruned_anyway_when_asked(make_spec, tiny_model, tasks, tmp_path):
     spec = spec_for(make_spec, tiny_model, tasks["noise"], train__steps=40, schedule__learn_max_share=0.5,
                     schedule__learn_check_every=5, schedule__eval_examples=48, schedule__unlearned="prune")
