@@ -336,16 +336,15 @@ def search(spec: SearchSpec, out_dir: str | Path, *, on_progress: ProgressCallba
     budget = budget_params(spec.budget, backbone_before)
     if not resumed:  # train until the supernet has learned; only then are units scored
         state.learn = _learn(ctx, supernet, batches, ranks, report, should_stop)
-        # masks learned on a supernet that is to be replaced by the prior would rank nothing it keeps
+    prior = _prior(ctx, supernet, state, budget)
+    if not resumed:  # speed mode's masks: not on a supernet the prior replaces (they would rank nothing it keeps)
         state.learn["mask_steps"] = _estimate_masks(ctx, supernet, batches, ranks, report, should_stop,
-                                                    0 if _prior(ctx, supernet, state, budget) else
-                                                    spec.mask_steps(state.learn["step"]))
+                                                    0 if prior else spec.mask_steps(state.learn["step"]))
         state.search_wall_s = search_wall()
         checkpoint.save(state, ctx.checkpoint_tensors(supernet, ranks))
 
     policy = ImportancePolicy(spec.policy, state.assignment, spec.seed + state.round)
     targets = round_targets(state.start_params, budget, schedule.rounds)
-    prior = _prior(ctx, supernet, state, budget)
     if prior:
         report.phase("search", prior["reason"])
         report.replan(schedule.rounds * spec.round_steps() + speed.stages * spec.stage_steps())
