@@ -57,7 +57,7 @@ def lora_step(model_dir: str, device_name: str, batch: int, length: int, steps: 
     from pruning import LoraSpec, SpaceSpec
     from pruning.backbones import checkpoint_activations, load_model, resolve_device
     from pruning.supernet import Supernet
-    from pruning.train import autocast, loss_of
+    from pruning.train import autocast, loss_of, scored_positions
 
     device = resolve_device(device_name)
     gc.collect()  # the previous run's model, should a reference cycle keep it, must not count in this peak
@@ -69,7 +69,7 @@ def lora_step(model_dir: str, device_name: str, batch: int, length: int, steps: 
     net = Supernet(model, SpaceSpec(types=("lora",), lora=LoraSpec(targets=("q", "v")))).to(device)
     optimizer = torch.optim.AdamW(net.trainable_parameters(), lr=1e-4)
     ids = torch.randint(0, model.config.vocab_size, (batch, length), device=device)
-    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "scored": scored_positions(ids)}
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     net.train()

@@ -95,13 +95,17 @@ def greedy_matches(logits: torch.Tensor, labels: torch.Tensor, eos_id: int | Non
     `eos_id` (what follows it, e.g. a chat template's newline, is not the answer): every labelled token up to
     there is the argmax of the logits before it (they predict the next token, as in completion_loss_sum). A
     completion cut at max_length has no end token: its kept tokens are compared, as a generation of that many
-    tokens would be. Exact up to float rounding: another batch shape can flip a near-tie (more likely in bf16)."""
-    targets, predicted = labels[:, 1:], logits[:, :-1].argmax(-1)
-    beyond_answer = targets == IGNORE
+    tokens would be. `logits`: at `scored_positions(labels)`, one row each. Exact up to float rounding: another
+    batch shape can flip a near-tie (more likely in bf16)."""
+    targets = labels[:, 1:]
+    labelled = targets != IGNORE
+    answer = labelled.clone()
     if eos_id is not None:
         is_end = targets == eos_id
-        beyond_answer |= (is_end.cumsum(1) - is_end.long()) > 0  # after the first end token
-    return ((predicted == targets) | beyond_answer).all(1)
+        answer &= (is_end.cumsum(1) - is_end.long()) == 0  # up to and including the first end token
+    wrong = torch.zeros_like(labelled)
+    wrong[labelled] = logits.argmax(-1) != targets[labelled]
+    return ~(wrong & answer).any(1)
 
 
 EXAMPLE_TOKENS = 64  # the model card's example generation stops here, or at the end token

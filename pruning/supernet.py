@@ -217,8 +217,19 @@ class Supernet(nn.Module):
                                      f"the model expects {tuple(params[name].shape)}")
                 params[name].copy_(tensor)
 
-    def forward(self, **batch) -> torch.Tensor:
-        return self.model(**batch).logits
+    def forward(self, scored: torch.Tensor | None = None, **batch) -> torch.Tensor:
+        """The model's logits; with `scored` (a language model's batch x length mask: train.scored_positions),
+        one row per scored position only, in row-major order: the output layer sees only their hidden states."""
+        if scored is None:
+            return self.model(**batch).logits
+        head = self.model.get_output_embeddings()
+        if head is None:
+            return self.model(**batch).logits[scored]
+        handle = head.register_forward_pre_hook(lambda _module, args: (args[0][scored], *args[1:]))
+        try:
+            return self.model(**batch).logits
+        finally:
+            handle.remove()
 
     def generate(self, **kwargs) -> torch.Tensor:
         """A language model's `generate` (a completion task), with every unit in place."""

@@ -2,7 +2,9 @@
 
 CUDA when present (bf16 autocast), CPU otherwise. Batches are padded on the right to their longest sequence,
 and evaluation sorts examples by length first, which on CPU saves most of the padding work. A completion task
-(a decoder language model) learns its completions' tokens only: the prompt's labels are IGNORE.
+(a decoder language model) learns its completions' tokens only: the prompt's labels are IGNORE, and the model
+computes its vocabulary's logits only where they are scored (`scored_positions`): on SmolLM2 the output layer is a
+fifth of a token's forward, and a label answer is one or two tokens of a sequence.
 """
 
 from __future__ import annotations
@@ -114,13 +116,25 @@ def loss_of(logits: torch.Tensor, labels: torch.Tensor, problem: str) -> torch.T
     return F.cross_entropy(logits.float(), labels)
 
 
-def completion_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """Cross-entropy summed over the labelled tokens, and their count. The logits at position t predict token
-    t + 1 (labels are aligned with the inputs, as transformers takes them, and shifted here); IGNORE is skipped."""
+def scored_positions(labels: torch.Tensor) -> torch.Tensor:
+    """Completion: the positions whose logits the loss scores, those that predict a labelled token (the logits at
+    position t predict token t + 1; labels are aligned with the inputs, as transformers takes them). A model given
+    them as `scored` (Supernet.forward) returns one row of logits per such position, in row-major order."""
+    scored = torch.zeros_like(labels, dtype=torch.bool)
+    scored[:, :-1] = labels[:, 1:] != IGNORE
+    return scored
+
+
+def completion_targets(labels: torch.Tensor) -> torch.Tensor:
+    """The labelled tokens, in the order of the logits at `scored_positions(labels)`."""
     targets = labels[:, 1:]
-    total = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE,
-                            reduction="sum")
-    return total, int((targets != IGNORE).sum())
+    return targets[targets != IGNORE]
+
+
+def completion_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Cross-entropy summed over the labelled tokens, and their count; `logits`: at `scored_positions(labels)`."""
+    targets = completion_targets(labels)
+    return F.cross_entropy(logits.float(), targets, reduction="sum"), targets.numel()
 
 
 DISTILL_TEMPERATURE = 2.0  # softens the teacher's class probabilities (Hinton et al.; CoFi distils at 2 as well)
@@ -134,18 +148,15 @@ class Teacher:
     weight: float
 
 
-def distill_loss(logits: torch.Tensor, target: torch.Tensor, labels: torch.Tensor, problem: str) -> torch.Tensor:
+def distill_loss(logits: torch.Tensor, target: torch.Tensor, problem: str) -> torch.Tensor:
     """The distance of a student's outputs to its teacher's on one batch: KL(teacher || student) of the class
     probabilities at DISTILL_TEMPERATURE (times its square, so its gradients keep the scale of the task's), the
-    squared error of a regression's values, and for a completion the same KL per labelled token (the positions
-    its loss is taken on)."""
+    squared error of a regression's values, and for a completion the same KL per labelled token (both models'
+    logits at the scored positions, one row each)."""
     if problem == "regression":
         return F.mse_loss(logits.squeeze(-1).float(), target.squeeze(-1).float())
-    if problem == "completion":
-        keep = (labels[:, 1:] != IGNORE).flatten()
-        if not keep.any():  # nothing to learn in this batch: 0, as the task's loss is (a mean over no row is NaN)
-            return logits.sum() * 0.0
-        logits, target = logits[:, :-1].flatten(0, 1)[keep], target[:, :-1].flatten(0, 1)[keep]
+    if problem == "completion" and not len(logits):  # nothing to learn in this batch: 0, as the task's loss is
+        return logits.sum() * 0.0
     t = DISTILL_TEMPERATURE
     return F.kl_div(F.log_softmax(logits.float() / t, -1), F.log_softmax(target.float() / t, -1),
                     log_target=True, reduction="batchmean") * t * t
@@ -247,7 +258,7 @@ def train(model: torch.nn.Module, params: list, batches: Iterator[dict], *, step
         for group in optimizer.param_groups:
             group["lr"] = group["base_lr"] * lr_factor(step, steps, warmup, decay)
         batch = next(batches)
-        labels = batch.pop("labels")
+        labels = pop_labels(batch, problem)
         for tracker in trackers:
             tracker.before_forward(batch["attention_mask"])
         with autocast(device):
@@ -256,7 +267,7 @@ def train(model: torch.nn.Module, params: list, batches: Iterator[dict], *, step
             if teacher is not None:
                 with torch.no_grad():
                     target = teacher.model(**batch)
-                loss = (1 - teacher.weight) * loss + teacher.weight * distill_loss(logits, target, labels, problem)
+                loss = (1 - teacher.weight) * loss + teacher.weight * distill_loss(logits, target, problem)
             if extra_loss is not None:
                 loss = loss + extra_loss()
         optimizer.zero_grad(set_to_none=True)
@@ -287,14 +298,24 @@ def train(model: torch.nn.Module, params: list, batches: Iterator[dict], *, step
 @torch.no_grad()
 def eval_outputs(model: torch.nn.Module, data: Encoded, batch_size: int, pad_id: int, device: torch.device
                  ) -> Iterator[tuple[list[int], torch.Tensor, torch.Tensor]]:
-    """(row indices, logits, labels) of each evaluation batch of `data`, the model in eval mode."""
+    """(row indices, logits, labels) of each evaluation batch of `data`, the model in eval mode (a completion's
+    logits: at its scored positions)."""
     model.eval()
     for indices in eval_batches(data.input_ids, batch_size):
         batch = collate(data, indices, pad_id, device)
-        labels = batch.pop("labels")
+        labels = pop_labels(batch, data.problem)
         with autocast(device):
             logits = model(**batch)
         yield indices, logits, labels
+
+
+def pop_labels(batch: dict, problem: str) -> torch.Tensor:
+    """Take the labels out of a batch (the model does not see them); a completion's batch tells the model where
+    its logits are scored instead (`scored`), so that it computes them there only."""
+    labels = batch.pop("labels")
+    if problem == "completion":
+        batch["scored"] = scored_positions(labels)
+    return labels
 
 
 def mean_loss(model: torch.nn.Module, data: Encoded, batch_size: int, pad_id: int, device: torch.device) -> float:
