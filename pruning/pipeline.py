@@ -37,7 +37,7 @@ from .checkpoint import (
 )
 from .completion import completion_metric_names, example_generation
 from .data import TaskData, compute_metrics, load_task
-from .data.metrics import LOWER_IS_BETTER
+from .data.metrics import LOWER_IS_BETTER, drop_standard_error
 from .hybrid import (
     Assignment,
     ImportancePolicy,
@@ -51,7 +51,17 @@ from .result import ProgressEvent, RemovedUnit, RoundRecord, SearchResult, paret
 from .schedule import choose_removals, kept_ranks, rank_chunks, round_targets, spread_ranks
 from .spec import MIN_VALIDATION, SearchSpec, budget_params
 from .supernet import Supernet
-from .train import Encoded, Teacher, chance_loss, encode, evaluate, mean_loss, shuffled_batches, train
+from .train import (
+    Encoded,
+    Teacher,
+    chance_loss,
+    encode,
+    evaluate,
+    mean_loss,
+    predict,
+    shuffled_batches,
+    train,
+)
 from .warmup import derive_assignment
 
 ProgressCallback = Callable[[ProgressEvent], None]
@@ -255,6 +265,15 @@ class _Context:
         """The primary metric on the validation split (or on `data`: the guard's); None without examples."""
         data = self.validation if data is None else data
         return self.evaluate(model, data)[self.task.primary_metric] if len(data) else None
+
+    def guard_scores(self, model, data: Encoded) -> tuple[float, np.ndarray | None]:
+        """Speed mode's guard: the primary metric on `data` and the predictions it scored (None for a completion,
+        whose metric is not computed from one prediction per example), so that a drop gets a standard error."""
+        if self.task.problem == "completion":
+            return self.validation_metric(model, data), None
+        predictions = predict(model, data, self.spec.train.eval_batch_size, self.pad_id, self.device)
+        primary = self.task.primary_metric
+        return compute_metrics([primary], predictions, np.asarray(data.labels))[primary], predictions
 
     def chance(self, supernet: Supernet) -> tuple[float | None, float | None]:
         """(loss, primary metric) on the validation split of a model that learned nothing from the inputs,
@@ -738,27 +757,26 @@ def _prune_backbone(ctx: _Context, supernet: Supernet, rank_tracker: RankTracker
     else:
         scored = ctx.guard_split(speed.guard_examples)
         guard["examples"] = len(scored)
-
-        def guard_metric(model) -> float:
-            return ctx.validation_metric(model, scored)
-        if scored is not ctx.validation:  # `metric` is the validation split's
-            reference = guard_metric(supernet)
+        labels, primary = np.asarray(scored.labels), ctx.task.primary_metric
+        reference, unpruned = ctx.guard_scores(supernet, scored)
         plans = [planner.plan(stage_spec) for stage_spec in stage_specs(speed, planner.layer_params)]
         steps = ctx.spec.stage_steps()
         twin = ctx.copy(supernet) if steps else None  # with no recovery steps the reference stays as it is
 
-        def try_plan(kept) -> tuple[float, float]:
+        def try_plan(kept) -> tuple[float, float, float | None]:
             supernet.masks.keep_only(*kept)
-            if not steps:
-                return guard_metric(supernet), reference
-            drawn = [next(batches) for _ in range(steps)]  # the same batches for both (training pops their labels)
-            _train_supernet(ctx, supernet, (dict(batch) for batch in drawn), steps, rank_tracker,
-                            report.steps(speed.mask_rounds, supernet.peft_params()), should_stop)
-            _train_supernet(ctx, twin, (dict(batch) for batch in drawn), steps, None, None, should_stop)  # unplanned
-            return guard_metric(supernet), guard_metric(twin)
+            if steps:
+                drawn = [next(batches) for _ in range(steps)]  # the same batches for both (training pops labels)
+                _train_supernet(ctx, supernet, (dict(batch) for batch in drawn), steps, rank_tracker,
+                                report.steps(speed.mask_rounds, supernet.peft_params()), should_stop)
+                _train_supernet(ctx, twin, (dict(batch) for batch in drawn), steps, None, None, should_stop)
+            metric, predictions = ctx.guard_scores(supernet, scored)
+            base, base_predictions = ctx.guard_scores(twin, scored) if steps else (reference, unpruned)
+            se = None if predictions is None else drop_standard_error(primary, labels, base_predictions, predictions)
+            return metric, base, se
 
-        accepted, stages, guard["stopped"] = run_guard(plans, [planner.size(p) for p in plans], try_plan,
-                                                       ctx.task.primary_metric, speed.max_drop)
+        accepted, stages, guard["stopped"] = run_guard(plans, [planner.size(p) for p in plans], try_plan, primary,
+                                                       speed.max_drop)
         del twin
         report.replan(steps * (len(plans) - len(stages)))
         kept = plans[accepted] if accepted >= 0 else planner.everything()

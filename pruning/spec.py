@@ -397,8 +397,8 @@ class BackboneSpec:
         "The guard scores each stage and its twin on this many train examples: the validation split, then train "
         "examples the search never trained on (schedule.max_train_examples leaves them out), as many as there "
         "are; fewer: a seeded sample of the validation split. A stage's drop is a difference of two metrics on a "
-        "sample: more examples, less noise in it, for a longer evaluation (two per stage). null: the validation "
-        "split."))] = None
+        "sample, its standard error in the stage's record (drop_se): more examples, less noise in it, for a longer "
+        "evaluation (two per stage). null: the validation split."))] = None
     distill: Annotated[Share, Field(description=(
         "Recovery by distillation: once heads or neurons are off, every training step's loss is (1 - distill) x "
         "the task's + distill x the distance of the outputs to the unpruned supernet's (the teacher: the masked "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -250,7 +251,7 @@ def test_the_guard_keeps_the_last_stage_within_max_drop(name, references, metric
 
     def try_plan(plan):
         seen.append(plan)
-        return metrics[len(seen) - 1], references[len(seen) - 1]
+        return metrics[len(seen) - 1], references[len(seen) - 1], None
 
     index, stages, why = run_guard(plans, [900 - 100 * i for i in range(len(plans))], try_plan, name, max_drop=1.0)
     assert (index, len(stages), seen) == (accepted, tried, plans[:tried])  # no stage is tried past the failure
@@ -262,21 +263,47 @@ def test_the_guard_keeps_the_last_stage_within_max_drop(name, references, metric
         assert why == "reached the target within max_drop"
 
 
+def test_a_guard_stop_gives_the_drops_standard_error():
+    _, stages, why = run_guard(["plan"], [900], lambda plan: (0.88, 0.90, 1.7), "accuracy", max_drop=1.0)
+    assert stages[0]["drop_se"] == 1.7
+    assert why.startswith("stage 1 of 1 fell 2.00 points (its standard error on these examples: 1.70) below")
+
+
+def test_the_drops_standard_error_is_the_paired_one():
+    from pruning.data.metrics import drop_standard_error
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 400)
+    reference = np.where(rng.random(400) < 0.85, labels, 1 - labels)  # right on about 85 %
+    assert drop_standard_error("accuracy", labels, reference, reference.copy()) == 0.0  # the same predictions
+    changed = reference.copy()
+    flipped = rng.choice(400, 40, replace=False)
+    changed[flipped] = 1 - changed[flipped]
+    # accuracy: the drop is the mean of per-example differences in {-1, 0, 1}; its standard error, in points
+    differences = (reference == labels).astype(float) - (changed == labels)
+    analytic = 100 * differences.std(ddof=1) / np.sqrt(400)
+    assert drop_standard_error("accuracy", labels, reference, changed) == pytest.approx(analytic, rel=0.2)
+    # the examples both get right or wrong cancel: far below two independent samples' spread
+    unpaired = 100 * np.sqrt(2 * 0.85 * 0.15 / 400)
+    assert drop_standard_error("accuracy", labels, reference, changed) < unpaired
+    assert drop_standard_error("pearson", labels.astype(float), reference + 0.0, changed + 0.0) > 0
+
+
 def test_a_guarded_search_removes_the_last_stage_its_validation_metric_accepts(tiny_model, toy_task, tmp_path,
                                                                               monkeypatch):
     """The validation metric is scripted: it falls 1 point per 10 % of heads switched off, so with max_drop 3
     the first stage (1 head of 4 per layer) passes and the second (2 of 4) does not."""
     from pruning import pipeline
 
-    def scripted_metric(ctx, model, data=None):
-        scored.append(len(data if data is not None else ctx.validation))
+    def scripted_metric(ctx, model, data):
+        scored.append(len(data))
         if model.masks is None:
-            return 0.9
+            return 0.9, None
         on = [model.masks.get_buffer(f"on{layer}") for layer in range(len(model.masks.heads))]
-        return 0.9 - 0.1 * float(1 - torch.cat(on).mean())
+        return 0.9 - 0.1 * float(1 - torch.cat(on).mean()), None
 
     scored = []
-    monkeypatch.setattr(pipeline._Context, "validation_metric", scripted_metric)
+    monkeypatch.setattr(pipeline._Context, "guard_scores", scripted_metric)
     train, dev = toy_task
     spec = SearchSpec(model=str(tiny_model), task=TaskSpec(train=str(train), dev=str(dev)), budget=9000,
                       schedule=ScheduleSpec(rounds=2, steps_per_round=3, eval_examples=32, max_train_examples=100,
@@ -482,6 +509,7 @@ def test_speed_mode_distils_the_unpruned_supernet_and_a_resumed_retrain_gets_it_
     # each stage's recovery and its unpruned twin's, the round after, the retrain
     assert len(teachers) == 2 * len(guard["stages"]) + 1 + 1
     assert all(torch.equal(t, teachers[0]) for t in teachers)  # one frozen teacher throughout
+    assert all(s["drop_se"] >= 0 for s in guard["stages"])  # classification: each drop has its standard error
     assert result.configuration["backbone"]["layer_params_after"] < result.configuration["backbone"][
         "layer_params_before"]  # the student is pruned, the teacher is not (it still has its masks)
 

@@ -24,20 +24,23 @@ def stage_specs(speed, layer_params: int) -> list:
             for share in shares]
 
 
-def run_guard(plans: list[Plan], layer_params: list[int], try_plan: Callable[[Plan], tuple[float, float]],
+def run_guard(plans: list[Plan], layer_params: list[int],
+              try_plan: Callable[[Plan], tuple[float, float, float | None]],
               metric_name: str, max_drop: float) -> tuple[int, list[dict], str]:
     """Try the plans in order; `try_plan(plan)` switches its heads and neurons off, trains the recovery steps and
-    returns the validation metric and the stage's reference (the unpruned model's, trained alike). Returns the
-    index of the last plan within `max_drop` (-1: none), one record per stage tried, and why the guard stopped."""
+    returns the validation metric, the stage's reference (the unpruned model's, trained alike) and the standard
+    error of the drop between them (None where the metric has none). Returns the index of the last plan within
+    `max_drop` (-1: none), one record per stage tried, and why the guard stopped."""
     accepted, stages = -1, []
     for index, plan in enumerate(plans):
-        metric, reference = try_plan(plan)
+        metric, reference, drop_se = try_plan(plan)
         drop = metric_drop(metric_name, reference, metric)
         stages.append({"stage": index + 1, "layer_params": layer_params[index], "metric": metric,
-                       "reference": reference, "drop": drop})
+                       "reference": reference, "drop": drop, "drop_se": drop_se})
         if drop > max_drop:
             kept = f"stage {index}" if index else "every head and neuron"
-            return accepted, stages, (f"stage {index + 1} of {len(plans)} fell {drop:.2f} points below the "
+            noise = "" if drop_se is None else f" (its standard error on these examples: {drop_se:.2f})"
+            return accepted, stages, (f"stage {index + 1} of {len(plans)} fell {drop:.2f} points{noise} below the "
                                       f"{metric_name} of the unpruned supernet trained alike ({reference:.4f}), "
                                       f"more than max_drop {max_drop:g}: kept {kept}")
         accepted = index

@@ -83,6 +83,24 @@ COMPLETION_METRICS = ("exact_match", "loss", "perplexity")
 LOWER_IS_BETTER = frozenset({"loss", "perplexity"})
 
 
+BOOTSTRAP_DRAWS = 200
+
+
+def drop_standard_error(name: str, labels: np.ndarray, reference: np.ndarray, predictions: np.ndarray,
+                        draws: int = BOOTSTRAP_DRAWS, seed: int = 0) -> float:
+    """The standard error of metric_drop(reference's score, predictions' score) on these examples: the spread of
+    the drop over paired bootstrap resamples (both sets of predictions scored on the same resampled examples, so
+    the examples both get right or wrong cancel). A drop within it is not told apart from noise."""
+    labels, reference, predictions = (np.asarray(a).reshape(-1) for a in (labels, reference, predictions))
+    rng = np.random.default_rng(seed)
+    score = METRICS[name]
+    drops = []
+    for _ in range(draws):
+        rows = rng.integers(0, len(labels), len(labels))
+        drops.append(metric_drop(name, score(reference[rows], labels[rows]), score(predictions[rows], labels[rows])))
+    return float(np.std(drops, ddof=1))
+
+
 def metric_drop(name: str, reference: float, value: float) -> float:
     """How much worse `value` is than `reference`, in points: x 100 of a metric in [0, 1] or [-1, 1] (accuracy,
     F1, MCC, correlations, exact match); for a loss or perplexity, percent of the reference. Negative: better."""
