@@ -25,9 +25,9 @@ Methods (bench/quality.py's, each the same steps, data, seed and evaluation):
     alllinear   LoRA on every projection (q, k, v, o, gate, up, down) at ranks matched to that budget
     peftsearch  the search in the product's default space, policy and schedule at that budget, then retraining
 
-Defaults, CPU-sized (2 cores; on 2 AMD EPYC cores a LoRA step takes about 8 s, so one method on sst2-gen is about
-40 minutes and peftsearch about an hour): batch 16 (eval batch 16 too, so the peak
-memory is the training's, not a 49,152-token vocabulary's logits over a large evaluation batch), lr 1e-3 (the
+Defaults, CPU-sized (2 cores; an all-linear LoRA step at 16 x 96 takes about 7 s on 2 Intel Xeon cores, so one
+fixed method on chat is about 25 minutes and peftsearch about 35; sst2-gen 300 steps, longer): batch 16 (eval batch
+16 too, so the peak memory is the training's), lr 1e-3 (the
 product's); sst2-gen 300 steps (2.4 epochs of its 2,000 sentences) at max_length 64 tokens (the prompt and a
 one-token answer; SST-2 sentences average about 25 tokens); chat 200 steps (2.9 epochs of its 1,106 rows: more
 would mostly overfit a small corpus, which a dev loss punishes) at max_length 96 (SmolLM2's template adds its
