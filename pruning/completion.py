@@ -13,7 +13,15 @@ import torch
 from .data import Completion
 from .data.loaders import COMPLETION_LOSSES
 from .data.metrics import COMPLETION_METRICS
-from .train import IGNORE, Encoded, autocast, completion_loss_sum, eval_batches, eval_outputs
+from .train import (
+    IGNORE,
+    Encoded,
+    autocast,
+    completion_loss_sum,
+    completion_targets,
+    eval_batches,
+    eval_outputs,
+)
 
 EXACT_MATCH_TOKENS = 8  # completions this short (before their end token) are answers: exact match scores them too
 
@@ -104,7 +112,7 @@ def greedy_matches(logits: torch.Tensor, labels: torch.Tensor, eos_id: int | Non
         is_end = targets == eos_id
         answer &= (is_end.cumsum(1) - is_end.long()) == 0  # up to and including the first end token
     wrong = torch.zeros_like(labelled)
-    wrong[labelled] = logits.argmax(-1) != targets[labelled]
+    wrong[labelled] = logits.argmax(-1) != completion_targets(labels)
     return ~(wrong & answer).any(1)
 
 

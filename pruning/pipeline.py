@@ -758,10 +758,13 @@ def _prune_backbone(ctx: _Context, supernet: Supernet, rank_tracker: RankTracker
         scored = ctx.guard_split(speed.guard_examples)
         guard["examples"] = len(scored)
         labels, primary = np.asarray(scored.labels), ctx.task.primary_metric
-        reference, unpruned = ctx.guard_scores(supernet, scored)
         plans = [planner.plan(stage_spec) for stage_spec in stage_specs(speed, planner.layer_params)]
         steps = ctx.spec.stage_steps()
         twin = ctx.copy(supernet) if steps else None  # with no recovery steps the reference stays as it is
+        if scored is ctx.validation and twin is not None:  # `metric` is this split's; the twin scores each stage
+            unpruned = None
+        else:
+            reference, unpruned = ctx.guard_scores(supernet, scored)
 
         def try_plan(kept) -> tuple[float, float, float | None]:
             supernet.masks.keep_only(*kept)

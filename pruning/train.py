@@ -155,7 +155,7 @@ def distill_loss(logits: torch.Tensor, target: torch.Tensor, problem: str) -> to
     logits at the scored positions, one row each)."""
     if problem == "regression":
         return F.mse_loss(logits.squeeze(-1).float(), target.squeeze(-1).float())
-    if problem == "completion" and not len(logits):  # nothing to learn in this batch: 0, as the task's loss is
+    if problem == "completion" and not len(logits):  # no labelled token in this batch: 0 (a mean over no row is NaN)
         return logits.sum() * 0.0
     t = DISTILL_TEMPERATURE
     return F.kl_div(F.log_softmax(logits.float() / t, -1), F.log_softmax(target.float() / t, -1),
