@@ -61,6 +61,7 @@ from .train import (
     predict,
     shuffled_batches,
     train,
+    without_dropout,
 )
 from .warmup import derive_assignment
 
@@ -619,12 +620,14 @@ def _train_supernet(ctx: _Context, supernet: Supernet, batches, steps: int, rank
     under their L1 penalty, the trackers see every step, and once heads or neurons are off the teacher (if any)
     is distilled."""
     spec, speed, masks = ctx.spec, ctx.spec.backbone, supernet.masks
-    return train(supernet, supernet.param_groups(spec.schedule.lr, speed.mask_lr), batches, steps=steps,
-                 lr=spec.schedule.lr, problem=ctx.task.problem, device=ctx.device, warmup_ratio=0.1,
-                 weight_decay=spec.train.weight_decay, decay=False,
-                 trackers=[t for t in (*trackers, ranks, masks) if t is not None],
-                 extra_loss=_mask_penalty(masks, speed.mask_penalty), on_step=on_step, should_stop=should_stop,
-                 until=until, check_every=spec.schedule.learn_check_every, teacher=ctx.teacher)
+    with contextlib.nullcontext() if spec.schedule.dropout else without_dropout(supernet):
+        return train(supernet, supernet.param_groups(spec.schedule.lr, speed.mask_lr), batches, steps=steps,
+                     lr=spec.schedule.lr, problem=ctx.task.problem, device=ctx.device, warmup_ratio=0.1,
+                     weight_decay=spec.train.weight_decay, decay=False,
+                     trackers=[t for t in (*trackers, ranks, masks) if t is not None],
+                     extra_loss=_mask_penalty(masks, speed.mask_penalty), on_step=on_step,
+                     should_stop=should_stop, until=until, check_every=spec.schedule.learn_check_every,
+                     teacher=ctx.teacher)
 
 
 def fit(spec: SearchSpec, out_dir: str | Path, units: list[str] | None = None, *,

@@ -324,6 +324,10 @@ class ScheduleSpec:
         f"Training steps of each round; null: {ROUND_SHARE:g} x train.steps (at least {MIN_ROUND_STEPS}), "
         "so the search's share of the run's cost does not depend on the run's length."))] = None
     lr: Annotated[Real, Field(gt=0, description="Learning rate of the search's training.")] = 1e-3
+    dropout: Annotated[bool, Strict(), Field(description=(
+        "Dropout (the backbone's and LoRA's) while the search trains the supernet. Off by default: the search "
+        "trains to rank units, not to generalise, so dropout's random masks only add noise to the scores, and "
+        "drawing them is a large share of a CPU step (docs/engine.md). The retraining keeps it."))] = False
     eval_examples: Annotated[Int, Field(ge=0, description=(
         "The validation split, carved from train (the dev set is scored once, at the end): it gates the start "
         "of scoring, calibrates the module types and gives each round's metric. 0: no split (no gate, no "

@@ -14,7 +14,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -216,6 +216,21 @@ class TrainState:
         torch.set_rng_state(self.tensors["rng.cpu"])
         if device.type == "cuda" and "rng.cuda" in self.tensors:
             torch.cuda.set_rng_state(self.tensors["rng.cuda"], device)
+
+
+@contextmanager
+def without_dropout(model: torch.nn.Module):
+    """Every `nn.Dropout` in `model` (the backbone's, its attention's, LoRA's, the head's) at p = 0 inside the
+    block, as trained before after it. The model stays in train mode otherwise (gradient checkpointing too)."""
+    dropouts = [module for module in model.modules() if isinstance(module, torch.nn.Dropout)]
+    rates = [module.p for module in dropouts]
+    for module in dropouts:
+        module.p = 0.0
+    try:
+        yield
+    finally:
+        for module, rate in zip(dropouts, rates, strict=True):
+            module.p = rate
 
 
 def train(model: torch.nn.Module, params: list, batches: Iterator[dict], *, steps: int,

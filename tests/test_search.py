@@ -253,6 +253,26 @@ def test_retrain_starts_from_the_supernets_weights_only_when_warm(make_spec, tmp
     assert all(same) if retrain != "fresh" else not all(same)
 
 
+@pytest.mark.parametrize("dropout", [False, True])
+def test_the_search_trains_without_dropout_unless_asked_and_the_retraining_with_it(make_spec, tmp_path,
+                                                                                  monkeypatch, dropout):
+    import pruning.pipeline as pipeline
+
+    rates: list[set[float]] = []  # the dropout rates in the model of each training the run started
+    original = pipeline.train
+
+    def spy(model, *args, **kwargs):
+        rates.append({m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)})
+        return original(model, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "train", spy)
+    search(make_spec(schedule__dropout=dropout, space__lora__dropout=0.3), tmp_path / "out")
+    *searched, retrained = rates
+    assert len(searched) == 3  # the rounds
+    assert all(seen == ({0.1, 0.3} if dropout else {0.0}) for seen in searched)
+    assert 0.3 in retrained  # the retraining trains as the spec says
+
+
 def test_continue_trains_the_survivors_for_what_the_search_left_of_the_steps(make_spec, tmp_path, monkeypatch):
     """The final configuration trains train.steps in all: the rounds' 9 steps of 20, then 11 more, decaying from the
     peak learning rate without a second warm-up; the progress counts 20 steps."""

@@ -165,6 +165,28 @@ def test_removing_a_layers_lora_keeps_its_adapter_working(load_bare, batch, targ
     assert torch.equal(moved, logits(only_adapter, batch))
 
 
+def test_without_dropout_trains_deterministically_and_restores_every_rate(load_bare, batch):
+    from pruning.train import without_dropout
+
+    supernet = Supernet(load_bare(), SpaceSpec(lora=LoraSpec(dropout=0.3)))
+    perturb(supernet)
+    rates = [m.p for m in supernet.modules() if isinstance(m, nn.Dropout)]
+    assert {0.1, 0.3} <= set(rates)  # the backbone's own dropout and LoRA's
+
+    def train_forward() -> torch.Tensor:
+        with torch.no_grad():
+            out = supernet.train()(**batch)
+        return out.logits if hasattr(out, "logits") else out
+
+    with without_dropout(supernet):
+        first, second = train_forward(), train_forward()
+        assert supernet.training
+    assert torch.equal(first, second)
+    assert not torch.equal(train_forward(), train_forward())  # dropout is back
+    assert [m.p for m in supernet.modules() if isinstance(m, nn.Dropout)] == rates
+    assert torch.allclose(first, logits(supernet, batch), atol=1e-6)  # train mode without dropout = eval mode
+
+
 def test_switched_off_removes_exactly_that_units_contribution(load_bare, batch):
     supernet = Supernet(load_bare(), SpaceSpec(lora=NO_DROPOUT))
     perturb(supernet, seed=3)
