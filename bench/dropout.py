@@ -1,0 +1,83 @@
+"""What dropout costs a training step: the search's supernet (the default space: LoRA on every projection,
+adapters, prefixes) and all-linear LoRA at the budget, each trained with the spec's dropout (the backbone's 0.1 and
+LoRA's 0.1) and without any (`pruning.train.without_dropout`, the search's default since schedule.dropout).
+Real batches of the quality benchmark's task, seed 0. Writes results/dropout.md.
+
+    python -m bench.dropout --tasks sst2 --steps 5 --repeats 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import statistics
+import time
+
+from .common import DEFAULT_GLUE, describe_machine, machine, provenance
+from .quality import ALL_LINEAR, RESULTS, _per_rank_params, base_spec
+
+
+def measure(task: str, steps: int, repeats: int, data_dir: str, model: str) -> list[dict]:
+    from pruning import SpaceSpec
+    from pruning.pipeline import _Context
+    from pruning.schedule import spread_ranks
+    from pruning.train import train, without_dropout
+
+    spec = base_spec(task, 0, data_dir, model)
+    ctx = _Context.prepare(spec)
+    ranks = spread_ranks(_per_rank_params(spec), spec.budget)
+    alllinear = _Context.prepare(dataclasses.replace(spec, space=SpaceSpec(
+        types=("lora",), lora=dataclasses.replace(spec.space.lora, targets=ALL_LINEAR))))
+    models = {"supernet": ctx.supernet(), "all-linear LoRA": alllinear.supernet(lora_ranks=ranks)}
+    times: dict[tuple[str, str], list[float]] = {}
+    ways = [("with dropout", lambda _net: contextlib.nullcontext()), ("without", without_dropout)]
+    for repeat in range(repeats + 1):  # the first repeat warms up and is dropped
+        for name, net in models.items():
+            for way, context in ways if repeat % 2 == 0 else ways[::-1]:  # neither always goes first
+                batches = ctx.batches(ctx.search_train, spec.seed + repeat)
+                start = time.perf_counter()
+                with context(net):
+                    train(net, [p for p in net.parameters() if p.requires_grad], batches, steps=steps,
+                          lr=spec.train.lr, problem=ctx.task.problem, device=ctx.device)
+                if repeat:
+                    times.setdefault((name, way), []).append((time.perf_counter() - start) / steps)
+    return [{"task": task, "model": name, "dropout": way, "batch": spec.train.batch_size,
+             "max_length": spec.train.max_length, "params": sum(p.numel() for p in models[name].parameters()
+                                                                  if p.requires_grad),
+             "step_s": statistics.mean(t), "step_sd": statistics.stdev(t) if len(t) > 1 else 0.0}
+            for (name, way), t in times.items()]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--tasks", default="sst2")
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--data-dir", default=str(DEFAULT_GLUE))
+    parser.add_argument("--model", default="all-MiniLM-L6-v2")
+    args = parser.parse_args(argv)
+    rows = [row for task in args.tasks.split(",")
+            for row in measure(task, args.steps, args.repeats, args.data_dir, args.model)]
+    lines = ["# What dropout costs a training step", "",
+             f"Command: `python -m bench.dropout --tasks {args.tasks} --steps {args.steps} --repeats {args.repeats}`  ",
+             f"Machine: {describe_machine(machine())}; commit {provenance()['commit']}. Model: {args.model}, "
+             f"seed 0, the quality benchmark's batches. Seconds per step (forward, backward, AdamW), mean ± std over "
+             f"{args.repeats} repeats of {args.steps} steps after one warm-up repeat, taking turns to go first. "
+             "With dropout: the backbone's own (0.1) and LoRA's (0.1); without: every `nn.Dropout` at 0, as the "
+             "search trains its supernet by default (`schedule.dropout`).", "",
+             "| task (batch x len) | model | trainable params | with dropout s | without s | speed-up |",
+             "|---|---|---|---|---|---|"]
+    by = {(r["task"], r["model"], r["dropout"]): r for r in rows}
+    for task, name in dict.fromkeys((r["task"], r["model"]) for r in rows):
+        on, off = by[task, name, "with dropout"], by[task, name, "without"]
+        lines.append(f"| {task} ({on['batch']} x {on['max_length']}) | {name} | {on['params']:,} "
+                     f"| {on['step_s']:.3f} ± {on['step_sd']:.3f} | {off['step_s']:.3f} ± {off['step_sd']:.3f} "
+                     f"| {on['step_s'] / off['step_s']:.2f}x |")
+    (RESULTS / "dropout.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
