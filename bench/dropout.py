@@ -11,10 +11,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import statistics
 import time
 
-from .common import DEFAULT_GLUE, describe_machine, machine, provenance
+from .common import DEFAULT_GLUE, describe_machine, machine, mean_spread, provenance
 from .quality import ALL_LINEAR, RESULTS, _per_rank_params, base_spec
 
 
@@ -42,11 +41,10 @@ def measure(task: str, steps: int, repeats: int, data_dir: str, model: str) -> l
                           lr=spec.train.lr, problem=ctx.task.problem, device=ctx.device)
                 if repeat:
                     times.setdefault((name, way), []).append((time.perf_counter() - start) / steps)
-    return [{"task": task, "model": name, "dropout": way, "batch": spec.train.batch_size,
-             "max_length": spec.train.max_length, "params": sum(p.numel() for p in models[name].parameters()
-                                                                  if p.requires_grad),
-             "step_s": statistics.mean(t), "step_sd": statistics.stdev(t) if len(t) > 1 else 0.0}
-            for (name, way), t in times.items()]
+    return [{"task": task, "model": name, "batch": spec.train.batch_size, "max_length": spec.train.max_length,
+             "params": sum(p.numel() for p in net.parameters() if p.requires_grad),
+             **{way: mean_spread(times[name, way]) for way, _ in ways}}
+            for name, net in models.items()]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,12 +66,10 @@ def main(argv: list[str] | None = None) -> int:
              "search trains its supernet by default (`schedule.dropout`).", "",
              "| task (batch x len) | model | trainable params | with dropout s | without s | speed-up |",
              "|---|---|---|---|---|---|"]
-    by = {(r["task"], r["model"], r["dropout"]): r for r in rows}
-    for task, name in dict.fromkeys((r["task"], r["model"]) for r in rows):
-        on, off = by[task, name, "with dropout"], by[task, name, "without"]
-        lines.append(f"| {task} ({on['batch']} x {on['max_length']}) | {name} | {on['params']:,} "
-                     f"| {on['step_s']:.3f} ± {on['step_sd']:.3f} | {off['step_s']:.3f} ± {off['step_sd']:.3f} "
-                     f"| {on['step_s'] / off['step_s']:.2f}x |")
+    for r in rows:
+        (on, on_sd), (off, off_sd) = r["with dropout"], r["without"]
+        lines.append(f"| {r['task']} ({r['batch']} x {r['max_length']}) | {r['model']} | {r['params']:,} "
+                     f"| {on:.3f} ± {on_sd:.3f} | {off:.3f} ± {off_sd:.3f} | {on / off:.2f}x |")
     (RESULTS / "dropout.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
