@@ -32,12 +32,12 @@ def measure(task: str, repeats: int, data_dir: str, model: str) -> dict:
     times: dict[str, list[float]] = {"recomputed": [], "replayed": []}
     values = {}
     ways = [("recomputed", 0), ("replayed", REPLAY_BYTES)]
-    unit_ablation(supernet, ctx.validation, keys[:1], spec.train.eval_batch_size, ctx.pad_id, ctx.device)  # warm
+    unit_ablation(supernet, ctx.validation, keys[:1], *ctx.eval_batching())  # warm
     for repeat in range(repeats):
         for name, replay_bytes in ways if repeat % 2 == 0 else ways[::-1]:  # neither always goes first
             start = time.perf_counter()
-            values[name] = unit_ablation(supernet, ctx.validation, keys, spec.train.eval_batch_size, ctx.pad_id,
-                                         ctx.device, replay_bytes=replay_bytes)
+            values[name] = unit_ablation(supernet, ctx.validation, keys, *ctx.eval_batching(),
+                                         replay_bytes=replay_bytes)
             times[name].append(time.perf_counter() - start)
     gap = max(abs(values["recomputed"][k] - values["replayed"][k]) for k in keys)
     return {"task": task, "examples": len(ctx.validation), "units": len(keys), "layers": supernet.num_layers,

@@ -17,7 +17,7 @@ REPLAY_BYTES = 1 << 30
 FLOAT_BYTES = 4  # a layer output's element, at most (float32; bf16 under autocast takes half)
 
 
-def unit_ablation(supernet, data, keys, batch_size: int, pad_id: int, device,
+def unit_ablation(supernet, data, keys, batch_size: int, pad_id: int, device, max_tokens: int | None = None,
                   replay_bytes: int = REPLAY_BYTES) -> dict[str, float]:
     """unit key -> (loss on `data` with that unit alone switched off) - (loss with every unit on).
 
@@ -34,16 +34,16 @@ def unit_ablation(supernet, data, keys, batch_size: int, pad_id: int, device,
     layers = list(layers_of(supernet.model, supernet.arch))
     deepest = max((supernet.unit(key).layer for key in keys), default=0)
     widths = [(len(batch), max(len(data.input_ids[i]) for i in batch))  # mean_loss's batches, padded
-              for batch in eval_batches(data.input_ids, batch_size)]
+              for batch in eval_batches(data.input_ids, batch_size, max_tokens)]
     bytes_per_layer = FLOAT_BYTES * supernet.model.config.hidden_size * sum(rows * width for rows, width in widths)
     replay = _LayerReplay(layers[:min(deepest, replay_bytes // max(bytes_per_layer, 1))])
     with replay.recording():
-        reference = mean_loss(supernet, data, batch_size, pad_id, device)
+        reference = mean_loss(supernet, data, batch_size, pad_id, device, max_tokens)
     out = {}
     for key in keys:
         unit = supernet.unit(key)
         with unit.switched_off(), replay.below(unit.layer):
-            out[key] = mean_loss(supernet, data, batch_size, pad_id, device) - reference
+            out[key] = mean_loss(supernet, data, batch_size, pad_id, device, max_tokens) - reference
     return out
 
 

@@ -82,14 +82,14 @@ def _until_end(tokens: list[int], eos_id: int | None) -> list[int]:
 
 @torch.no_grad()
 def completion_metrics(model: torch.nn.Module, data: Encoded, metric_names, batch_size: int, pad_id: int,
-                       device: torch.device) -> dict[str, float]:
+                       device: torch.device, max_tokens: int | None = None) -> dict[str, float]:
     """The mean loss per completion token, its perplexity, and the share of greedy completions equal to the
     reference up to the end-of-sequence token. Greedy decoding writes a reference exactly when each of its tokens,
     up to and including the first end token, is the most likely one after the tokens before it: so the loss's
     own pass scores exact match too (`greedy_matches`), with no token generated (a generation would run the
     sequence again once per answer token)."""
     total, tokens, matched = 0.0, 0, 0
-    for _, logits, labels in eval_outputs(model, data, batch_size, pad_id, device):
+    for _, logits, labels in eval_outputs(model, data, batch_size, pad_id, device, max_tokens):
         summed, count = completion_loss_sum(logits, labels)
         total, tokens = total + float(summed), tokens + count
         matched += int(greedy_matches(logits, labels, data.eos_id).sum())

@@ -258,9 +258,13 @@ class _Context:
     def batches(self, data: Encoded, seed: int, skip: int = 0):
         return shuffled_batches(data, self.spec.train.batch_size, seed, self.pad_id, self.device, skip=skip)
 
+    def eval_batching(self) -> tuple[int, int, torch.device, int | None]:
+        """What every evaluation function takes after its data: batch rows, pad id, device, batch tokens."""
+        train = self.spec.train
+        return train.eval_batch_size, self.pad_id, self.device, train.eval_batch_tokens
+
     def evaluate(self, model, data: Encoded) -> dict[str, float]:
-        return evaluate(model, data, self.task.metric_names, self.spec.train.eval_batch_size, self.pad_id,
-                        self.device)
+        return evaluate(model, data, self.task.metric_names, *self.eval_batching())
 
     def validation_metric(self, model, data: Encoded | None = None) -> float | None:
         """The primary metric on the validation split (or on `data`: the guard's); None without examples."""
@@ -272,7 +276,7 @@ class _Context:
         whose metric is not computed from one prediction per example), so that a drop gets a standard error."""
         if self.task.problem == "completion":
             return self.validation_metric(model, data), None
-        predictions = predict(model, data, self.spec.train.eval_batch_size, self.pad_id, self.device)
+        predictions = predict(model, data, *self.eval_batching())
         primary = self.task.primary_metric
         return compute_metrics([primary], predictions, np.asarray(data.labels))[primary], predictions
 
@@ -307,7 +311,7 @@ class _Context:
         return chance_loss(self.validation), metric
 
     def validation_loss(self, model) -> float:
-        return mean_loss(model, self.validation, self.spec.train.eval_batch_size, self.pad_id, self.device)
+        return mean_loss(model, self.validation, *self.eval_batching())
 
     def ablate(self, model: Supernet):
         """The policy's measurement: keys -> validation-loss increase per unit switched off (None: no split)."""
@@ -315,7 +319,7 @@ class _Context:
             if len(self.validation) < MIN_VALIDATION:
                 return None
             data = self.validation_sample(self.spec.policy.calibration_examples)
-            return unit_ablation(model, data, keys, self.spec.train.eval_batch_size, self.pad_id, self.device)
+            return unit_ablation(model, data, keys, *self.eval_batching())
 
         return measure
 

@@ -311,12 +311,12 @@ def train(model: torch.nn.Module, params: list, batches: Iterator[dict], *, step
 
 
 @torch.no_grad()
-def eval_outputs(model: torch.nn.Module, data: Encoded, batch_size: int, pad_id: int, device: torch.device
-                 ) -> Iterator[tuple[list[int], torch.Tensor, torch.Tensor]]:
+def eval_outputs(model: torch.nn.Module, data: Encoded, batch_size: int, pad_id: int, device: torch.device,
+                 max_tokens: int | None = None) -> Iterator[tuple[list[int], torch.Tensor, torch.Tensor]]:
     """(row indices, logits, labels) of each evaluation batch of `data`, the model in eval mode (a completion's
     logits: at its scored positions)."""
     model.eval()
-    for indices in eval_batches(data.input_ids, batch_size):
+    for indices in eval_batches(data.input_ids, batch_size, max_tokens):
         batch = collate(data, indices, pad_id, device)
         labels = pop_labels(batch, data.problem)
         with autocast(device):
@@ -333,10 +333,11 @@ def pop_labels(batch: dict, problem: str) -> torch.Tensor:
     return labels
 
 
-def mean_loss(model: torch.nn.Module, data: Encoded, batch_size: int, pad_id: int, device: torch.device) -> float:
+def mean_loss(model: torch.nn.Module, data: Encoded, batch_size: int, pad_id: int, device: torch.device,
+              max_tokens: int | None = None) -> float:
     """The training loss (without regularisers) averaged over `data`, in eval mode."""
     total, count = 0.0, 0
-    for _, logits, labels in eval_outputs(model, data, batch_size, pad_id, device):
+    for _, logits, labels in eval_outputs(model, data, batch_size, pad_id, device, max_tokens):
         if data.problem == "completion":  # the mean over all completion tokens, not over examples
             summed, n = completion_loss_sum(logits, labels)
         else:
@@ -345,11 +346,22 @@ def mean_loss(model: torch.nn.Module, data: Encoded, batch_size: int, pad_id: in
     return total / max(count, 1)
 
 
-def eval_batches(sequences: list[list[int]], batch_size: int) -> list[list[int]]:
+def eval_batches(sequences: list[list[int]], batch_size: int, max_tokens: int | None = None) -> list[list[int]]:
     """The indices of `sequences` in each evaluation (or generation) batch, shortest first: batches of similar
-    lengths pad little (on a CPU, half the work of a batch of mixed lengths on SST-2)."""
+    lengths pad little (on a CPU, half the work of a batch of mixed lengths on SST-2). A batch holds at most
+    `batch_size` rows and, with `max_tokens`, at most that many tokens padded (rows x its longest; a longer
+    sequence is a batch alone): a CPU evaluates fastest in batches of about a thousand tokens, so short
+    sequences go many to a batch and long ones few (bench/results/eval.md)."""
     order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
-    return [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+    batches: list[list[int]] = []
+    for i in order:  # ascending lengths: the row joining a batch is its longest
+        batch = batches[-1] if batches else None
+        if batch is None or len(batch) == batch_size or (
+                max_tokens is not None and (len(batch) + 1) * len(sequences[i]) > max_tokens):
+            batches.append([i])
+        else:
+            batch.append(i)
+    return batches
 
 
 def chance_loss(data: Encoded) -> float:
@@ -366,10 +378,10 @@ def chance_loss(data: Encoded) -> float:
 
 
 def predict(model: torch.nn.Module, data: Encoded, batch_size: int, pad_id: int,
-            device: torch.device) -> np.ndarray:
+            device: torch.device, max_tokens: int | None = None) -> np.ndarray:
     """Class indices (classification) or values (regression), in the data's order."""
     out = np.zeros(len(data), dtype=float if data.problem == "regression" else int)
-    for indices, logits, _ in eval_outputs(model, data, batch_size, pad_id, device):
+    for indices, logits, _ in eval_outputs(model, data, batch_size, pad_id, device, max_tokens):
         logits = logits.float()
         values = logits.squeeze(-1) if data.problem == "regression" else logits.argmax(-1)
         out[indices] = values.cpu().numpy()
@@ -377,10 +389,10 @@ def predict(model: torch.nn.Module, data: Encoded, batch_size: int, pad_id: int,
 
 
 def evaluate(model: torch.nn.Module, data: Encoded, metric_names, batch_size: int, pad_id: int,
-             device: torch.device) -> dict[str, float]:
+             device: torch.device, max_tokens: int | None = None) -> dict[str, float]:
     if data.problem == "completion":
         from .completion import completion_metrics
 
-        return completion_metrics(model, data, metric_names, batch_size, pad_id, device)
-    predictions = predict(model, data, batch_size, pad_id, device)
+        return completion_metrics(model, data, metric_names, batch_size, pad_id, device, max_tokens)
+    predictions = predict(model, data, batch_size, pad_id, device, max_tokens)
     return compute_metrics(metric_names, predictions, np.asarray(data.labels))

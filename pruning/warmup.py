@@ -47,7 +47,8 @@ def derive_assignment(supernet, train_data: Encoded, spec, pad_id: int, device, 
               steps=policy.warmup_steps, lr=spec.schedule.lr, problem=subset.problem, device=device,
               warmup_ratio=0.1, decay=False, trackers=[tracker], on_step=on_step, should_stop=should_stop)
     scores = tracker.scores()
-    ablation = unit_ablation(supernet, subset, supernet.unit_keys(), spec.train.eval_batch_size, pad_id, device)
+    ablation = unit_ablation(supernet, subset, supernet.unit_keys(), spec.train.eval_batch_size, pad_id, device,
+                             spec.train.eval_batch_tokens)
     parts = partition_units(supernet.unit_keys(), supernet.num_layers, policy.block_cuts)
     assignment, report = assign_from_ablation(scores, ablation, parts, blocks)
     return assignment, {"examples": len(subset), "steps": policy.warmup_steps, "ablation": ablation,

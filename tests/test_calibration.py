@@ -1,5 +1,6 @@
 """The calibration's ablations: replaying the outputs of the layers below a unit gives exactly the losses that
-recomputing them gives, on an encoder and on a decoder with grouped-query attention, and it skips their work."""
+recomputing them gives, on an encoder and on a decoder with grouped-query attention, and it skips their work.
+Evaluation batches capped in tokens as well as rows change no loss, metric or ablation."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import torch
 from pruning import SpaceSpec
 from pruning.arch import layers_of
 from pruning.calibration import FLOAT_BYTES, unit_ablation
-from pruning.train import IGNORE, Encoded, eval_batches
+from pruning.train import IGNORE, Encoded, eval_batches, evaluate
 from tests.tiny import make_tiny_llama
 
 CPU = torch.device("cpu")
@@ -83,3 +84,33 @@ def test_a_replayed_layer_is_not_computed(tiny_model):
     finally:
         handle.remove()
     assert len(calls) == 3  # the reference's three batches; none for the ablations, all of them above layer 0
+
+
+@pytest.mark.parametrize("max_tokens", [None, 1, 20, 60, 1000])
+def test_evaluation_batches_hold_every_row_once_shortest_first_within_rows_and_tokens(max_tokens):
+    rows = _data("classification", n=40).input_ids
+    batches = eval_batches(rows, 8, max_tokens)
+    assert sorted(i for batch in batches for i in batch) == list(range(len(rows)))
+    flat = [len(rows[i]) for batch in batches for i in batch]
+    assert flat == sorted(flat)
+    assert all(len(batch) <= 8 for batch in batches)
+    for batch in batches:  # a row longer than the cap is a batch alone; otherwise rows x longest fit the cap
+        if max_tokens is not None and len(batch) > 1:
+            assert len(batch) * max(len(rows[i]) for i in batch) <= max_tokens
+    if max_tokens is None or max_tokens >= 8 * max(map(len, rows)):
+        assert [len(b) for b in batches] == [8] * 5  # rows only: as before the token cap
+    if max_tokens == 20:  # short rows go several to a batch, long ones alone
+        assert len(batches[0]) > 1 and len(batches[-1]) == 1
+
+
+@pytest.mark.parametrize("model", ["bert", "llama"])
+def test_a_token_cap_on_evaluation_batches_changes_no_metric_or_ablation(model, tiny_model, llama_dir):
+    problem = "classification" if model == "bert" else "completion"
+    supernet = _supernet(tiny_model if model == "bert" else llama_dir, 2 if model == "bert" else 1, problem)
+    data, keys = _data(problem), supernet.unit_keys()
+    names = ["accuracy", "f1"] if model == "bert" else ["loss", "exact_match"]
+    uncapped = evaluate(supernet, data, names, 8, 0, CPU), unit_ablation(supernet, data, keys, 8, 0, CPU)
+    capped = evaluate(supernet, data, names, 8, 0, CPU, 24), unit_ablation(supernet, data, keys, 8, 0, CPU, 24)
+    assert len(eval_batches(data.input_ids, 8, 24)) > len(eval_batches(data.input_ids, 8))  # the cap bites
+    assert capped[0] == pytest.approx(uncapped[0], abs=1e-6)
+    assert capped[1] == pytest.approx(uncapped[1], abs=1e-6)
