@@ -255,8 +255,9 @@ class _Context:
         return Supernet(model, self.spec.space, units, lora_ranks, masks=masks, backbone=backbone,
                         scales=scales).to(self.device)
 
-    def batches(self, data: Encoded, seed: int, skip: int = 0):
-        return shuffled_batches(data, self.spec.train.batch_size, seed, self.pad_id, self.device, skip=skip)
+    def batches(self, data: Encoded, seed: int, skip: int = 0, by_length: bool = False):
+        return shuffled_batches(data, self.spec.train.batch_size, seed, self.pad_id, self.device, skip=skip,
+                                by_length=by_length)
 
     def eval_batching(self) -> tuple[int, int, torch.device, int | None]:
         """What every evaluation function takes after its data: batch rows, pad id, device, batch tokens."""
@@ -350,7 +351,8 @@ def search(spec: SearchSpec, out_dir: str | Path, *, on_progress: ProgressCallba
     resumed = state.learn is not None
     # A resumed search draws batches in another order than the run it continues (it does not replay the
     # batches that run began with); it is a continuation, not a bit-exact replay.
-    batches = ctx.batches(ctx.search_train, spec.seed + (1 + state.round if resumed else 0))
+    batches = ctx.batches(ctx.search_train, spec.seed + (1 + state.round if resumed else 0),
+                          by_length=schedule.batch_by_length)
     ranks = RankTracker(supernet.units.values()) if supernet.masks is not None and speed.rank_ratio else None
     if supernet.masks is not None and tracked:  # a resumed search goes on accumulating where it stopped
         supernet.masks.load_tracked_state(_prefixed(tracked, "masks/"))

@@ -333,6 +333,10 @@ class ScheduleSpec:
         "Dropout (the backbone's and LoRA's) while the search trains the supernet. Off by default: the search "
         "trains to rank units, not to generalise, so dropout's random masks only add noise to the scores, and "
         "drawing them is a large share of a CPU step (docs/engine.md). The retraining keeps it."))] = False
+    batch_by_length: Annotated[bool, Strict(), Field(description=(
+        "The search's training batches hold rows of similar lengths (a shuffle sorted by length in windows of 50 "
+        "batches, the batches shuffled), so they pad little: a batch of random rows is padded to its longest, on "
+        "SST-2 three times the tokens it holds. The retraining draws random rows."))] = True
     eval_examples: Annotated[Int, Field(ge=0, description=(
         "The validation split, carved from train (the dev set is scored once, at the end): it gates the start "
         "of scoring, calibrates the module types and gives each round's metric. 0: no split (no gate, no "

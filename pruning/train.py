@@ -29,6 +29,8 @@ if TYPE_CHECKING:
 
 
 IGNORE = -100  # the label of a token the loss skips (a prompt's, padding), as transformers has it
+# rows sorted together by length: 50 batches' worth, as transformers' LengthGroupedSampler sorts its megabatches
+LENGTH_GROUP_WINDOW = 50
 
 
 @dataclass
@@ -86,10 +88,13 @@ def collate(data: Encoded, indices: list[int], pad_id: int, device: torch.device
 
 
 def shuffled_batches(data: Encoded, batch_size: int, seed: int, pad_id: int, device: torch.device,
-                     skip: int = 0) -> Iterator[dict[str, torch.Tensor]]:
-    """Endless batches, reshuffled every epoch with a seeded generator. `skip` drops the first batches without
-    collating them: a training resumed after `skip` steps goes on with the very batches it would have drawn."""
-    for indices in itertools.islice(batch_indices(len(data), batch_size, seed), skip, None):
+                     skip: int = 0, by_length: bool = False) -> Iterator[dict[str, torch.Tensor]]:
+    """Endless batches, reshuffled every epoch with a seeded generator (`by_length`: of rows of similar lengths,
+    see length_grouped_batch_indices). `skip` drops the first batches without collating them: a training resumed
+    after `skip` steps goes on with the very batches it would have drawn."""
+    rows = length_grouped_batch_indices([len(row) for row in data.input_ids], batch_size, seed) if by_length \
+        else batch_indices(len(data), batch_size, seed)
+    for indices in itertools.islice(rows, skip, None):
         yield collate(data, indices, pad_id, device)
 
 
@@ -105,6 +110,28 @@ def batch_indices(n: int, batch_size: int, seed: int) -> Iterator[list[int]]:
             order, at = order[at:] + fresh, 0
         yield order[at:at + batch_size]
         at += batch_size
+
+
+def length_grouped_batch_indices(lengths: list[int], batch_size: int, seed: int,
+                                 window: int = LENGTH_GROUP_WINDOW) -> Iterator[list[int]]:
+    """The rows of each batch, rows of similar lengths together: each epoch's seeded shuffle is cut into windows
+    of `window` batches, each window sorted by length and cut into batches, and the epoch's batches shuffled (so
+    that lengths do not run long to short). A batch of random rows is padded to its longest: on SST-2 three times
+    the tokens it holds, here about 1.05x (bench/results/eval.md). Rows left over at an epoch's end open the next."""
+    rng = random.Random(seed)
+    carried: list[int] = []
+    while True:
+        order = list(range(len(lengths)))
+        rng.shuffle(order)
+        order = carried + order
+        full = len(order) // batch_size * batch_size
+        order, carried = order[:full], order[full:]
+        batches = []
+        for start in range(0, full, window * batch_size):
+            rows = sorted(order[start:start + window * batch_size], key=lambda i: lengths[i])
+            batches += [rows[at:at + batch_size] for at in range(0, len(rows), batch_size)]
+        rng.shuffle(batches)
+        yield from batches
 
 
 def loss_of(logits: torch.Tensor, labels: torch.Tensor, problem: str) -> torch.Tensor:

@@ -15,7 +15,7 @@ import pruning
 from pruning import Cancelled, search
 from pruning.checkpoint import CheckpointEvery
 from pruning.export import WEIGHTS
-from pruning.train import Encoded, shuffled_batches
+from pruning.train import Encoded, batch_indices, length_grouped_batch_indices, shuffled_batches
 from tests.helpers import stop_after
 
 EVERY_3_STEPS = CheckpointEvery(steps=3, seconds=None)
@@ -43,6 +43,31 @@ def test_skipping_batches_continues_the_stream_where_it_stopped():
 
     whole = labels(shuffled_batches(data, 4, 7, 0, torch.device("cpu")), 12)  # several epochs, batches across them
     assert labels(shuffled_batches(data, 4, 7, 0, torch.device("cpu"), skip=5), 7) == whole[5:]
+
+
+def test_batches_by_length_cover_each_epoch_pad_little_and_skip_like_random_ones():
+    lengths = [1 + (i * 7) % 60 for i in range(203)]  # 203 rows of 1-60 tokens, batches of 8: 3 rows carried
+    grouped = length_grouped_batch_indices(lengths, 8, seed=3, window=10)
+    epoch = list(itertools.islice(grouped, 203 // 8))
+    rows = [i for batch in epoch for i in batch]
+    assert len(rows) == len(set(rows)) == 200 and all(len(batch) == 8 for batch in epoch)
+    again = list(itertools.islice(length_grouped_batch_indices(lengths, 8, seed=3, window=10), 2 * len(epoch)))
+    assert again[:len(epoch)] == epoch  # seeded
+    assert set(range(203)) - set(rows) <= {i for batch in again[len(epoch):] for i in batch}  # carried, not lost
+
+    def padded(batches):
+        return sum(len(b) * max(lengths[i] for i in b) for b in batches) / sum(lengths[i] for b in batches for i in b)
+
+    assert padded(epoch) < 1.2 < 1.5 < padded(list(itertools.islice(batch_indices(203, 8, 3), 203 // 8)))
+    # not long to short: the batches' order is shuffled, not the windows' sorting order
+    longest = [max(lengths[i] for i in batch) for batch in epoch]
+    assert longest != sorted(longest) and longest != sorted(longest, reverse=True)
+    data = Encoded([[5] * n for n in lengths], None, [float(i) for i in range(203)], "regression")
+    whole = [b["labels"].tolist() for b in itertools.islice(
+        shuffled_batches(data, 8, 3, 0, torch.device("cpu"), by_length=True), 30)]
+    skipped = [b["labels"].tolist() for b in itertools.islice(
+        shuffled_batches(data, 8, 3, 0, torch.device("cpu"), skip=26, by_length=True), 4)]
+    assert skipped == whole[26:]  # a resumed training draws the batches it would have drawn
 
 
 def test_a_search_cancelled_mid_retrain_resumes_from_the_retrain_checkpoint(make_spec, tmp_path, tiny_model,

@@ -273,6 +273,23 @@ def test_the_search_trains_without_dropout_unless_asked_and_the_retraining_with_
     assert 0.3 in retrained  # the retraining trains as the spec says
 
 
+@pytest.mark.parametrize("by_length", [True, False])
+def test_the_search_batches_rows_by_length_unless_asked_and_the_retraining_at_random(make_spec, tmp_path,
+                                                                                    monkeypatch, by_length):
+    import pruning.pipeline as pipeline
+
+    streams = []  # per batch stream the run drew: (rows, by_length)
+    original = pipeline.shuffled_batches
+
+    def spy(data, *args, **kwargs):
+        streams.append((len(data), kwargs.get("by_length", False)))
+        return original(data, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "shuffled_batches", spy)
+    search(make_spec(schedule__batch_by_length=by_length, schedule__eval_examples=40), tmp_path / "out")
+    assert streams == [(256 - 40, by_length), (256, False)]  # the search's rows, then the retraining's (all)
+
+
 def test_continue_trains_the_survivors_for_what_the_search_left_of_the_steps(make_spec, tmp_path, monkeypatch):
     """The final configuration trains train.steps in all: the rounds' 9 steps of 20, then 11 more, decaying from the
     peak learning rate without a second warm-up; the progress counts 20 steps."""
