@@ -679,7 +679,7 @@ def _retrain_evaluate_export(ctx: _Context, model: Supernet, out_dir, report: _R
                             + (f", resuming after step {done}" if saved else ""))
     start = time.monotonic()
     data = ctx.train_without_validation() if hold_out else ctx.train_data
-    train(model, model.param_groups(spec.train.lr), ctx.batches(data, spec.seed, skip=done),
+    train(model, model.param_groups(spec.train.lr), ctx.batches(data, spec.seed, done, spec.train.batch_by_length),
           steps=steps, lr=spec.train.lr, problem=ctx.task.problem, device=ctx.device,
           warmup_ratio=warmup_ratio, weight_decay=spec.train.weight_decay,
           on_step=report.steps(None, model.peft_params()), should_stop=should_stop, resume=saved,

@@ -267,11 +267,15 @@ class TrainSpec:
         "units are trained already)."))] = 0.06
     weight_decay: Annotated[Real, Field(ge=0, description="AdamW weight decay.")] = 0.0
     max_length: Annotated[Int, Field(ge=1, description="Tokens per example; longer ones are truncated.")] = 128
+    batch_by_length: Annotated[bool, Strict(), Field(description=(
+        "The retraining's batches hold rows of similar lengths, as the search's do (schedule.batch_by_length): "
+        "a step pads little and costs less where lengths vary, but each batch is drawn from one band of lengths, "
+        "not from the whole task (transformers' group_by_length; off there too)."))] = False
     eval_batch_size: Annotated[Int, Field(ge=1, description="Batch size of evaluation: rows, at most.")] = 128
     eval_batch_tokens: Annotated[Int | None, Field(ge=1, description=(
         "An evaluation batch also holds at most this many tokens, padding included (rows x its longest row): "
         "short examples go many to a batch, long ones few, so little is padded (on a CPU, batches of about a "
-        "thousand tokens evaluate fastest: bench/results/eval.md); null: eval_batch_size rows whatever their "
+        "thousand tokens evaluate fastest: bench/results/batching.md); null: eval_batch_size rows whatever their "
         "lengths."))] = 1024
     gradient_checkpointing: Annotated[bool, Strict(), Field(description=(
         "Recompute each layer's activations in the backward pass instead of keeping them (the search's and the "

@@ -116,8 +116,9 @@ def length_grouped_batch_indices(lengths: list[int], batch_size: int, seed: int,
                                  window: int = LENGTH_GROUP_WINDOW) -> Iterator[list[int]]:
     """The rows of each batch, rows of similar lengths together: each epoch's seeded shuffle is cut into windows
     of `window` batches, each window sorted by length and cut into batches, and the epoch's batches shuffled (so
-    that lengths do not run long to short). A batch of random rows is padded to its longest: on SST-2 three times
-    the tokens it holds, here about 1.05x (bench/results/eval.md). Rows left over at an epoch's end open the next."""
+    that lengths do not run long to short). A batch of random rows is padded to its longest, on SST-2's search
+    rows to three times the tokens it holds; these, by a few percent (bench/results/batching.md). Rows left over
+    at an epoch's end open the next."""
     rng = random.Random(seed)
     carried: list[int] = []
     while True:
@@ -378,7 +379,7 @@ def eval_batches(sequences: list[list[int]], batch_size: int, max_tokens: int | 
     lengths pad little (on a CPU, half the work of a batch of mixed lengths on SST-2). A batch holds at most
     `batch_size` rows and, with `max_tokens`, at most that many tokens padded (rows x its longest; a longer
     sequence is a batch alone): a CPU evaluates fastest in batches of about a thousand tokens, so short
-    sequences go many to a batch and long ones few (bench/results/eval.md)."""
+    sequences go many to a batch and long ones few (bench/results/batching.md)."""
     order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
     batches: list[list[int]] = []
     for i in order:  # ascending lengths: the row joining a batch is its longest

@@ -14,7 +14,7 @@ import pytest
 import torch
 from conftest import LAYERS, unit_size
 
-from pruning import Cancelled, PolicySpec, SpecError, search
+from pruning import Cancelled, PolicySpec, ScheduleSpec, SpecError, TrainSpec, search
 from pruning.hybrid import DEFAULT_ASSIGNMENT
 from pruning.result import PHASES, RoundRecord, SearchResult, pareto_front
 from tests.helpers import stop_after
@@ -274,8 +274,8 @@ def test_the_search_trains_without_dropout_unless_asked_and_the_retraining_with_
 
 
 @pytest.mark.parametrize("by_length", [True, False])
-def test_the_search_batches_rows_by_length_unless_asked_and_the_retraining_at_random(make_spec, tmp_path,
-                                                                                    monkeypatch, by_length):
+def test_the_search_and_the_retraining_batch_rows_by_length_as_each_is_asked(make_spec, tmp_path, monkeypatch,
+                                                                            by_length):
     import pruning.pipeline as pipeline
 
     streams = []  # per batch stream the run drew: (rows, by_length)
@@ -286,8 +286,10 @@ def test_the_search_batches_rows_by_length_unless_asked_and_the_retraining_at_ra
         return original(data, *args, **kwargs)
 
     monkeypatch.setattr(pipeline, "shuffled_batches", spy)
-    search(make_spec(schedule__batch_by_length=by_length, schedule__eval_examples=40), tmp_path / "out")
-    assert streams == [(256 - 40, by_length), (256, False)]  # the search's rows, then the retraining's (all)
+    search(make_spec(schedule__eval_examples=40, schedule__batch_by_length=by_length,
+                     train__batch_by_length=not by_length), tmp_path / "out")
+    assert streams == [(256 - 40, by_length), (256, not by_length)]  # the search's rows, the retraining's (all)
+    assert not TrainSpec().batch_by_length and ScheduleSpec().batch_by_length  # the defaults
 
 
 def test_continue_trains_the_survivors_for_what_the_search_left_of_the_steps(make_spec, tmp_path, monkeypatch):
