@@ -270,7 +270,8 @@ class TrainSpec:
     batch_by_length: Annotated[bool, Strict(), Field(description=(
         "The retraining's batches hold rows of similar lengths, as the search's do (schedule.batch_by_length): "
         "a step pads little and costs less where lengths vary, but each batch is drawn from one band of lengths, "
-        "not from the whole task (transformers' group_by_length; off there too)."))] = False
+        "not from the whole task (SST-2: the retraining 2.7x faster, 0.46 points lower; docs/engine.md)."
+        ))] = False
     eval_batch_size: Annotated[Int, Field(ge=1, description="Batch size of evaluation: rows, at most.")] = 128
     eval_batch_tokens: Annotated[Int | None, Field(ge=1, description=(
         "An evaluation batch also holds at most this many tokens, padding included (rows x its longest row): "
