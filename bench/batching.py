@@ -53,7 +53,7 @@ def measure(task: str, steps: int, repeats: int, data_dir: str, model: str) -> t
                for by_length, stream in streams.items()}
     step_s: dict[bool, list[float]] = {}
     for repeat in range(repeats + 1):  # the first repeat warms up and is dropped
-        for _, by_length in TRAIN_BATCHINGS if repeat % 2 == 0 else TRAIN_BATCHINGS[::-1]:  # none always first
+        for _, by_length in TRAIN_BATCHINGS if repeat % 2 == 0 else TRAIN_BATCHINGS[::-1]:  # neither goes first every time
             batches = ctx.batches(rows, spec.seed + repeat, by_length=by_length)
             start = time.perf_counter()
             with without_dropout(supernet):
@@ -75,12 +75,12 @@ def measure(task: str, steps: int, repeats: int, data_dir: str, model: str) -> t
                 mean_loss(supernet, data, batching[0], ctx.pad_id, ctx.device, batching[1])
                 if repeat:
                     times.setdefault(batching, []).append(time.perf_counter() - start)
-        for size, tokens in EVAL_BATCHINGS:
-            batches = eval_batches(data.input_ids, size, tokens)
+        for most_rows, tokens in EVAL_BATCHINGS:
+            batches = eval_batches(data.input_ids, most_rows, tokens)
             evaluation.append({"task": task, "split": split, "examples": len(data),
-                               "mean_length": sum(lengths) / len(data), "batching": _name(size, tokens),
+                               "mean_length": sum(lengths) / len(data), "batching": _name(most_rows, tokens),
                                "batches": len(batches), "padded": _padded(batches, lengths),
-                               "seconds": mean_spread(times[size, tokens])})
+                               "seconds": mean_spread(times[most_rows, tokens])})
     return training, evaluation
 
 

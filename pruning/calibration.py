@@ -17,7 +17,7 @@ REPLAY_BYTES = 1 << 30
 FLOAT_BYTES = 4  # a layer output's element, at most (float32; bf16 under autocast takes half)
 
 
-def unit_ablation(supernet, data, keys, batch_size: int, pad_id: int, device, max_tokens: int | None = None,
+def unit_ablation(supernet, data, keys, batch_size: int, pad_id: int, device, max_tokens: int | None = None, *,
                   replay_bytes: int = REPLAY_BYTES) -> dict[str, float]:
     """unit key -> (loss on `data` with that unit alone switched off) - (loss with every unit on).
 

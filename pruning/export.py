@@ -28,7 +28,7 @@ from safetensors.torch import load_file, save_file
 
 from .arch import architecture_of, head_paths
 from .backbones import portable_name, resolve_device
-from .spec import SearchSpec, SpaceSpec, TaskSpec, _from_dict
+from .spec import SearchSpec, SpaceSpec, TaskSpec, TrainSpec, _from_dict
 
 FORMAT_VERSION = 1
 FOUR_BIT_NOTE = ("the transformer layers' projections 4-bit NF4 (QLoRA), as the units trained on them; "
@@ -255,7 +255,9 @@ def evaluate(out_dir: str | Path, base_model: str | None = None, task: TaskSpec 
         from .completion import completion_metric_names
 
         metric_names = completion_metric_names(dev)
-    return evaluate_model(model, dev, metric_names, 128, model.tokenizer.pad_token_id, resolve_device(device))
+    defaults, torch_device = TrainSpec(), resolve_device(device)  # the product's default evaluation batches
+    return evaluate_model(model, dev, metric_names, defaults.eval_batch_size, model.tokenizer.pad_token_id,
+                          torch_device, defaults.eval_tokens(torch_device.type))
 
 
 def recorded_base(config: dict[str, Any]) -> str:

@@ -261,8 +261,7 @@ class _Context:
 
     def eval_batching(self) -> tuple[int, int, torch.device, int | None]:
         """What every evaluation function takes after its data: batch rows, pad id, device, batch tokens."""
-        train = self.spec.train
-        return train.eval_batch_size, self.pad_id, self.device, train.eval_batch_tokens
+        return self.spec.train.eval_batch_size, self.pad_id, self.device, self.spec.train.eval_tokens(self.device.type)
 
     def evaluate(self, model, data: Encoded) -> dict[str, float]:
         return evaluate(model, data, self.task.metric_names, *self.eval_batching())
@@ -679,7 +678,8 @@ def _retrain_evaluate_export(ctx: _Context, model: Supernet, out_dir, report: _R
                             + (f", resuming after step {done}" if saved else ""))
     start = time.monotonic()
     data = ctx.train_without_validation() if hold_out else ctx.train_data
-    train(model, model.param_groups(spec.train.lr), ctx.batches(data, spec.seed, done, spec.train.batch_by_length),
+    batches = ctx.batches(data, spec.seed, skip=done, by_length=spec.train.batch_by_length)
+    train(model, model.param_groups(spec.train.lr), batches,
           steps=steps, lr=spec.train.lr, problem=ctx.task.problem, device=ctx.device,
           warmup_ratio=warmup_ratio, weight_decay=spec.train.weight_decay,
           on_step=report.steps(None, model.peft_params()), should_stop=should_stop, resume=saved,

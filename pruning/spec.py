@@ -45,6 +45,9 @@ ROUND_SHARE = 0.05
 # module types): one or two examples would decide them by chance.
 MIN_VALIDATION = 16
 MIN_ROUND_STEPS = 5
+# An evaluation batch's tokens on a CPU unless train.eval_batch_tokens says otherwise: within noise of the fastest
+# of 32 rows and 512-2048 tokens on every GLUE split measured (bench/results/batching.md).
+CPU_EVAL_BATCH_TOKENS = 1024
 # Speed mode's guard gives each stage this many rounds' steps of recovery before scoring it: after one round's,
 # stages that recover given three failed the guard on SST-2 and STS-B (bench/results/variants.jsonl,
 # guard1024-recover45), so the guard stopped at 0-19% of the layers' parameters instead of 37.7% at equal quality.
@@ -275,9 +278,9 @@ class TrainSpec:
     eval_batch_size: Annotated[Int, Field(ge=1, description="Batch size of evaluation: rows, at most.")] = 128
     eval_batch_tokens: Annotated[Int | None, Field(ge=1, description=(
         "An evaluation batch also holds at most this many tokens, padding included (rows x its longest row): "
-        "short examples go many to a batch, long ones few, so little is padded (on a CPU, batches of about a "
-        "thousand tokens evaluate fastest: bench/results/batching.md); null: eval_batch_size rows whatever their "
-        "lengths."))] = 1024
+        "short examples go many to a batch, long ones few, so little is padded. Null: "
+        f"{CPU_EVAL_BATCH_TOKENS} on a CPU, where batches of about a thousand tokens evaluate fastest "
+        "(bench/results/batching.md), and no cap on an accelerator, where large batches cost little more."))] = None
     gradient_checkpointing: Annotated[bool, Strict(), Field(description=(
         "Recompute each layer's activations in the backward pass instead of keeping them (the search's and the "
         "retraining's): less memory for long sequences or large batches, at about a third more time per step."
@@ -286,6 +289,12 @@ class TrainSpec:
         "QLoRA: the frozen projections of the transformer layers held as 4-bit NormalFloat (bitsandbytes; "
         "`pip install 'peftsearch[qlora]'`), about a quarter of their memory; the units, head and embeddings "
         "stay in full precision. Not with backbone pruning, which slices those weights."))] = False
+
+    def eval_tokens(self, device_type: str) -> int | None:
+        """The evaluation batches' token cap on a device of this type ('cpu', 'cuda', ...)."""
+        if self.eval_batch_tokens is not None:
+            return self.eval_batch_tokens
+        return CPU_EVAL_BATCH_TOKENS if device_type == "cpu" else None
 
 
 @dataclass(frozen=True)

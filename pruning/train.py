@@ -118,12 +118,17 @@ def length_grouped_batch_indices(lengths: list[int], batch_size: int, seed: int,
     of `window` batches, each window sorted by length and cut into batches, and the epoch's batches shuffled (so
     that lengths do not run long to short). A batch of random rows is padded to its longest, on SST-2's search
     rows to three times the tokens it holds; these, by a few percent (bench/results/batching.md). Rows left over
-    at an epoch's end open the next."""
+    at an epoch's end open the next; fewer rows than a batch make one batch of them all, every epoch."""
+    if not lengths:
+        raise ValueError("no rows to batch")
     rng = random.Random(seed)
     carried: list[int] = []
     while True:
         order = list(range(len(lengths)))
         rng.shuffle(order)
+        if len(order) < batch_size:
+            yield order
+            continue
         order = carried + order
         full = len(order) // batch_size * batch_size
         order, carried = order[:full], order[full:]

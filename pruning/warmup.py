@@ -43,12 +43,13 @@ def derive_assignment(supernet, train_data: Encoded, spec, pad_id: int, device, 
     tracker = ImportanceTracker(supernet.units.values(), CRITERIA, policy.accumulate, policy.ema_beta)
     with tracker:
         train(supernet, supernet.param_groups(spec.schedule.lr),
-              shuffled_batches(subset, spec.train.batch_size, spec.seed, pad_id, device),
+              shuffled_batches(subset, spec.train.batch_size, spec.seed, pad_id, device,
+                               by_length=spec.schedule.batch_by_length),
               steps=policy.warmup_steps, lr=spec.schedule.lr, problem=subset.problem, device=device,
               warmup_ratio=0.1, decay=False, trackers=[tracker], on_step=on_step, should_stop=should_stop)
     scores = tracker.scores()
     ablation = unit_ablation(supernet, subset, supernet.unit_keys(), spec.train.eval_batch_size, pad_id, device,
-                             spec.train.eval_batch_tokens)
+                             spec.train.eval_tokens(device.type))
     parts = partition_units(supernet.unit_keys(), supernet.num_layers, policy.block_cuts)
     assignment, report = assign_from_ablation(scores, ablation, parts, blocks)
     return assignment, {"examples": len(subset), "steps": policy.warmup_steps, "ablation": ablation,

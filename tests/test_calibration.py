@@ -9,9 +9,10 @@ import random
 import pytest
 import torch
 
-from pruning import SpaceSpec
+from pruning import SpaceSpec, TrainSpec
 from pruning.arch import layers_of
 from pruning.calibration import FLOAT_BYTES, unit_ablation
+from pruning.spec import CPU_EVAL_BATCH_TOKENS
 from pruning.train import IGNORE, Encoded, eval_batches, evaluate
 from tests.tiny import make_tiny_llama
 
@@ -101,6 +102,12 @@ def test_evaluation_batches_hold_every_row_once_shortest_first_within_rows_and_t
         assert [len(b) for b in batches] == [8] * 5  # rows only: as before the token cap
     if max_tokens == 20:  # short rows go several to a batch, long ones alone
         assert len(batches[0]) > 1 and len(batches[-1]) == 1
+
+
+def test_the_token_cap_is_a_cpus_by_default_and_the_users_when_set():
+    assert TrainSpec().eval_tokens("cpu") == CPU_EVAL_BATCH_TOKENS
+    assert TrainSpec().eval_tokens("cuda") is None  # an accelerator evaluates large batches cheaply
+    assert TrainSpec(eval_batch_tokens=300).eval_tokens("cuda") == TrainSpec(eval_batch_tokens=300).eval_tokens("cpu") == 300
 
 
 @pytest.mark.parametrize("model", ["bert", "llama"])

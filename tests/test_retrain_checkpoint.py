@@ -68,6 +68,10 @@ def test_batches_by_length_cover_each_epoch_pad_little_and_skip_like_random_ones
     skipped = [b["labels"].tolist() for b in itertools.islice(
         shuffled_batches(data, 8, 3, 0, torch.device("cpu"), skip=26, by_length=True), 4)]
     assert skipped == whole[26:]  # a resumed training draws the batches it would have drawn
+    few = list(itertools.islice(length_grouped_batch_indices([3, 1, 2], 8, seed=0), 4))
+    assert all(sorted(batch) == [0, 1, 2] for batch in few)  # fewer rows than a batch: all of them, once each
+    with pytest.raises(ValueError, match="no rows"):
+        next(length_grouped_batch_indices([], 8, seed=0))
 
 
 def test_a_search_cancelled_mid_retrain_resumes_from_the_retrain_checkpoint(make_spec, tmp_path, tiny_model,
