@@ -53,7 +53,8 @@ def measure(task: str, steps: int, repeats: int, data_dir: str, model: str) -> t
                for by_length, stream in streams.items()}
     step_s: dict[bool, list[float]] = {}
     for repeat in range(repeats + 1):  # the first repeat warms up and is dropped
-        for _, by_length in TRAIN_BATCHINGS if repeat % 2 == 0 else TRAIN_BATCHINGS[::-1]:  # neither goes first every time
+        # the batchings take turns to go first
+        for _, by_length in TRAIN_BATCHINGS if repeat % 2 == 0 else TRAIN_BATCHINGS[::-1]:
             batches = ctx.batches(rows, spec.seed + repeat, by_length=by_length)
             start = time.perf_counter()
             with without_dropout(supernet):
@@ -61,8 +62,8 @@ def measure(task: str, steps: int, repeats: int, data_dir: str, model: str) -> t
                       problem=ctx.task.problem, device=ctx.device, decay=False)
             if repeat:
                 step_s.setdefault(by_length, []).append((time.perf_counter() - start) / steps)
-    training = [{"task": task, "batch": size, "rows": len(rows), "mean_length": sum(lengths) / len(rows), "batching": name,
-                 "padded": padding[by_length], "seconds": mean_spread(step_s[by_length])}
+    training = [{"task": task, "batch": size, "rows": len(rows), "mean_length": sum(lengths) / len(rows),
+                 "batching": name, "padded": padding[by_length], "seconds": mean_spread(step_s[by_length])}
                 for name, by_length in TRAIN_BATCHINGS]
 
     evaluation = []
@@ -96,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     training = [row for rows, _ in measured for row in rows]
     evaluation = [row for _, rows in measured for row in rows]
     lines = ["# What batching costs the search", "",
-             f"Command: `python -m bench.batching --tasks {args.tasks} --steps {args.steps} --repeats {args.repeats}`  ",
+             f"Command: `python -m bench.batching --tasks {args.tasks} --steps {args.steps} "
+             f"--repeats {args.repeats}`  ",
              f"Machine: {describe_machine(machine())}; commit {provenance()['commit']}. Model: {args.model}, the "
              f"search's supernet (default space, seed 0). Seconds: mean ± std over {args.repeats} repeats after one "
              "warm-up repeat, the batchings taking turns to go first. Padded: tokens computed (rows x each batch's "

@@ -261,7 +261,8 @@ class _Context:
 
     def eval_batching(self) -> tuple[int, int, torch.device, int | None]:
         """What every evaluation function takes after its data: batch rows, pad id, device, batch tokens."""
-        return self.spec.train.eval_batch_size, self.pad_id, self.device, self.spec.train.eval_tokens(self.device.type)
+        train = self.spec.train
+        return train.eval_batch_size, self.pad_id, self.device, train.eval_tokens(self.device.type)
 
     def evaluate(self, model, data: Encoded) -> dict[str, float]:
         return evaluate(model, data, self.task.metric_names, *self.eval_batching())

@@ -107,7 +107,8 @@ def test_evaluation_batches_hold_every_row_once_shortest_first_within_rows_and_t
 def test_the_token_cap_is_a_cpus_by_default_and_the_users_when_set():
     assert TrainSpec().eval_tokens("cpu") == CPU_EVAL_BATCH_TOKENS
     assert TrainSpec().eval_tokens("cuda") is None  # an accelerator evaluates large batches cheaply
-    assert TrainSpec(eval_batch_tokens=300).eval_tokens("cuda") == TrainSpec(eval_batch_tokens=300).eval_tokens("cpu") == 300
+    chosen = TrainSpec(eval_batch_tokens=300)
+    assert chosen.eval_tokens("cuda") == chosen.eval_tokens("cpu") == 300
 
 
 @pytest.mark.parametrize("model", ["bert", "llama"])
