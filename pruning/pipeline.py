@@ -37,7 +37,7 @@ from .checkpoint import (
 )
 from .completion import completion_metric_names, example_generation
 from .data import TaskData, compute_metrics, load_task
-from .data.metrics import LOWER_IS_BETTER, drop_standard_error
+from .data.metrics import LOWER_IS_BETTER, drop_standard_error, ratio_standard_error
 from .hybrid import (
     Assignment,
     ImportancePolicy,
@@ -54,9 +54,10 @@ from .supernet import Supernet
 from .train import (
     Encoded,
     Teacher,
-    chance_loss,
+    chance_example_losses,
     encode,
     evaluate,
+    example_losses,
     mean_loss,
     predict,
     shuffled_batches,
@@ -173,7 +174,7 @@ class _Context:
     validation_rows: list[int]  # train rows of the validation split
     unsearched: list[int]  # train rows neither in the validation split nor in the search's training
     tokenizer: object  # the model's, for the text of an example generation
-    chance_scores: tuple[float | None, float | None] | None = None  # chance(): measured once
+    chance_scores: tuple[np.ndarray, np.ndarray, float] | None = None  # chance_losses(): measured once
     teacher: Teacher | None = None  # speed mode's distillation teacher, from the backbone's pruning on
 
     @classmethod
@@ -282,26 +283,32 @@ class _Context:
         return compute_metrics([primary], predictions, np.asarray(data.labels))[primary], predictions
 
     def chance(self, supernet: Supernet) -> tuple[float | None, float | None]:
-        """(loss, primary metric) on the validation split of a model that learned nothing from the inputs,
-        measured once. Classification and regression: the best constant prediction (its loss is the validation
-        labels' entropy, or variance; its metric the search train's majority class, or mean, scores). Completion:
-        the backbone alone, every unit switched off. A pretrained language model is far below any constant
-        (unigram) prediction of the tokens already: a gate against that would pass the untrained supernet, whose
-        LoRA and adapters still compute nothing and have no scores yet."""
+        """(loss, primary metric) on the validation split of a model that learned nothing from the inputs.
+        Classification and regression: the best constant prediction (its loss is the validation labels'
+        entropy, or variance; its metric the search train's majority class, or mean, scores). Completion: the
+        backbone alone, every unit switched off. A pretrained language model is far below any constant (unigram)
+        prediction of the tokens already: a gate against that would pass the untrained supernet, whose LoRA and
+        adapters still compute nothing and have no scores yet."""
+        if not len(self.validation):
+            return None, None
+        losses, counts, metric = self.chance_losses(supernet)
+        return float(losses.sum() / counts.sum()), metric
+
+    def chance_losses(self, supernet: Supernet) -> tuple[np.ndarray, np.ndarray, float]:
+        """chance()'s model per validation example: its losses and what they count (`example_losses`), and its
+        primary metric; measured once."""
         if self.chance_scores is None:
             self.chance_scores = self._chance(supernet)
         return self.chance_scores
 
-    def _chance(self, supernet: Supernet) -> tuple[float | None, float | None]:
-        if not len(self.validation):
-            return None, None
+    def _chance(self, supernet: Supernet) -> tuple[np.ndarray, np.ndarray, float]:
         primary = self.task.primary_metric
         if self.task.problem == "completion":
             with contextlib.ExitStack() as stack:
                 for unit in supernet.units.values():
                     stack.enter_context(unit.switched_off())
-                scores = self.evaluate(supernet, self.validation)
-            return scores["loss"], scores[primary]
+                metric = self.evaluate(supernet, self.validation)[primary]
+                return *self.validation_losses(supernet), metric
         labels = np.asarray(self.search_train.labels)
         if self.task.problem == "regression":
             constant = float(labels.mean())
@@ -309,10 +316,14 @@ class _Context:
             constant = int(np.bincount(labels.astype(int)).argmax())
         predictions = np.full(len(self.validation), constant)
         metric = compute_metrics([primary], predictions, np.asarray(self.validation.labels))[primary]
-        return chance_loss(self.validation), metric
+        return chance_example_losses(self.validation), np.ones(len(self.validation)), metric
 
     def validation_loss(self, model) -> float:
         return mean_loss(model, self.validation, *self.eval_batching())
+
+    def validation_losses(self, model) -> tuple[np.ndarray, np.ndarray]:
+        """`example_losses` on the validation split."""
+        return example_losses(model, self.validation, *self.eval_batching())
 
     def ablate(self, model: Supernet):
         """The policy's measurement: keys -> validation-loss increase per unit switched off (None: no split)."""
@@ -480,24 +491,28 @@ def _learn(ctx: _Context, supernet: Supernet, batches, ranks: RankTracker | None
         return {"step": 0, "learned": None,
                 "reason": f"no validation split of at least {MIN_VALIDATION} examples: {why}"}
     chance, chance_metric = ctx.chance(supernet)
-    threshold = (1 - schedule.learn_margin) * chance
+    chance_losses = ctx.chance_losses(supernet)[0]
+    threshold, noise = (1 - schedule.learn_margin) * chance, schedule.learn_standard_errors
     seen: dict = {}
 
     def learned(step: int) -> bool:
-        seen.update(step=step, validation_loss=ctx.validation_loss(supernet))
-        return seen["validation_loss"] < threshold
+        losses, counts = ctx.validation_losses(supernet)
+        seen.update(step=step, validation_loss=float(losses.sum() / counts.sum()),
+                    standard_error=ratio_standard_error(losses - chance_losses, counts))
+        return seen["validation_loss"] + noise * seen["standard_error"] < threshold
 
     if limit:
         report.phase("learn", f"training the supernet until its validation loss is below {threshold:.4f} "
-                              f"(chance {chance:.4f}), at most {limit} steps")
+                              f"(chance {chance:.4f}) by {noise:g} standard errors, at most {limit} steps")
         _train_supernet(ctx, supernet, batches, limit, ranks, report.steps(None, supernet.peft_params()),
                         should_stop, until=learned)
     else:
         learned(0)
     report.replan(limit - seen["step"])
-    return {**seen, "chance_loss": chance, "threshold": threshold, "max_steps": limit,
-            "learned": seen["validation_loss"] < threshold, "metric_name": ctx.task.primary_metric,
-            "metric": ctx.validation_metric(supernet), "chance_metric": chance_metric}
+    return {**seen, "chance_loss": chance, "threshold": threshold, "standard_errors": noise, "max_steps": limit,
+            "learned": seen["validation_loss"] + noise * seen["standard_error"] < threshold,
+            "metric_name": ctx.task.primary_metric, "metric": ctx.validation_metric(supernet),
+            "chance_metric": chance_metric}
 
 
 def _estimate_masks(ctx: _Context, supernet: Supernet, batches, ranks: RankTracker | None, report: _Reporter,
@@ -535,12 +550,20 @@ def _prior(ctx: _Context, supernet: Supernet, state: SearchState, budget: int) -
         return None
     ranks = spread_ranks(per_rank, budget, most=supernet.lora_ranks())
     return {"units": [unit.key for unit in lora], "lora_ranks": ranks,
-            "reason": f"the supernet had not learned the task after {learn['step']} steps (validation loss "
-                      f"{learn['validation_loss']:.4f}, chance {learn['chance_loss']:.4f}), so its scores would be "
-                      f"noise: kept the prior instead, LoRA on every projection at ranks spread to "
+            "reason": f"the supernet had not learned the task after {learn['step']} steps ({_gate_numbers(learn)}), "
+                      f"so its scores would be noise: kept the prior instead, LoRA on every projection at ranks spread to "
                       f"{sum(ranks[p] * per_rank[p] for p in ranks):,} parameters"
                       + ("; speed mode left the backbone unpruned: its head and neuron masks learned on that same "
                          "supernet" if spec.backbone.enabled else "")}
+
+
+def _gate_numbers(learn: dict) -> str:
+    """The learning phase's last check, in words."""
+    words = f"validation loss {learn['validation_loss']:.4f}"
+    if learn.get("standard_errors"):  # a trace from before the noise margin has none
+        words += (f" ± {learn['standard_error']:.4f} (standard error), needed {learn['standard_errors']:g} of those "
+                  f"below {learn['threshold']:.4f}")
+    return f"{words}; chance {learn['chance_loss']:.4f}"
 
 
 def searched_steps(spec: SearchSpec, state: SearchState) -> int:

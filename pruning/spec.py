@@ -365,6 +365,12 @@ class ScheduleSpec:
     learn_margin: Annotated[Share, Field(description=(
         "Learned: the validation loss is below (1 - learn_margin) x the loss of predicting the train labels' "
         "prior."))] = 0.05
+    learn_standard_errors: Annotated[Real, Field(ge=0, description=(
+        "Learned also needs the validation loss below that threshold by this many standard errors of its "
+        "difference from that prediction's loss (paired over the validation examples): the split is a sample, "
+        "and a loss within noise of the threshold passes or fails by chance, a chance the learning phase takes "
+        "at every check. 0: the threshold alone."
+        ))] = 1.0
     learn_check_every: Annotated[Int, Field(ge=1, description=(
         "The learning phase checks the validation loss every this many steps."))] = 10
     unlearned: Annotated[Literal[UNLEARNED_CHOICES], Field(description=(  # type: ignore[valid-type]

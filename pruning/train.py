@@ -368,15 +368,31 @@ def pop_labels(batch: dict, problem: str) -> torch.Tensor:
 
 def mean_loss(model: torch.nn.Module, data: Encoded, batch_size: int, pad_id: int, device: torch.device,
               max_tokens: int | None = None) -> float:
-    """The training loss (without regularisers) averaged over `data`, in eval mode."""
-    total, count = 0.0, 0
-    for _, logits, labels in eval_outputs(model, data, batch_size, pad_id, device, max_tokens):
-        if data.problem == "completion":  # the mean over all completion tokens, not over examples
-            summed, n = completion_loss_sum(logits, labels)
+    """The training loss (without regularisers) averaged over `data`, in eval mode (a completion's: over all its
+    tokens, not over examples)."""
+    losses, counts = example_losses(model, data, batch_size, pad_id, device, max_tokens)
+    return float(losses.sum() / max(counts.sum(), 1))
+
+
+def example_losses(model: torch.nn.Module, data: Encoded, batch_size: int, pad_id: int, device: torch.device,
+                   max_tokens: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Each example's loss summed over what it scores (a completion's tokens, or its one label) and how many it
+    scored, in the data's order, in eval mode: the mean loss is their sums' ratio, and two models' losses differ
+    example by example, which gives that difference its standard error."""
+    losses, counts = np.zeros(len(data)), np.ones(len(data))
+    for indices, logits, labels in eval_outputs(model, data, batch_size, pad_id, device, max_tokens):
+        if data.problem == "completion":
+            per_token = F.cross_entropy(logits.float(), completion_targets(labels), reduction="none")
+            scored = scored_positions(labels).sum(-1)
+            owner = torch.repeat_interleave(torch.arange(len(indices), device=per_token.device), scored)
+            summed = torch.zeros(len(indices), device=per_token.device).index_add_(0, owner, per_token)
+            counts[indices] = scored.cpu().numpy()
+        elif data.problem == "regression":
+            summed = (logits.float().view(-1) - labels.float()) ** 2
         else:
-            summed, n = loss_of(logits, labels, data.problem) * len(labels), len(labels)
-        total, count = total + float(summed), count + n
-    return total / max(count, 1)
+            summed = F.cross_entropy(logits.float(), labels, reduction="none")
+        losses[indices] = summed.cpu().numpy()
+    return losses, counts
 
 
 def eval_batches(sequences: list[list[int]], batch_size: int, max_tokens: int | None = None) -> list[list[int]]:
@@ -402,12 +418,17 @@ def chance_loss(data: Encoded) -> float:
     regression its labels' variance. A model whose loss is not below this has learned nothing about the inputs
     (a prior taken from elsewhere can be worse than a uniform guess, and would let an untrained model pass).
     Not for completion, whose reference is the backbone's own loss (pipeline._Context.chance)."""
+    return float(chance_example_losses(data).mean())
+
+
+def chance_example_losses(data: Encoded) -> np.ndarray:
+    """Each example's loss under chance_loss's constant prediction (its label's -log frequency, or its squared
+    distance from the labels' mean)."""
     labels = np.asarray(data.labels, dtype=float)
     if data.problem == "regression":
-        return float(np.var(labels))
+        return (labels - labels.mean()) ** 2
     frequencies = np.bincount(labels.astype(int)) / len(labels)
-    frequencies = frequencies[frequencies > 0]
-    return float(-(frequencies * np.log(frequencies)).sum())
+    return -np.log(frequencies[labels.astype(int)])
 
 
 def predict(model: torch.nn.Module, data: Encoded, batch_size: int, pad_id: int,

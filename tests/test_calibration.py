@@ -122,3 +122,50 @@ def test_a_token_cap_on_evaluation_batches_changes_no_metric_or_ablation(model, 
     assert len(eval_batches(data.input_ids, 8, 24)) > len(eval_batches(data.input_ids, 8))  # the cap bites
     assert capped[0] == pytest.approx(uncapped[0], abs=1e-6)
     assert capped[1] == pytest.approx(uncapped[1], abs=1e-6)
+
+
+@pytest.mark.parametrize("problem", ["classification", "regression", "completion"])
+def test_each_examples_loss_is_its_own_whatever_its_batch_and_they_make_the_mean_loss(problem, tiny_model,
+                                                                                        llama_dir):
+    from pruning.train import example_losses, loss_of, mean_loss
+
+    model_dir, labels = (llama_dir, 1) if problem == "completion" else (tiny_model, 1 if problem == "regression" else 2)
+    supernet, data = _supernet(model_dir, labels, problem), _data(problem)
+    if problem == "regression":
+        data.labels = [float(label) + 0.5 for label in data.labels]
+    losses, counts = example_losses(supernet, data, 8, 0, CPU)
+    assert losses.sum() / counts.sum() == pytest.approx(mean_loss(supernet, data, 8, 0, CPU), rel=1e-5)
+    alone, _ = example_losses(supernet, data, 1, 0, CPU)  # a batch of its own: no padding, no neighbours
+    assert losses == pytest.approx(alone, rel=1e-4)
+    if problem == "completion":  # its scored tokens: the completion's, less the first (nothing predicts it)
+        assert counts.tolist() == [len(row) - len(row) // 2 for row in data.input_ids]
+        assert (losses / counts)[3] == pytest.approx(float(mean_loss(supernet, data.subset([3]), 1, 0, CPU)), rel=1e-5)
+    else:
+        assert counts.tolist() == [1.0] * len(data)
+        from pruning.train import collate, pop_labels
+
+        batch = collate(data, [3], 0, CPU)
+        target = pop_labels(batch, problem)
+        with torch.no_grad():
+            assert losses[3] == pytest.approx(float(loss_of(supernet(**batch), target, problem)), rel=1e-5)
+
+
+def test_the_standard_error_of_a_loss_difference_per_example_and_per_token():
+    import math
+
+    import numpy as np
+
+    from pruning.data.metrics import ratio_standard_error
+
+    rng = np.random.default_rng(0)
+    differences = rng.normal(0.1, 0.5, 400)
+    ones = np.ones(400)
+    assert ratio_standard_error(differences, ones) == pytest.approx(differences.std(ddof=1) / math.sqrt(400))
+    # a completion's sums over its tokens: examples with more tokens weigh more, and four times the examples
+    # halve the error
+    tokens = rng.integers(1, 9, 400).astype(float)
+    sums = rng.normal(0.1, 0.5, 400) * tokens
+    quadrupled = ratio_standard_error(np.tile(sums, 4), np.tile(tokens, 4))
+    assert quadrupled == pytest.approx(ratio_standard_error(sums, tokens) / 2, rel=0.01)
+    assert ratio_standard_error(np.full(5, 0.3), np.ones(5)) == 0.0  # no spread, no doubt
+    assert ratio_standard_error(np.array([0.3]), np.ones(1)) == math.inf  # one example tells nothing of its spread

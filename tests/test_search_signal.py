@@ -52,6 +52,7 @@ def test_scoring_begins_once_the_supernet_has_learned(make_spec, tiny_model, tas
     assert learn["learned"] is True
     assert 0 < learn["step"] < learn["max_steps"] == 200 and learn["step"] % 5 == 0
     assert learn["validation_loss"] < learn["threshold"] == pytest.approx(0.95 * learn["chance_loss"])
+    assert learn["standard_errors"] == 1 and 0 < learn["standard_error"] < learn["threshold"] - learn["validation_loss"]
     assert learn["chance_loss"] == pytest.approx(0.693, abs=0.05)  # two balanced classes
     assert learn["metric_name"] == "accuracy" and learn["metric"] > 0.6
     phases = [e.phase for e in events if e.kind == "phase"]
@@ -59,6 +60,26 @@ def test_scoring_begins_once_the_supernet_has_learned(make_spec, tiny_model, tas
     learn_steps = [e for e in events if e.kind == "step" and e.phase == "learn"]
     assert len(learn_steps) == learn["step"]  # it stopped as soon as the check passed
     assert result.rounds[0].removed  # and only then did it score and remove
+
+
+def test_a_loss_below_the_threshold_by_less_than_its_noise_does_not_pass(make_spec, tiny_model, tasks, tmp_path):
+    """The validation split is a sample: a loss within a standard error of the threshold passes or fails it by
+    chance, so the gate asks for learn_standard_errors of them below it, and goes on training until it is."""
+    def learn(out: str, standard_errors: float) -> dict:
+        spec = spec_for(make_spec, tiny_model, tasks["sentiment"], train__steps=400, schedule__learn_max_share=0.5,
+                        schedule__learn_check_every=5, schedule__eval_examples=48, schedule__lr=3e-3,
+                        schedule__rounds=1, schedule__learn_standard_errors=standard_errors)
+        search(spec, tmp_path / out)
+        return json.loads((tmp_path / out / "trace.json").read_text())["learn"]
+
+    bare = learn("threshold-alone", 0.0)  # the threshold alone: the first check below it passes
+    assert bare["learned"] and bare["validation_loss"] < bare["threshold"] and bare["standard_error"] > 0
+    # as many standard errors as that first pass was below the threshold, and a little more: it no longer passes
+    margin = (bare["threshold"] - bare["validation_loss"]) / bare["standard_error"] + 0.01
+    strict = learn("with-noise", margin)
+    assert strict["step"] > bare["step"]
+    assert strict["learned"] == (strict["validation_loss"] + margin * strict["standard_error"] < strict["threshold"])
+    assert strict["chance_loss"] == bare["chance_loss"] and strict["threshold"] == bare["threshold"]
 
 
 @pytest.mark.parametrize("retrain", ["warm", "continue"])

@@ -101,6 +101,19 @@ def drop_standard_error(name: str, labels: np.ndarray, reference: np.ndarray, pr
     return float(np.std(drops, ddof=1))
 
 
+def ratio_standard_error(differences: np.ndarray, counts: np.ndarray) -> float:
+    """The standard error of sum(differences) / sum(counts), the mean difference per scored item of two losses
+    summed per example (the delta method's, for a ratio of sums over examples drawn at random; with one item an
+    example, the standard error of the mean difference). Infinite with fewer than two examples."""
+    differences, counts = np.asarray(differences, dtype=float), np.asarray(counts, dtype=float)
+    n = len(differences)
+    if n < 2 or counts.sum() <= 0:
+        return math.inf
+    ratio = differences.sum() / counts.sum()
+    residuals = differences - ratio * counts
+    return float(math.sqrt((residuals ** 2).sum() / (n * (n - 1))) / counts.mean())
+
+
 def metric_drop(name: str, reference: float, value: float) -> float:
     """How much worse `value` is than `reference`, in points: x 100 of a metric in [0, 1] or [-1, 1] (accuracy,
     F1, MCC, correlations, exact match); for a loss or perplexity, percent of the reference. Negative: better."""
