@@ -58,7 +58,7 @@ from .train import (
     encode,
     evaluate,
     example_losses,
-    mean_loss,
+    mean_of,
     predict,
     shuffled_batches,
     train,
@@ -174,7 +174,7 @@ class _Context:
     validation_rows: list[int]  # train rows of the validation split
     unsearched: list[int]  # train rows neither in the validation split nor in the search's training
     tokenizer: object  # the model's, for the text of an example generation
-    chance_scores: tuple[np.ndarray, np.ndarray, float] | None = None  # chance_losses(): measured once
+    chance_measured: tuple[np.ndarray, np.ndarray, float] | None = None  # chance_losses(): measured once
     teacher: Teacher | None = None  # speed mode's distillation teacher, from the backbone's pruning on
 
     @classmethod
@@ -292,14 +292,14 @@ class _Context:
         if not len(self.validation):
             return None, None
         losses, counts, metric = self.chance_losses(supernet)
-        return float(losses.sum() / counts.sum()), metric
+        return mean_of(losses, counts), metric
 
     def chance_losses(self, supernet: Supernet) -> tuple[np.ndarray, np.ndarray, float]:
         """chance()'s model per validation example: its losses and what they count (`example_losses`), and its
         primary metric; measured once."""
-        if self.chance_scores is None:
-            self.chance_scores = self._chance(supernet)
-        return self.chance_scores
+        if self.chance_measured is None:
+            self.chance_measured = self._chance(supernet)
+        return self.chance_measured
 
     def _chance(self, supernet: Supernet) -> tuple[np.ndarray, np.ndarray, float]:
         primary = self.task.primary_metric
@@ -317,9 +317,6 @@ class _Context:
         predictions = np.full(len(self.validation), constant)
         metric = compute_metrics([primary], predictions, np.asarray(self.validation.labels))[primary]
         return chance_example_losses(self.validation), np.ones(len(self.validation)), metric
-
-    def validation_loss(self, model) -> float:
-        return mean_loss(model, self.validation, *self.eval_batching())
 
     def validation_losses(self, model) -> tuple[np.ndarray, np.ndarray]:
         """`example_losses` on the validation split."""
@@ -490,28 +487,30 @@ def _learn(ctx: _Context, supernet: Supernet, batches, ranks: RankTracker | None
             f"{len(ctx.train_data)} train examples leave {len(ctx.validation)} for it (a quarter at most)"
         return {"step": 0, "learned": None,
                 "reason": f"no validation split of at least {MIN_VALIDATION} examples: {why}"}
-    chance, chance_metric = ctx.chance(supernet)
-    chance_losses = ctx.chance_losses(supernet)[0]
-    threshold, noise = (1 - schedule.learn_margin) * chance, schedule.learn_standard_errors
+    chance_losses, chance_counts, chance_metric = ctx.chance_losses(supernet)
+    chance = mean_of(chance_losses, chance_counts)
+    threshold, standard_errors = (1 - schedule.learn_margin) * chance, schedule.learn_standard_errors
     seen: dict = {}
 
     def learned(step: int) -> bool:
         losses, counts = ctx.validation_losses(supernet)
-        seen.update(step=step, validation_loss=float(losses.sum() / counts.sum()),
-                    standard_error=ratio_standard_error(losses - chance_losses, counts))
-        return seen["validation_loss"] + noise * seen["standard_error"] < threshold
+        # the gate's statistic: the mean of each example's loss less the threshold's share of chance's
+        error = ratio_standard_error(losses - (1 - schedule.learn_margin) * chance_losses, counts)
+        loss = mean_of(losses, counts)
+        seen.update(step=step, validation_loss=loss, standard_error=error,
+                    learned=loss + (standard_errors * error if standard_errors else 0.0) < threshold)
+        return seen["learned"]
 
     if limit:
         report.phase("learn", f"training the supernet until its validation loss is below {threshold:.4f} "
-                              f"(chance {chance:.4f}) by {noise:g} standard errors, at most {limit} steps")
+                              f"(chance {chance:.4f}) by {standard_errors:g} standard errors, at most {limit} steps")
         _train_supernet(ctx, supernet, batches, limit, ranks, report.steps(None, supernet.peft_params()),
                         should_stop, until=learned)
     else:
         learned(0)
     report.replan(limit - seen["step"])
-    return {**seen, "chance_loss": chance, "threshold": threshold, "standard_errors": noise, "max_steps": limit,
-            "learned": seen["validation_loss"] + noise * seen["standard_error"] < threshold,
-            "metric_name": ctx.task.primary_metric, "metric": ctx.validation_metric(supernet),
+    return {**seen, "chance_loss": chance, "threshold": threshold, "standard_errors": standard_errors,
+            "max_steps": limit, "metric_name": ctx.task.primary_metric, "metric": ctx.validation_metric(supernet),
             "chance_metric": chance_metric}
 
 
@@ -560,9 +559,11 @@ def _prior(ctx: _Context, supernet: Supernet, state: SearchState, budget: int) -
 def _gate_numbers(learn: dict) -> str:
     """The learning phase's last check, in words."""
     words = f"validation loss {learn['validation_loss']:.4f}"
-    if learn.get("standard_errors"):  # a trace from before the noise margin has none
-        words += (f" ± {learn['standard_error']:.4f} (standard error), needed {learn['standard_errors']:g} of those "
-                  f"below {learn['threshold']:.4f}")
+    if learn.get("standard_errors"):
+        words += f" ± {learn['standard_error']:.4f} (standard error), to be below {learn['threshold']:.4f} by " \
+                 f"{learn['standard_errors']:g} of those"
+    else:
+        words += f", to be below {learn['threshold']:.4f}"
     return f"{words}; chance {learn['chance_loss']:.4f}"
 
 

@@ -367,9 +367,9 @@ class ScheduleSpec:
         "prior."))] = 0.05
     learn_standard_errors: Annotated[Real, Field(ge=0, description=(
         "Learned also needs the validation loss below that threshold by this many standard errors of its "
-        "difference from that prediction's loss (paired over the validation examples): the split is a sample, "
-        "and a loss within noise of the threshold passes or fails by chance, a chance the learning phase takes "
-        "at every check. 0: the threshold alone."
+        "distance from it (paired over the validation examples: each one's loss less (1 - learn_margin) x the "
+        "constant prediction's): the split is a sample, and a loss within noise of the threshold passes or fails "
+        "by chance, a chance the learning phase takes at every check. 0: the threshold alone."
         ))] = 1.0
     learn_check_every: Annotated[Int, Field(ge=1, description=(
         "The learning phase checks the validation loss every this many steps."))] = 10

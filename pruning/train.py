@@ -370,7 +370,11 @@ def mean_loss(model: torch.nn.Module, data: Encoded, batch_size: int, pad_id: in
               max_tokens: int | None = None) -> float:
     """The training loss (without regularisers) averaged over `data`, in eval mode (a completion's: over all its
     tokens, not over examples)."""
-    losses, counts = example_losses(model, data, batch_size, pad_id, device, max_tokens)
+    return mean_of(*example_losses(model, data, batch_size, pad_id, device, max_tokens))
+
+
+def mean_of(losses: np.ndarray, counts: np.ndarray) -> float:
+    """The mean loss per scored item of `example_losses`' sums and counts (0 where nothing was scored)."""
     return float(losses.sum() / max(counts.sum(), 1))
 
 
@@ -388,7 +392,7 @@ def example_losses(model: torch.nn.Module, data: Encoded, batch_size: int, pad_i
             summed = torch.zeros(len(indices), device=per_token.device).index_add_(0, owner, per_token)
             counts[indices] = scored.cpu().numpy()
         elif data.problem == "regression":
-            summed = (logits.float().view(-1) - labels.float()) ** 2
+            summed = (logits.float().squeeze(-1) - labels.float()) ** 2
         else:
             summed = F.cross_entropy(logits.float(), labels, reduction="none")
         losses[indices] = summed.cpu().numpy()
@@ -413,17 +417,12 @@ def eval_batches(sequences: list[list[int]], batch_size: int, max_tokens: int | 
     return batches
 
 
-def chance_loss(data: Encoded) -> float:
-    """The loss on `data` of the best constant prediction: the entropy of its own label frequencies, or for
-    regression its labels' variance. A model whose loss is not below this has learned nothing about the inputs
-    (a prior taken from elsewhere can be worse than a uniform guess, and would let an untrained model pass).
-    Not for completion, whose reference is the backbone's own loss (pipeline._Context.chance)."""
-    return float(chance_example_losses(data).mean())
-
-
 def chance_example_losses(data: Encoded) -> np.ndarray:
-    """Each example's loss under chance_loss's constant prediction (its label's -log frequency, or its squared
-    distance from the labels' mean)."""
+    """Each example's loss under the best constant prediction for `data`: its label's -log frequency in `data`
+    (their mean is the labels' entropy), or for regression its squared distance from the labels' mean (their
+    variance). A model whose loss is not below theirs has learned nothing about the inputs (a prior taken from
+    elsewhere can be worse than a uniform guess, and would let an untrained model pass). Not for completion, whose
+    reference is the backbone's own loss (pipeline._Context.chance)."""
     labels = np.asarray(data.labels, dtype=float)
     if data.problem == "regression":
         return (labels - labels.mean()) ** 2

@@ -175,14 +175,15 @@ def test_chance_is_the_best_constant_prediction_on_the_validation_split():
     untrained model would then pass the learning gate. Chance is the entropy of the split's own labels."""
     import math
 
-    from pruning.train import Encoded, chance_loss
+    from pruning.train import Encoded, chance_example_losses
 
     balanced = Encoded([[1]] * 6, None, [1, 1, 2, 2, 0, 0], "classification")
-    assert chance_loss(balanced) == pytest.approx(math.log(3))
+    assert chance_example_losses(balanced) == pytest.approx([math.log(3)] * 6)
     skewed = Encoded([[1]] * 4, None, [0, 0, 0, 1], "classification")
-    assert chance_loss(skewed) == pytest.approx(-(0.75 * math.log(0.75) + 0.25 * math.log(0.25)))
+    assert chance_example_losses(skewed) == pytest.approx([-math.log(0.75)] * 3 + [-math.log(0.25)])
+    assert chance_example_losses(skewed).mean() == pytest.approx(-(0.75 * math.log(0.75) + 0.25 * math.log(0.25)))
     regression = Encoded([[1]] * 4, None, [1.0, 2.0, 3.0, 4.0], "regression")
-    assert chance_loss(regression) == pytest.approx(1.25)
+    assert chance_example_losses(regression) == pytest.approx([2.25, 0.25, 0.25, 2.25])  # mean: the variance, 1.25
 
 
 def test_a_validation_split_too_small_to_decide_is_not_used(make_spec, tiny_model, tmp_path):
