@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import LAYERS, unit_size
@@ -320,7 +321,8 @@ def test_continue_keeps_the_total_when_learning_ends_early_and_across_a_resume(m
     retraining, so every event plans the same 40 steps; a search cancelled in round 2 and resumed ends there too."""
     import pruning.pipeline as pipeline
 
-    monkeypatch.setattr(pipeline._Context, "validation_loss", lambda ctx, model: 0.0)
+    monkeypatch.setattr(pipeline._Context, "validation_losses",
+                        lambda ctx, model: (np.zeros(len(ctx.validation)), np.ones(len(ctx.validation))))
     spec = make_spec(retrain="continue", train__steps=40, schedule__learn_max_share=0.25)
     first, second = [], []
     with pytest.raises(Cancelled):
