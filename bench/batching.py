@@ -10,11 +10,10 @@ ablations pay) and over its dev set. Writes results/batching.md.
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import time
 
-from .common import DEFAULT_GLUE, describe_machine, machine, mean_spread, provenance
+from .common import describe_machine, machine, mean_spread, micro_parser, provenance, publish
 from .quality import RESULTS, base_spec
 
 EVAL_BATCHINGS = ((128, None), (32, None), (128, 512), (128, 1024), (128, 2048))  # (rows, tokens)
@@ -86,13 +85,7 @@ def measure(task: str, steps: int, repeats: int, data_dir: str, model: str) -> t
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--tasks", default="sst2,stsb,mrpc,cola")
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--data-dir", default=str(DEFAULT_GLUE))
-    parser.add_argument("--model", default="all-MiniLM-L6-v2")
-    args = parser.parse_args(argv)
+    args = micro_parser(__doc__, tasks="sst2,stsb,mrpc,cola", steps=10).parse_args(argv)
     measured = [measure(task, args.steps, args.repeats, args.data_dir, args.model) for task in args.tasks.split(",")]
     training = [row for rows, _ in measured for row in rows]
     evaluation = [row for _, rows in measured for row in rows]
@@ -124,8 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"| {r['task']} | {r['split']} ({r['examples']}, {r['mean_length']:.1f}) | {r['batching']} "
                      f"| {r['batches']} | {r['padded']:.2f} | {mean:.3f} ± {spread:.3f} "
                      f"| {base['seconds'][0] / mean:.2f}x |")
-    (RESULTS / "batching.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    publish(RESULTS, "batching", lines)
     return 0
 
 

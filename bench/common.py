@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -147,3 +148,22 @@ def write_report(results: Path, name: str, data: dict, markdown: str) -> None:
     results.mkdir(parents=True, exist_ok=True)
     (results / f"{name}.json").write_text(json.dumps(data, indent=2))
     (results / f"{name}.md").write_text(markdown)
+
+
+def micro_parser(doc: str, tasks: str, steps: int | None = None) -> argparse.ArgumentParser:
+    """The arguments of a micro-benchmark (one process, a few repeats, a markdown report, no rows to resume)."""
+    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
+    parser.add_argument("--tasks", default=tasks)
+    if steps is not None:
+        parser.add_argument("--steps", type=int, default=steps)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--data-dir", default=str(DEFAULT_GLUE))
+    parser.add_argument("--model", default="all-MiniLM-L6-v2")
+    return parser
+
+
+def publish(results: Path, name: str, lines: list[str]) -> None:
+    """A micro-benchmark's report: written to results/<name>.md and printed."""
+    text = "\n".join(lines) + "\n"
+    (results / f"{name}.md").write_text(text)
+    print(text, end="")

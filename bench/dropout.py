@@ -8,12 +8,11 @@ Real batches of the quality benchmark's task, seed 0. Writes results/dropout.md.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import time
 
-from .common import DEFAULT_GLUE, describe_machine, machine, mean_spread, provenance
+from .common import describe_machine, machine, mean_spread, micro_parser, provenance, publish
 from .quality import ALL_LINEAR, RESULTS, _per_rank_params, base_spec
 
 
@@ -48,13 +47,7 @@ def measure(task: str, steps: int, repeats: int, data_dir: str, model: str) -> l
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--tasks", default="sst2")
-    parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--data-dir", default=str(DEFAULT_GLUE))
-    parser.add_argument("--model", default="all-MiniLM-L6-v2")
-    args = parser.parse_args(argv)
+    args = micro_parser(__doc__, tasks="sst2", steps=5).parse_args(argv)
     rows = [row for task in args.tasks.split(",")
             for row in measure(task, args.steps, args.repeats, args.data_dir, args.model)]
     lines = ["# What dropout costs a training step", "",
@@ -70,8 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         (on, on_sd), (off, off_sd) = r["with dropout"], r["without"]
         lines.append(f"| {r['task']} ({r['batch']} x {r['max_length']}) | {r['model']} | {r['params']:,} "
                      f"| {on:.3f} ± {on_sd:.3f} | {off:.3f} ± {off_sd:.3f} | {on / off:.2f}x |")
-    (RESULTS / "dropout.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    publish(RESULTS, "dropout", lines)
     return 0
 
 

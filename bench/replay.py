@@ -7,11 +7,9 @@ are the same either way (tests/test_calibration.py); this measures the time. Wri
 
 from __future__ import annotations
 
-import argparse
-import statistics
 import time
 
-from .common import DEFAULT_GLUE, provenance
+from .common import mean_spread, micro_parser, provenance, publish
 from .quality import RESULTS, base_spec
 
 
@@ -42,16 +40,11 @@ def measure(task: str, repeats: int, data_dir: str, model: str) -> dict:
     gap = max(abs(values["recomputed"][k] - values["replayed"][k]) for k in keys)
     return {"task": task, "examples": len(ctx.validation), "units": len(keys), "layers": supernet.num_layers,
             "max_length": spec.train.max_length, "largest_difference": gap,
-            **{name: (statistics.mean(t), statistics.stdev(t) if len(t) > 1 else 0.0) for name, t in times.items()}}
+            **{name: mean_spread(t) for name, t in times.items()}}
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--tasks", default="sst2,mrpc")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--data-dir", default=str(DEFAULT_GLUE))
-    parser.add_argument("--model", default="all-MiniLM-L6-v2")
-    args = parser.parse_args(argv)
+    args = micro_parser(__doc__, tasks="sst2,mrpc").parse_args(argv)
     rows = [measure(task, args.repeats, args.data_dir, args.model) for task in args.tasks.split(",")]
     machine = provenance()
     lines = ["# The calibration's ablations with and without the layer replay", "",
@@ -66,8 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"| {r['task']} ({r['max_length']}) | {r['examples']} | {r['units']} of {r['layers']} layers "
                      f"| {slow:.2f} ± {slow_sd:.2f} | {fast:.2f} ± {fast_sd:.2f} | {slow / fast:.2f}x "
                      f"| {r['largest_difference']:.1e} |")
-    (RESULTS / "replay.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    publish(RESULTS, "replay", lines)
     return 0
 
 

@@ -489,13 +489,14 @@ def _learn(ctx: _Context, supernet: Supernet, batches, ranks: RankTracker | None
                 "reason": f"no validation split of at least {MIN_VALIDATION} examples: {why}"}
     chance_losses, chance_counts, chance_metric = ctx.chance_losses(supernet)
     chance = mean_of(chance_losses, chance_counts)
-    threshold, standard_errors = (1 - schedule.learn_margin) * chance, schedule.learn_standard_errors
+    share, standard_errors = 1 - schedule.learn_margin, schedule.learn_standard_errors
+    threshold = share * chance
     seen: dict = {}
 
     def learned(step: int) -> bool:
         losses, counts = ctx.validation_losses(supernet)
         # the gate's statistic: the mean of each example's loss less the threshold's share of chance's
-        error = ratio_standard_error(losses - (1 - schedule.learn_margin) * chance_losses, counts)
+        error = ratio_standard_error(losses - share * chance_losses, counts)
         loss = mean_of(losses, counts)
         seen.update(step=step, validation_loss=loss, standard_error=error,
                     learned=loss + (standard_errors * error if standard_errors else 0.0) < threshold)
